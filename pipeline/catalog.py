@@ -1,0 +1,157 @@
+"""Unlabelled catalogs: listing, content checksums, stable track ids and shards.
+
+A catalog is a folder tree of audio files or a text file listing one path per line.  Each
+file gets ``checksum`` (SHA-256 of its bytes) and ``track_id`` (the checksum's first 16 hex
+characters), so a track keeps its id when it is moved or renamed and two copies of the same
+bytes are one track.  Tracks are grouped into shards of ``shard_size`` tracks; assignment is
+append-only: tracks seen in a previous scan keep their shard, new or changed files fill new
+shards, so adding tracks leaves every existing shard, and its outputs, untouched.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.audio import file_checksum
+from pipeline.storage import stable_hash
+
+# Extensions listed from a folder tree (lower case, without the dot).  Anything else in the
+# tree (cover images, playlists, text) is not a candidate and is not listed.
+AUDIO_EXTENSIONS = frozenset(
+    "wav wave flac ogg oga opus mp3 mp2 m4a mp4 m4v aac aif aiff aifc wma wv ape caf au snd mka mkv webm".split()
+)
+TRACK_ID_LENGTH = 16
+
+LISTING_COLUMNS = ["path", "size", "mtime_ns"]
+CATALOG_COLUMNS = ["path", "size", "mtime_ns", "checksum", "track_id", "shard"]
+
+
+def list_files(catalog: str | os.PathLike) -> list[Path]:
+    """Absolute paths of the catalog's candidate audio files, sorted.
+
+    ``catalog`` is a folder (walked recursively, hidden entries skipped, audio extensions
+    only) or a text file with one path per line (relative paths are taken relative to the
+    list's folder; blank lines and lines starting with ``#`` are skipped).
+    """
+    catalog = Path(catalog).resolve()
+    if catalog.is_file():
+        paths = []
+        for line in catalog.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                path = Path(line)
+                paths.append(path if path.is_absolute() else catalog.parent / path)
+        return sorted({p.absolute() for p in paths})
+    if not catalog.is_dir():
+        raise FileNotFoundError(f"catalog {catalog} is neither a folder nor a list of paths")
+    found = []
+    for folder, dirs, files in os.walk(catalog):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if not name.startswith(".") and Path(name).suffix.lower().lstrip(".") in AUDIO_EXTENSIONS:
+                found.append(Path(folder) / name)
+    return sorted(found)
+
+
+def listing(catalog: str | os.PathLike) -> pd.DataFrame:
+    """``path, size, mtime_ns`` of every candidate file (a missing or unreadable one has size -1)."""
+    rows = []
+    for path in list_files(catalog):
+        try:
+            stat = path.stat()
+            rows.append((str(path), stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            rows.append((str(path), -1, -1))
+    return pd.DataFrame(rows, columns=LISTING_COLUMNS)
+
+
+def listing_fingerprint(frame: pd.DataFrame) -> str:
+    """A key that changes when a file is added, removed, resized or touched."""
+    return stable_hash(frame[LISTING_COLUMNS].to_numpy().tolist())
+
+
+def scan(
+    files: pd.DataFrame,
+    shard_size: int,
+    previous: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Checksum ``files`` (a :func:`listing`) and assign shards; return ``(tracks, rejects)``.
+
+    Checksums of files whose ``(path, size, mtime_ns)`` match ``previous`` are reused, so a
+    rescan of a large catalog reads only new or changed files.  Unreadable files and later
+    copies of an already-listed content are returned as rejects (``path, track_id, stage,
+    reason``).
+    """
+    if shard_size < 1:
+        raise ValueError("shard_size must be at least 1")
+    known = {}
+    if previous is not None and len(previous):
+        known = {(r.path, r.size, r.mtime_ns): r.checksum for r in previous.itertuples()}
+    checksums, rejects = [], []
+    for row in files.itertuples():
+        checksum = known.get((row.path, row.size, row.mtime_ns))
+        if checksum is None:
+            try:
+                checksum = file_checksum(row.path)
+            except PermissionError:
+                rejects.append((row.path, "", "scan", "file is not readable (permission denied)"))
+            except OSError as err:
+                rejects.append((row.path, "", "scan", f"file cannot be read ({err.strerror or err})"))
+        checksums.append(checksum)
+    tracks = files.assign(checksum=checksums)
+    tracks = tracks[tracks["checksum"].notna()].copy()
+    tracks["track_id"] = tracks["checksum"].str[:TRACK_ID_LENGTH]
+    duplicated = tracks["track_id"].duplicated(keep="first")
+    first_path = tracks.drop_duplicates("track_id").set_index("track_id")["path"]
+    for row in tracks[duplicated].itertuples():
+        rejects.append((row.path, row.track_id, "scan", f"same content as {first_path[row.track_id]}"))
+    tracks = tracks[~duplicated].reset_index(drop=True)
+    tracks["shard"] = _assign_shards(tracks, shard_size, previous)
+    rejects_frame = pd.DataFrame(rejects, columns=["path", "track_id", "stage", "reason"])
+    return tracks[CATALOG_COLUMNS].sort_values(["shard", "path"]).reset_index(drop=True), rejects_frame
+
+
+def _assign_shards(tracks: pd.DataFrame, shard_size: int, previous: pd.DataFrame | None) -> np.ndarray:
+    shards = np.full(len(tracks), -1, dtype=np.int64)
+    if previous is not None and len(previous):
+        before = {(r.path, r.checksum): r.shard for r in previous.itertuples()}
+        shards = np.array([before.get((p, c), -1) for p, c in zip(tracks["path"], tracks["checksum"])],
+                          dtype=np.int64)
+        start = int(previous["shard"].max()) + 1
+    else:
+        start = 0
+    new = np.flatnonzero(shards < 0)  # tracks is sorted by path, so new shards follow path order
+    shards[new] = start + np.arange(len(new)) // shard_size
+    return shards
+
+
+def shard_key(shard_tracks: pd.DataFrame) -> str:
+    """The key of one shard: its tracks' ids and paths (order-independent)."""
+    return stable_hash(sorted(zip(shard_tracks["track_id"], shard_tracks["path"])))
+
+
+def shards(tracks: pd.DataFrame) -> list[tuple[int, str, pd.DataFrame]]:
+    """``(shard number, shard key, its tracks)`` for every shard of a scanned catalog."""
+    return [(int(number), shard_key(group), group.reset_index(drop=True))
+            for number, group in tracks.groupby("shard", sort=True)]
+
+
+def scan_catalog(catalog: str | os.PathLike, shard_size: int, out: Path,
+                 previous_tracks: str | os.PathLike | None = None) -> dict[str, int]:
+    """Scan ``catalog`` into ``out/tracks.parquet`` and ``out/rejects.parquet``; return counts.
+
+    ``previous_tracks`` is the ``tracks.parquet`` of the latest earlier scan of the same
+    catalog and shard size, whose checksums and shard assignment are reused.
+    """
+    from pipeline.storage import write_parquet_atomic
+
+    previous = pd.read_parquet(previous_tracks) if previous_tracks else None
+    tracks, rejects = scan(listing(catalog), shard_size, previous)
+    write_parquet_atomic(tracks, Path(out) / "tracks.parquet")
+    write_parquet_atomic(rejects, Path(out) / "rejects.parquet")
+    return {"tracks": len(tracks), "shards": int(tracks["shard"].nunique()), "rejects": len(rejects),
+            "bytes": int(tracks["size"].sum())}

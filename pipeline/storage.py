@@ -1,0 +1,209 @@
+"""Keyed, atomic stage outputs and their manifests.
+
+Every stage writes into ``<data_root>/<stage>/<key>/`` where ``key`` hashes the stage's
+significant parameters with its inputs' keys, so a change anywhere upstream gives a new
+folder and nothing stale is ever reused.  Files are written under a hidden temporary name
+(``.<name>.tmp-<pid>-<rand>``) and renamed into place; ``manifest.json`` is written last
+and is the stage's completion marker, so a killed run never leaves a folder that looks
+complete.  Readers skip names that start with ``.``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+MANIFEST = "manifest.json"
+TMP_MARK = ".tmp-"
+KEY_LENGTH = 16  # hex characters of SHA-256 kept in folder names
+
+# Packages whose versions change results; recorded in every manifest.
+TRACKED_PACKAGES = ("numpy", "scipy", "torch", "kymatio", "soundfile", "soxr", "librosa",
+                    "pandas", "pyarrow", "luigi", "museval")
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace, the input of every hash."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def stable_hash(obj: Any, length: int = KEY_LENGTH) -> str:
+    """Hex SHA-256 prefix of ``canonical_json(obj)``: equal inputs give equal keys."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+def stage_key(stage: str, params: dict[str, Any], input_keys: dict[str, str]) -> str:
+    """The folder key of a stage from its significant parameters and its inputs' keys."""
+    return stable_hash({"stage": stage, "params": params, "inputs": input_keys})
+
+
+def tmp_name(final: Path) -> Path:
+    """A hidden temporary sibling of ``final``, unique to this process."""
+    return final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def is_temporary(path: Path) -> bool:
+    """True for names that readers must ignore (temporary or hidden)."""
+    return path.name.startswith(".")
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is renamed to ``final``.
+
+    Works for files and folders.  On any exception the temporary is removed and
+    ``final`` is left untouched, so a partial output is never visible under its name.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(final)
+    try:
+        yield tmp
+        if tmp.is_dir() and final.is_dir():
+            _remove(final)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    finally:
+        if tmp.exists():
+            _remove(tmp)
+
+
+def write_bytes_atomic(final: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(final) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def write_json_atomic(final: str | os.PathLike, obj: Any) -> None:
+    write_bytes_atomic(final, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def clean_temporaries(folder: str | os.PathLike) -> int:
+    """Remove leftovers of killed writers (``*.tmp-*``) under ``folder``; return the count."""
+    folder = Path(folder)
+    if not folder.exists():
+        return 0
+    removed = 0
+    for path in sorted(folder.rglob(f"*{TMP_MARK}*"), key=lambda p: -len(p.parts)):
+        if path.exists() and path.name.startswith(".") and TMP_MARK in path.name:
+            _remove(path)
+            removed += 1
+    return removed
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        for child in path.iterdir():
+            _remove(child)
+        path.rmdir()
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def code_version() -> str:
+    """The git commit of the running code (with ``+dirty`` if modified), else the package version."""
+    from pipeline import __version__
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"{__version__}+{commit[:12]}{'.dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def write_manifest(
+    folder: str | os.PathLike,
+    stage: str,
+    key: str,
+    params: dict[str, Any],
+    inputs: dict[str, str],
+    counts: dict[str, Any] | None = None,
+    seed: int | None = None,
+    started: float | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``manifest.json`` into ``folder`` (last, atomically) and return it.
+
+    It records what made the output: stage, key, parameters, input keys, code and package
+    versions, seed, wall time in seconds, and the stage's own counts.
+    """
+    now = time.time()
+    manifest = {
+        "stage": stage,
+        "key": key,
+        "params": params,
+        "inputs": inputs,
+        "seed": seed,
+        "code_version": code_version(),
+        "packages": package_versions(),
+        "command": " ".join(sys.argv),
+        "host": platform.node(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now if started is None else started)),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+        "wall_s": None if started is None else round(now - started, 3),
+        "counts": counts or {},
+    }
+    if extra:
+        manifest.update(extra)
+    write_json_atomic(Path(folder) / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    with open(Path(folder) / MANIFEST) as fh:
+        return json.load(fh)
+
+
+def write_parquet_atomic(table, final: str | os.PathLike) -> None:
+    """Write a pandas DataFrame or pyarrow Table to ``final`` as Parquet, atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not isinstance(table, pa.Table):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    with atomic_path(final) as tmp:
+        pq.write_table(table, tmp)
+
+
+def completed_outputs(stage_dir: str | os.PathLike, **params: Any) -> list[tuple[Path, dict[str, Any]]]:
+    """Completed folders of a stage whose manifest parameters include ``params``, oldest first."""
+    found = []
+    for manifest_path in Path(stage_dir).glob(f"*/{MANIFEST}"):
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            manifest = json.loads(manifest_path.read_text())
+            if all(manifest.get("params", {}).get(k) == v for k, v in params.items()):
+                found.append((manifest_path.parent, manifest))
+    return sorted(found, key=lambda item: item[1].get("finished_at", ""))

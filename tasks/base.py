@@ -1,0 +1,123 @@
+"""The two kinds of pipeline stage: a keyed ``Stage`` and a per-shard ``ShardStage``.
+
+A ``Stage`` writes into ``<data_root>/<stage>/<key>/`` with ``manifest.json`` last; the key
+hashes its significant parameters, the fingerprints of external inputs (stem set,
+catalog listing) and the keys of the stages it requires.  A ``ShardStage`` is one shard of
+a catalog-wide stage: all shards of a stage share the stage folder (keyed without the
+catalog's contents), and each shard's completion marker is ``shards/<shard_key>.json``,
+so adding tracks to a catalog runs only the new shards.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar
+
+import luigi
+
+from pipeline import storage
+
+
+class silentmine(luigi.Config):
+    """The ``[silentmine]`` section of luigi.cfg: where data lives and the global seed."""
+
+    data_root = luigi.Parameter(default="data")
+    stem_root = luigi.Parameter(default="data/demo/stems")
+    catalog = luigi.Parameter(default="data/demo/catalog")
+    seed = luigi.IntParameter(default=0)
+    threads = luigi.IntParameter(default=0, description="torch/BLAS threads per worker; 0 = all cores")
+
+
+def config() -> silentmine:
+    return silentmine()
+
+
+class Stage(luigi.Task):
+    """A pipeline stage with a content-keyed output folder and a manifest written last.
+
+    Subclasses set ``stage_name``, declare parameters and ``requires()``, and define
+    ``build(folder) -> counts``: one call into the library that writes the stage's files.
+    """
+
+    stage_name: ClassVar[str] = ""
+
+    def requires(self) -> dict[str, luigi.Task]:
+        return {}
+
+    def external_keys(self) -> dict[str, str]:
+        """Fingerprints of inputs that are not stages (stem set, catalog listing)."""
+        return {}
+
+    def key_params(self) -> dict[str, Any]:
+        return {name: value for name, value in self.to_str_params(only_significant=True).items()}
+
+    def input_keys(self) -> dict[str, str]:
+        keys = {name: task.key for name, task in self.requires().items()}
+        keys.update(self.external_keys())
+        return keys
+
+    @cached_property
+    def key(self) -> str:
+        return storage.stage_key(self.stage_name, self.key_params(), self.input_keys())
+
+    @property
+    def folder(self) -> Path:
+        return Path(config().data_root) / self.stage_name / self.key
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(str(self.folder / storage.MANIFEST))
+
+    def input_folder(self, name: str) -> Path:
+        return self.requires()[name].folder
+
+    def run(self) -> None:
+        started = time.time()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        storage.clean_temporaries(self.folder)
+        counts = self.build(self.folder) or {}
+        storage.write_manifest(self.folder, self.stage_name, self.key, self.key_params(), self.input_keys(),
+                               counts=counts, seed=config().seed, started=started)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return storage.read_manifest(self.folder)
+
+
+class ShardStage(Stage):
+    """One shard of a catalog-wide stage; its marker is ``shards/<shard_key>.json``."""
+
+    shard = luigi.IntParameter(description="shard number in the catalog scan")
+    shard_key = luigi.Parameter(description="hash of the shard's tracks (from the scan)")
+    tracks_file = luigi.Parameter(significant=False, description="the scan's tracks.parquet")
+
+    def key_params(self) -> dict[str, Any]:
+        params = super().key_params()
+        params.pop("shard")
+        params.pop("shard_key")
+        return params
+
+    def shard_tracks(self):
+        """The shard's rows of the catalog scan: ``path, size, mtime_ns, checksum, track_id, shard``."""
+        import pandas as pd
+
+        tracks = pd.read_parquet(self.tracks_file)
+        return tracks[tracks["shard"] == self.shard].reset_index(drop=True)
+
+    @property
+    def marker(self) -> Path:
+        return self.folder / "shards" / f"{self.shard_key}.json"
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(str(self.marker))
+
+    def run(self) -> None:
+        started = time.time()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        counts = self.build(self.folder) or {}
+        storage.write_json_atomic(self.marker, {
+            "stage": self.stage_name, "key": self.key, "shard": self.shard, "shard_key": self.shard_key,
+            "params": self.key_params(), "inputs": self.input_keys(), "counts": counts,
+            "code_version": storage.code_version(), "wall_s": round(time.time() - started, 3),
+        })

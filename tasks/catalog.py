@@ -1,0 +1,33 @@
+"""ScanCatalog: list the catalog, checksum its files, give them track ids and shards."""
+
+import luigi
+
+from pipeline.catalog import scan_catalog
+from pipeline.storage import completed_outputs
+from tasks.base import Stage, config
+from tasks.inputs import catalog_fingerprint, resolved
+
+
+class ScanCatalog(Stage):
+    stage_name = "catalog"
+    catalog = luigi.Parameter(default="", description="folder or list of paths; default [silentmine] catalog")
+    shard_size = luigi.IntParameter(default=64, description="tracks per shard (one Luigi task per shard)")
+
+    @property
+    def catalog_path(self):
+        return resolved(self.catalog or config().catalog)
+
+    def key_params(self):
+        return {"catalog": self.catalog_path, "shard_size": self.shard_size}
+
+    def external_keys(self):
+        return {"listing": catalog_fingerprint(self.catalog_path)}
+
+    def build(self, folder):
+        earlier = [f for f, _ in completed_outputs(folder.parent, **self.key_params()) if f != folder]
+        previous = earlier[-1] / "tracks.parquet" if earlier else None
+        return scan_catalog(self.catalog_path, self.shard_size, folder, previous)
+
+    @property
+    def tracks_file(self):
+        return str(self.folder / "tracks.parquet")

@@ -1,0 +1,20 @@
+"""Labels: relative volumes V_i (dB) of every stem-set track on the 0.64 s / 64 ms grid."""
+
+import luigi
+
+from pipeline.labels import label_stem_set
+from tasks.base import Stage, config
+from tasks.inputs import stem_set_fingerprint
+
+SPLITS = ("train", "valid", "test")
+
+
+class Labels(Stage):
+    stage_name = "labels"
+    splits = luigi.TupleParameter(default=SPLITS)
+
+    def external_keys(self):
+        return {"stem_set": stem_set_fingerprint(config().stem_root, tuple(self.splits))}
+
+    def build(self, folder):
+        return label_stem_set(config().stem_root, list(self.splits), folder / "labels.parquet")
