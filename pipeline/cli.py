@@ -81,7 +81,9 @@ def run_tasks(task: str, workers: int = 1, scheduler_host: str | None = None,
     import luigi.interface
 
     import tasks  # noqa: F401  (registers every task class)
+    from tasks.inputs import forget_inputs
 
+    forget_inputs()  # see the catalog and stem set as they are now
     _install_progress()
     _set_threads()
     args = ["--module", "tasks", task, "--workers", str(workers), *(extra or [])]

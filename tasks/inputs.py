@@ -22,3 +22,12 @@ def catalog_fingerprint(catalog_path: str) -> str:
 
 def resolved(path: str) -> str:
     return str(Path(path).resolve())
+
+
+def forget_inputs() -> None:
+    """Drop cached fingerprints and task instances, so the next run sees the inputs as they are."""
+    import luigi.task_register
+
+    stem_set_fingerprint.cache_clear()
+    catalog_fingerprint.cache_clear()
+    luigi.task_register.Register.clear_instance_cache()
