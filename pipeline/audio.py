@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -19,6 +20,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
+
+
+# libsndfile's log line for a data chunk longer than the file: "data : 529200 (should be 264578)".
+_SHORT_CHUNK = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+_STREAMING_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}  # sizes written by encoders that stream to a pipe
 
 
 class AudioError(Exception):
@@ -84,10 +90,20 @@ def load(
     path = Path(path)
     _check_readable(path)
     try:
-        data, rate = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
-        audio = np.ascontiguousarray(data.T)
+        handle = sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         audio, rate = _ffmpeg_decode(path, start, frames, soundfile_error=str(err))
+    else:
+        with handle as fh:
+            _check_not_truncated(fh)
+            try:
+                if start:
+                    fh.seek(start)
+                data = fh.read(frames, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as err:
+                raise AudioError(f"file is corrupt or truncated ({err})") from err
+            rate = fh.samplerate
+        audio = np.ascontiguousarray(data.T)
     if audio.shape[1] == 0:
         raise AudioError("file holds no audio samples (truncated or empty stream)")
     if not np.isfinite(audio).all():
@@ -98,6 +114,14 @@ def load(
         audio = resample(audio, rate, sample_rate)
         rate = sample_rate
     return audio, int(rate)
+
+
+def _check_not_truncated(fh: sf.SoundFile) -> None:
+    """Raise if a WAV-family header announces more audio than the file holds."""
+    match = _SHORT_CHUNK.search(fh.extra_info)
+    if match and int(match.group(1)) not in _STREAMING_SIZES and int(match.group(2)) < int(match.group(1)):
+        raise AudioError(f"file is truncated: its header announces {match.group(1)} bytes of audio, "
+                         f"the file holds {match.group(2)}")
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:

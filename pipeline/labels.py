@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.sources import SOURCES, n_windows, window_samples
+from pipeline.sources import SOURCES, n_windows, window_samples, window_starts
 
 SILENT_ENERGY = 1e-10  # sum of squares over a window below which the mixture is silent
 SILENT_DB = -13.0  # training label: source silent when V_i <= -13 dB (the paper's sign is a typo)
@@ -22,17 +22,15 @@ def window_energy(signal: np.ndarray, sample_rate: int) -> np.ndarray:
     Uses a cumulative sum, so the cost is one pass whatever the overlap.  Windows past the
     end are zero-padded (a signal shorter than one window gets one window).
     """
-    window, hop = window_samples(sample_rate)
+    window, _ = window_samples(sample_rate)
     count = n_windows(signal.shape[-1], sample_rate)
-    power = np.square(signal, dtype=np.float64)
-    if power.ndim > 1:
-        power = power.reshape(-1, power.shape[-1])
-    else:
-        power = power[None]
-    cumulative = np.concatenate([np.zeros((power.shape[0], 1)), np.cumsum(power, axis=-1)], axis=-1)
-    starts = np.arange(count) * hop
+    rows = signal.reshape(-1, signal.shape[-1])
+    starts = window_starts(count, sample_rate)
     stops = np.minimum(starts + window, signal.shape[-1])
-    energy = cumulative[:, stops] - cumulative[:, starts]
+    energy = np.empty((rows.shape[0], count))
+    for index, row in enumerate(rows):  # one float64 row at a time bounds the memory
+        cumulative = np.concatenate([[0.0], np.cumsum(np.square(row, dtype=np.float64))])
+        energy[index] = cumulative[stops] - cumulative[starts]
     return np.maximum(energy, 0.0).reshape(*signal.shape[:-1], count)
 
 
@@ -41,9 +39,8 @@ def relative_volumes(stems: np.ndarray, sample_rate: int) -> np.ndarray:
 
     Channels are pooled (energy summed over channels).  Silent-mixture windows give -inf.
     """
-    mixture = stems.sum(axis=0)  # (channels, samples)
     source_energy = window_energy(stems, sample_rate).sum(axis=1)  # (4, n)
-    mix_energy = window_energy(mixture, sample_rate).sum(axis=0)  # (n,)
+    mix_energy = window_energy(stems.sum(axis=0, dtype=np.float32), sample_rate).sum(axis=0)  # (n,)
     silent = mix_energy < SILENT_ENERGY
     with np.errstate(divide="ignore", invalid="ignore"):
         volumes = 10.0 * np.log10(source_energy / np.where(silent, 1.0, mix_energy))

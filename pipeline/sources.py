@@ -8,27 +8,39 @@ SOURCES: tuple[str, ...] = ("drums", "bass", "other", "vocals")
 # Label windows and detector output frames share one grid (SPEC.md): a window of
 # 0.64 s every 64 ms.  At the detector's 16 kHz input this is 10240 samples every
 # 1024 samples, i.e. 40 scattering frames of 256 samples every 4 frames.
-WINDOW_S: float = 0.64
-HOP_S: float = 0.064
+WINDOW_MS: int = 640
+HOP_MS: int = 64
+WINDOW_S: float = WINDOW_MS / 1000
+HOP_S: float = HOP_MS / 1000
 FEATURE_RATE: int = 16_000  # Hz, detector input (mono)
 
 
 def window_samples(sample_rate: int) -> tuple[int, int]:
-    """Return (window, hop) in samples at ``sample_rate`` Hz for the shared grid."""
+    """Return (window, hop) in whole samples at ``sample_rate`` Hz (hop rounded).
+
+    At 44.1 kHz the hop is 2822.4 samples: use :func:`window_starts` for exact starts.
+    """
     return round(WINDOW_S * sample_rate), round(HOP_S * sample_rate)
 
 
 def n_windows(n_samples: int, sample_rate: int) -> int:
-    """Number of grid windows for a signal of ``n_samples`` samples.
+    """Number of grid windows for a signal of ``n_samples`` samples at ``sample_rate`` Hz.
 
-    Window k spans samples ``[k * hop, k * hop + window)``.  A signal shorter than one
-    window still gets one window (zero-padded on the right), so every track has at
-    least one frame; an empty signal has none.
+    Window k spans ``[k * 64 ms, k * 64 ms + 640 ms)``; it is counted when it ends within
+    the signal (exact integer arithmetic, so 16 kHz and 44.1 kHz copies of one signal agree
+    up to resampling's rounding).  A signal shorter than one window still gets one window
+    (zero-padded on the right), so every track has at least one frame; an empty one has none.
     """
     if n_samples <= 0:
         return 0
-    window, hop = window_samples(sample_rate)
-    return max(1, (n_samples - window) // hop + 1)
+    return max(1, (n_samples * 1000 - WINDOW_MS * sample_rate) // (HOP_MS * sample_rate) + 1)
+
+
+def window_starts(count: int, sample_rate: int):
+    """Start sample of windows ``0..count-1`` at ``sample_rate`` Hz (nearest sample), int64 array."""
+    import numpy as np
+
+    return (np.arange(count, dtype=np.int64) * HOP_MS * sample_rate + 500) // 1000
 
 
 def window_start_s(index, hop_s: float = HOP_S):

@@ -77,8 +77,14 @@ class Stage(luigi.Task):
         self.folder.mkdir(parents=True, exist_ok=True)
         storage.clean_temporaries(self.folder)
         counts = self.build(self.folder) or {}
+        summary = counts.pop("summary", None)
         storage.write_manifest(self.folder, self.stage_name, self.key, self.key_params(), self.input_keys(),
-                               counts=counts, seed=config().seed, started=started)
+                               counts=counts, seed=config().seed, started=started,
+                               extra={"summary": summary or [], **self.manifest_extra()})
+
+    def manifest_extra(self) -> dict[str, Any]:
+        """Further fields for the manifest (for example which catalog scan it covers)."""
+        return {}
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -121,3 +127,23 @@ class ShardStage(Stage):
             "params": self.key_params(), "inputs": self.input_keys(), "counts": counts,
             "code_version": storage.code_version(), "wall_s": round(time.time() - started, 3),
         })
+
+
+class CatalogStage(Stage):
+    """A catalog-wide stage whose folder is keyed without the catalog's contents.
+
+    Its manifest records the catalog scan it covers; a new scan (files added, removed or
+    changed) makes it incomplete, so it runs again in the same folder and reuses every
+    finished shard.
+    """
+
+    def scan_task(self) -> "Stage":
+        from tasks.catalog import ScanCatalog
+
+        return ScanCatalog()
+
+    def manifest_extra(self) -> dict[str, Any]:
+        return {"scan": self.scan_task().key}
+
+    def complete(self) -> bool:
+        return super().complete() and self.manifest.get("scan") == self.scan_task().key

@@ -1,11 +1,21 @@
 """All: every final output of the pipeline (what `silentmine run` and `make demo` build)."""
 
+from pathlib import Path
+
 import luigi
 
-from tasks.catalog import ScanCatalog
-from tasks.labels import Labels
+from tasks.detector import DetectorReport
+from tasks.extract import Extract
+from tasks.measure import MeasureExtraction
+from tasks.separator import Evaluate
 
 
 class All(luigi.WrapperTask):
     def requires(self):
-        return {"labels": Labels(), "catalog": ScanCatalog()}
+        final = {"detector": DetectorReport(), "calibration": Extract().requires()["calibration"],
+                 "datasets": Extract()}
+        truth = MeasureExtraction()
+        if Path(truth.truth).exists():
+            final["measure"] = truth
+        final["evaluation"] = Evaluate()
+        return final

@@ -1,0 +1,86 @@
+"""The silent-source detector: TrainDetector, DetectStems, DetectCatalog, DetectorReport."""
+
+import luigi
+
+from classifiers import runs
+from tasks.base import ShardStage, Stage, config
+from tasks.features import CatalogFeatures, StemFeatures
+from tasks.labels import Labels
+
+
+class TrainDetector(Stage):
+    """Trains on the train split with -13 dB labels; early stopping on the valid split."""
+
+    stage_name = "detector"
+    resources = {"gpu": 1}
+    width = luigi.FloatParameter(default=1.0, description="channel multiplier; 1.0 = the paper's widths")
+    epochs = luigi.IntParameter(default=40)
+    patience = luigi.IntParameter(default=5, description="epochs without a better valid loss before stopping")
+    crop_seconds = luigi.FloatParameter(default=5.0)
+
+    def requires(self):
+        return {"labels": Labels(), "train": StemFeatures(split="train"), "valid": StemFeatures(split="valid")}
+
+    def key_params(self):
+        return {**super().key_params(), "seed": config().seed}
+
+    def build(self, folder):
+        settings = runs.train_config(self.width, self.epochs, self.patience, self.crop_seconds, config().threads or None)
+        return runs.train(self.requires()["train"].store, self.requires()["valid"].store,
+                          self.input_folder("labels") / "labels.parquet", settings, config().seed, folder)
+
+    @property
+    def checkpoint(self):
+        return self.folder / "detector.pt"
+
+
+class DetectStems(Stage):
+    """Per-frame probabilities on a held-out stem-set split (for calibration and the report)."""
+
+    stage_name = "detect"
+    resources = {"gpu": 1}
+    split = luigi.Parameter(default="test")
+
+    def requires(self):
+        return {"detector": TrainDetector(), "features": StemFeatures(split=self.split)}
+
+    def build(self, folder):
+        return runs.detect(self.requires()["detector"].checkpoint, self.requires()["features"].store,
+                           self.probabilities, config().threads or None)
+
+    @property
+    def probabilities(self):
+        return self.folder / f"{self.split}.parquet"
+
+
+class DetectCatalog(ShardStage):
+    """Per-frame probabilities of one catalog shard, in ``shards/<shard_key>.parquet``."""
+
+    stage_name = "detect"
+    resources = {"gpu": 1}
+
+    def requires(self):
+        return {"detector": TrainDetector(),
+                "features": CatalogFeatures(shard=self.shard, shard_key=self.shard_key, tracks_file=self.tracks_file)}
+
+    def build(self, folder):
+        return runs.detect(self.requires()["detector"].checkpoint, self.requires()["features"].store,
+                           self.probabilities, config().threads or None)
+
+    @property
+    def probabilities(self):
+        return self.folder / "shards" / f"{self.shard_key}.parquet"
+
+
+class DetectorReport(Stage):
+    """ROC AUC / AP against -13 and -20 dB labels and V_i against P_i on held-out tracks."""
+
+    stage_name = "detector_report"
+    split = luigi.Parameter(default="test")
+
+    def requires(self):
+        return {"detector": TrainDetector(), "features": StemFeatures(split=self.split), "labels": Labels()}
+
+    def build(self, folder):
+        return runs.report(self.requires()["detector"].checkpoint, self.requires()["features"].store,
+                           self.input_folder("labels") / "labels.parquet", folder)

@@ -1,0 +1,46 @@
+"""Features: order-2 scattering (C=7, F=54, 16 ms frames) of stem-set mixtures and catalog shards."""
+
+import luigi
+
+from pipeline import features
+from pipeline.featurize import featurize_catalog_shard, featurize_stem_split
+from pipeline.storage import stable_hash
+from tasks.base import ShardStage, Stage, config
+from tasks.inputs import stem_set_fingerprint
+
+DEFINITION = stable_hash({"scattering": features.SCATTERING, "log_eps": features.LOG_EPS,
+                          "layout": "C7xF54 order-2 by n2", "rate": 16000})
+
+
+class StemFeatures(Stage):
+    """Features of the mixtures of one stem-set split, in ``<split>.npy``."""
+
+    stage_name = "features"
+    split = luigi.Parameter()
+
+    def external_keys(self):
+        return {"stem_set": stem_set_fingerprint(config().stem_root, (self.split,)), "definition": DEFINITION}
+
+    def build(self, folder):
+        return featurize_stem_split(config().stem_root, self.split, folder / f"{self.split}.npy",
+                                    num_threads=config().threads or None)
+
+    @property
+    def store(self):
+        return self.folder / f"{self.split}.npy"
+
+
+class CatalogFeatures(ShardStage):
+    """Features of one catalog shard, in ``shards/<shard_key>.npy``."""
+
+    stage_name = "features"
+
+    def external_keys(self):
+        return {"definition": DEFINITION}
+
+    def build(self, folder):
+        return featurize_catalog_shard(self.shard_tracks(), self.store, num_threads=config().threads or None)
+
+    @property
+    def store(self):
+        return self.folder / "shards" / f"{self.shard_key}.npy"

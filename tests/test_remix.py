@@ -1,0 +1,176 @@
+"""Remix step: loss (3) by hand, reading D_i excerpts, and which state one remix step changes.
+
+Also home of the small data builders that the separator tests share: a stem set of several
+splits and a D_i index following ``pipeline.dataset_index.INDEX_SCHEMA``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import write_stem_track
+from pipeline.dataset_index import INDEX_SCHEMA
+from pipeline.demucs import Demucs, DemucsConfig
+from pipeline.remix import RemixSampler, l1_loss, remix_loss, remix_step
+from pipeline.sources import SOURCES
+
+RATE = 44_100
+
+
+def write_stem_set(root: Path, splits: dict[str, int], seconds: float = 2.0, rate: int = RATE, seed: int = 0,
+                   silent: tuple[tuple[str, int, str], ...] = ()) -> Path:
+    """A stem set in the MUSDB18-HQ layout, ``<root>/<split>/<split>-<kk>/``, tracks made by
+    ``conftest.write_stem_track``; ``silent`` lists ``(split, track number, source)`` stems that
+    are digital silence over the whole track."""
+    rng = np.random.default_rng(seed)
+    for split, count in splits.items():
+        for k in range(count):
+            mute = {SOURCES.index(name): (0.0, seconds) for s, j, name in silent if (s, j) == (split, k)}
+            write_stem_track(root / split / f"{split}-{k:02d}", rng, seconds, rate, silent=mute)
+    return root
+
+
+def write_excerpt_index(run_dir: Path, excerpts: list[tuple[str, np.ndarray, int]]) -> Path:
+    """FLAC excerpts and a hive-partitioned index under ``run_dir``; ``excerpts`` holds
+    ``(source, audio (channels, samples), rate)``."""
+    rows: dict[str, list[dict]] = {}
+    for n, (source, wav, rate) in enumerate(excerpts):
+        path = Path("excerpts") / source / f"x{n:03d}.flac"
+        (run_dir / path).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(run_dir / path, wav.T, rate, subtype="PCM_24")
+        frames = wav.shape[1]
+        rows.setdefault(source, []).append(dict(
+            excerpt_id=f"t{n:03d}-{source}-0", catalog_path=f"/catalog/{n}.mp3", catalog_checksum="0" * 64,
+            track_id=f"t{n:03d}", start_s=0.0, end_s=frames / rate, start_sample=0, end_sample=frames,
+            duration_s=frames / rate, sample_rate=rate, channels=wav.shape[0], threshold=0.9, prob_mean=0.95,
+            prob_min=0.91, n_frames=int(frames / rate / 0.064), detector_key="det", calibration_key="cal",
+            audio_path=str(path), audio_format="FLAC/PCM_24", audio_checksum="0" * 64))
+    schema = pa.schema([f for f in INDEX_SCHEMA if f.name != "source"])  # source is the partition
+    for source, source_rows in rows.items():
+        part = run_dir / "index" / f"source={source}" / "part-0.parquet"
+        part.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(source_rows, schema=schema), part)
+    return run_dir
+
+
+def noise(channels: int, seconds: float, rate: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-0.3, 0.3, (channels, int(seconds * rate))).astype(np.float32)
+
+
+def test_remix_loss_equals_formula_3_on_hand_made_tensors():
+    # One item, four sources, one channel, two samples; source i = 1 (bass).
+    estimates = torch.tensor([[[[1.0, 2.0]], [[0.5, -1.0]], [[3.0, 0.0]], [[-2.0, 4.0]]]])
+    stem = torch.tensor([[[1.5, -2.0]]])  # s_i
+    excerpt = torch.tensor([[[1.0, 1.0]]])  # m_i
+    # |s'_1 - s_1| = |0.5 - 1.5|, |-1 - (-2)| -> mean (1 + 1) / 2 = 1
+    # sum_{j != 1} = (1 + 3 - 2, 2 + 0 + 4) = (2, 6); |(2, 6) - (1, 1)| -> mean (1 + 5) / 2 = 3
+    assert remix_loss(estimates, 1, stem, excerpt, lam=0.5).item() == pytest.approx(1.0 + 0.5 * 3.0)
+    assert remix_loss(estimates, 1, stem, excerpt, lam=1e-6).item() == pytest.approx(1.0 + 1e-6 * 3.0)
+    # i = 3 (vocals): |(-2, 4) - (1.5, -2)| -> (3.5 + 6) / 2; others (4.5, 1) - (1, 1) -> (3.5 + 0) / 2
+    assert remix_loss(estimates, 3, stem, excerpt, lam=2.0).item() == pytest.approx(4.75 + 2.0 * 1.75)
+    # Same per-element normalisation as the main loss.
+    sources = torch.zeros_like(estimates)
+    assert l1_loss(estimates, sources).item() == pytest.approx(estimates.abs().mean().item())
+
+
+def test_remix_loss_batched_matches_loop():
+    torch.manual_seed(0)
+    est, stem, exc = torch.randn(3, 4, 2, 50), torch.randn(3, 2, 50), torch.randn(3, 2, 50)
+    lam = 0.3
+    expected = sum((est[b, 2] - stem[b]).abs().mean() + lam * (est[b, [0, 1, 3]].sum(0) - exc[b]).abs().mean()
+                   for b in range(3)) / 3
+    assert remix_loss(est, 2, stem, exc, lam).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_sampler_reads_index_resamples_and_matches_channels(tmp_path):
+    rate = 22_050
+    t = np.arange(int(0.3 * rate)) / rate
+    tone = (0.5 * np.sin(2 * np.pi * 1000 * t))[None].astype(np.float32)  # 0.3 s, mono, 22.05 kHz
+    run = write_excerpt_index(tmp_path, [("bass", noise(2, 1.0, RATE), RATE), ("vocals", tone, rate),
+                                         ("drums", noise(2, 0.8, RATE, seed=1), RATE)])
+    window = RATE // 2
+    sampler = RemixSampler(run, RATE, 2, window)
+    assert sampler.available == [0, 1, 3]  # no D_other
+    assert sampler.counts() == {"drums": 1, "bass": 1, "other": 0, "vocals": 1}
+    rng = np.random.default_rng(0)
+    crop = sampler.sample(3, 2, rng)
+    assert crop.shape == (2, 2, window) and crop.dtype == np.float32
+    assert np.array_equal(crop[:, 0], crop[:, 1])  # mono duplicated to stereo
+    resampled = int(0.3 * RATE)
+    assert np.all(crop[:, :, resampled + 8:] == 0)  # shorter than the window: zero-padded at the end
+    assert np.abs(crop[:, :, : resampled - 8]).max() > 0.4
+    spectrum = np.abs(np.fft.rfft(crop[0, 0, :resampled]))
+    assert np.fft.rfftfreq(resampled, 1 / RATE)[spectrum.argmax()] == pytest.approx(1000, abs=5)
+
+
+def test_sampler_crop_is_a_contiguous_partial_read(tmp_path):
+    ramp = np.tile(np.arange(RATE, dtype=np.float32) / RATE - 0.5, (2, 1))  # 1 s at the model's rate
+    ramp[1] *= -1
+    run = write_excerpt_index(tmp_path, [("drums", ramp, RATE)])
+    sampler = RemixSampler(run, RATE, 2, 1000)
+    starts = set()
+    for seed in range(5):
+        crop = sampler.sample(0, 1, np.random.default_rng(seed))[0]
+        start = int(round((crop[0, 0] + 0.5) * RATE))
+        np.testing.assert_allclose(crop, ramp[:, start:start + 1000], atol=1e-6)  # 24-bit FLAC
+        starts.add(start)
+    assert len(starts) > 1
+
+
+def test_pick_source_is_uniform_over_available_and_empty_runs(tmp_path):
+    run = write_excerpt_index(tmp_path / "run", [("drums", noise(2, 0.2, RATE), RATE),
+                                                 ("drums", noise(2, 0.2, RATE), RATE),
+                                                 ("vocals", noise(2, 0.2, RATE), RATE)])
+    sampler = RemixSampler(run, RATE, 2, 100)
+    rng = np.random.default_rng(0)
+    picks = [sampler.pick_source(rng) for _ in range(400)]
+    assert set(picks) == {0, 3} and 150 < picks.count(0) < 250  # uniform over sources, not excerpts
+    source, crops = sampler.draw(3, rng)
+    assert source in (0, 3) and crops.shape == (3, 2, 100)
+    # The source may come from a generator of its own (shared by all ranks under DDP).
+    assert sampler.draw(1, rng, np.random.default_rng(9))[0] == sampler.pick_source(np.random.default_rng(9))
+    for empty in (RemixSampler(None, RATE, 2, 100), RemixSampler(tmp_path / "missing", RATE, 2, 100)):
+        assert empty.available == []
+        with pytest.raises(ValueError, match="no D_i"):
+            empty.pick_source(rng)
+
+
+def test_remix_step_touches_only_the_remix_optimizer():
+    torch.manual_seed(0)
+    model = Demucs(DemucsConfig(channels=4, depth=2, lstm_layers=1, sample_rate=8000))
+    main = torch.optim.Adam(model.parameters(), lr=5e-4)
+    remix = torch.optim.Adam(model.parameters(), lr=5e-5)
+    n = model.valid_length(1000)
+    sources = torch.randn(2, 4, 2, n)
+    main.zero_grad()
+    l1_loss(model(sources.sum(1)), sources).backward()
+    main.step()
+    main_before = copy.deepcopy(main.state_dict())
+    params_before = [p.detach().clone() for p in model.parameters()]
+    assert remix.state_dict()["state"] == {}
+
+    loss = remix_step(model, remix, 1, torch.randn(2, 2, n), torch.randn(2, 2, n), lam=1e-6)
+
+    assert np.isfinite(loss)
+    main_after = main.state_dict()
+    for key, state in main_before["state"].items():
+        for name, value in state.items():
+            assert torch.equal(main_after["state"][key][name], value), (key, name)
+    assert main_after["param_groups"] == main_before["param_groups"]
+    remix_state = remix.state_dict()["state"]
+    assert len(remix_state) == len(params_before)
+    assert all(float(s["step"]) == 1 for s in remix_state.values())
+    changed = [not torch.equal(a, b) for a, b in zip(params_before, model.parameters())]
+    assert all(changed)  # every weight gets a gradient through loss (3)
+    assert all(p.grad is None for p in model.parameters())  # no gradient left for the main step
+    # Adam's first step moves each weight by about the learning rate of the remix optimizer.
+    step = max((a - b).abs().max().item() for a, b in zip(params_before, model.parameters()))
+    assert step == pytest.approx(5e-5, rel=0.05)
