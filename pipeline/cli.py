@@ -3,6 +3,8 @@
     silentmine demo-data [--out data/demo] [--seed 0] [--tiny]
     silentmine run [TASK] [--workers N] [--scheduler-host H --scheduler-port P] [luigi args...]
     silentmine demo            # demo-data, then `run All`, then a summary of what was made
+    silentmine audit           # the HTML report of the D_i (runs what it needs)
+    silentmine verify [RUN]    # check the D_i index against its audio and the catalog
 """
 
 from __future__ import annotations
@@ -117,7 +119,40 @@ def _demo(args: argparse.Namespace) -> int:
         print("demo: the pipeline failed; see the log above", file=sys.stderr)
         return 1
     print_summary(time.time() - started)
+    from pipeline.verify import verify_cli
+
+    status = verify_cli(_current("Extract").folder)
+    print(f"\naudit report: {_current('Audit').report.resolve()}")
+    return status
+
+
+def _current(task_name: str):
+    """The task instance of the current configuration (to find its output folder)."""
+    import tasks
+    from tasks.inputs import forget_inputs
+
+    forget_inputs()
+    return getattr(tasks, task_name)()
+
+
+def _audit(args: argparse.Namespace) -> int:
+    if args.run_dir:
+        from pipeline.audit import write_audit
+
+        report = write_audit(args.run_dir, args.calibration, args.out, per_source=args.per_source)
+    else:
+        if not run_tasks("Audit", workers=args.workers):
+            return 1
+        report = _current("Audit").report
+    print(f"audit report: {Path(report).resolve()}")
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from pipeline.verify import verify_cli
+
+    run_dir = args.run_dir or _current("Extract").folder
+    return verify_cli(run_dir, check_catalog=not args.no_catalog)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +179,19 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--tiny", action="store_true")
     demo.add_argument("--workers", type=int, default=1)
     demo.set_defaults(func=_demo)
+
+    audit = commands.add_parser("audit", help="write the HTML audit report of the D_i (runs what it needs)")
+    audit.add_argument("--run-dir", default=None, help="an extraction run folder (default: the configured run)")
+    audit.add_argument("--calibration", default=None, help="its calibration folder (with --run-dir)")
+    audit.add_argument("--out", default="audit-report", help="report folder (with --run-dir)")
+    audit.add_argument("--per-source", type=int, default=50)
+    audit.add_argument("--workers", type=int, default=1)
+    audit.set_defaults(func=_audit)
+
+    verify = commands.add_parser("verify", help="check a D_i run: audio, checksums, catalog files, counts")
+    verify.add_argument("run_dir", nargs="?", default=None, help="extraction run folder (default: the configured run)")
+    verify.add_argument("--no-catalog", action="store_true", help="skip re-hashing the catalog files")
+    verify.set_defaults(func=_verify)
 
     args = parser.parse_args(argv)
     return args.func(args)

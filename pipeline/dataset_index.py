@@ -77,3 +77,17 @@ def read_index(index_dir: str | os.PathLike, source: str | None = None) -> pd.Da
     frame = table.to_pandas()
     frame["source"] = frame["source"].astype(str)
     return frame[columns]
+
+
+def read_rejects(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """Every reject of an extraction run (``rejects/part-*.parquet``: scan, features, extract),
+    ``REJECTS_SCHEMA`` columns; empty if there is none."""
+    parts = sorted(p for p in (Path(run_dir) / "rejects").glob("part-*.parquet") if not p.name.startswith("."))
+    columns = [f.name for f in REJECTS_SCHEMA]
+    if not parts:
+        return pd.DataFrame({name: pd.Series(dtype=object) for name in columns})
+    frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    missing = set(columns) - set(frame.columns)
+    if missing:
+        raise ValueError(f"rejects parts under {Path(run_dir) / 'rejects'} lack columns {sorted(missing)}")
+    return frame[columns]

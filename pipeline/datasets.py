@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.dataset_index import REJECTS_SCHEMA, read_index
+from pipeline.dataset_index import REJECTS_SCHEMA, read_index, read_rejects
 from pipeline.sources import SOURCES
 from pipeline.storage import is_temporary, write_parquet_atomic
 
@@ -24,14 +24,6 @@ SCAN_REJECTS = "part-scan.parquet"
 def _rejects_table(frame: pd.DataFrame) -> pa.Table:
     frame = frame.reindex(columns=REJECTS_SCHEMA.names).fillna("").astype(str)
     return pa.Table.from_pandas(frame, schema=REJECTS_SCHEMA, preserve_index=False)
-
-
-def read_rejects(run_dir: str | os.PathLike) -> pd.DataFrame:
-    """Every reject of the run (scan, features, extract): ``path, track_id, stage, reason``."""
-    files = sorted(p for p in (Path(run_dir) / "rejects").glob("part-*.parquet") if not is_temporary(p))
-    if not files:
-        return REJECTS_SCHEMA.empty_table().to_pandas()
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
 
 def finalize_run(run_dir: str | os.PathLike, shard_keys: list[str], scan_rejects: pd.DataFrame,

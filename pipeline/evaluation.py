@@ -230,4 +230,5 @@ def evaluate_runs(checkpoints: dict[str, str | os.PathLike], stem_root: str | os
     write_parquet_atomic(comparison.reset_index(), out / "comparison.parquet")
     (out / "comparison.csv").write_text(comparison.round(3).to_csv())
     return {"runs": len(checkpoints), "tracks": summaries[next(iter(summaries))]["tracks"],
+            "summary": ["median SDR (dB), museval v4:", *comparison.round(2).to_string().splitlines()],
             "comparison": {run: {k: round(v, 3) for k, v in row.items()} for run, row in comparison.iterrows()}}

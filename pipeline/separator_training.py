@@ -412,3 +412,31 @@ def _json_value(value: Any) -> Any:
 
 def _json_row(row: dict[str, Any]) -> dict[str, Any]:
     return {k: _json_value(v) for k, v in row.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line for ``torchrun`` (one process per GPU): train one separator into ``--out``.
+
+    ``torchrun --nproc_per_node 4 -m pipeline.separator_training --stem-root S --datasets D --out O``
+    """
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.separator_training", description=main.__doc__)
+    parser.add_argument("--stem-root", required=True, help="stem set (MUSDB18-HQ layout or .stem.mp4 folder)")
+    parser.add_argument("--datasets", default=None, help="an Extract run folder (D_i); omit for no remix")
+    parser.add_argument("--out", required=True, help="output folder (checkpoints, logs); resumed if it holds one")
+    parser.add_argument("--config", default="{}", help="JSON of TrainConfig fields, e.g. '{\"epochs\": 400}'")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    args = parser.parse_args(argv)
+    values = json.loads(args.config)
+    config = TrainConfig.from_dict({**TrainConfig().to_dict(), **values})
+    try:
+        train_separator(config, args.stem_root, args.datasets, args.out, resume=True, device=args.device)
+    finally:
+        distributed.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

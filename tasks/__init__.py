@@ -3,6 +3,7 @@
 ``luigi --module tasks All --local-scheduler`` runs the whole pipeline.
 """
 
+from tasks.audit import Audit  # noqa: F401
 from tasks.base import CatalogStage, ShardStage, Stage, silentmine  # noqa: F401
 from tasks.calibrate import Calibrate  # noqa: F401
 from tasks.catalog import ScanCatalog  # noqa: F401

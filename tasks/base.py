@@ -20,6 +20,14 @@ import luigi
 from pipeline import storage
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
 class silentmine(luigi.Config):
     """The ``[silentmine]`` section of luigi.cfg: where data lives and the global seed."""
 
@@ -51,7 +59,8 @@ class Stage(luigi.Task):
         return {}
 
     def key_params(self) -> dict[str, Any]:
-        return {name: value for name, value in self.to_str_params(only_significant=True).items()}
+        """The significant parameters, as plain JSON values (tuples become lists)."""
+        return {name: _plain(self.param_kwargs[name]) for name, param in self.get_params() if param.significant}
 
     def input_keys(self) -> dict[str, str]:
         keys = {name: task.key for name, task in self.requires().items()}

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import luigi
 
+from tasks.audit import Audit
 from tasks.detector import DetectorReport
 from tasks.extract import Extract
 from tasks.measure import MeasureExtraction
@@ -17,5 +18,6 @@ class All(luigi.WrapperTask):
         truth = MeasureExtraction()
         if Path(truth.truth).exists():
             final["measure"] = truth
+        final["audit"] = Audit()
         final["evaluation"] = Evaluate()
         return final

@@ -69,6 +69,7 @@ def luigi_config(tmp_path):
             config.add_section(section)
         config.set(section, key, str(value))
 
+    set_option("silentmine", "data_root", tmp_path / "data")
     yield set_option
     for section in config.sections():
         config.remove_section(section)

@@ -1,0 +1,295 @@
+"""Training of the silent-source detector on labelled stem tracks (paper section 5.2).
+
+Examples are crops of each track's scattering features ``(7, 54, T)`` with their label
+frames: a crop of ``W`` windows starting at window ``s`` reads feature frames
+``4s .. 4s + 40 + 4 (W - 1)`` (crops start at multiples of 4 frames = 1024 samples at
+16 kHz) and its output frame ``k`` is label window ``s + k``.  One epoch is every crop of
+``crop_seconds`` (5 s) with a stride of ``crop_stride_seconds`` (0.5 s, rounded to whole
+64 ms windows), as in the paper, with a random offset per epoch and shuffled order.  A
+track shorter than one crop gives one crop, zero-padded, with its padded frames masked out
+of the loss.
+
+Labels: ``silent_labels(V, silent_db)`` (``V_i <= -13 dB``).  Loss: the sum over the four
+sources of the binary cross-entropy (with logits), averaged over frames.  Adam (lr 5e-4) on
+all parameters, batch 64.  The normalisation mean/std are fitted on the training features and
+stored in the model.  After each epoch the loss on the valid tracks (non-overlapping crops,
+no shuffling) decides early stopping (``patience`` epochs without improvement); the model
+with the best valid loss is returned.  Every random draw comes from ``seed``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from classifiers.detector import FRAMES_PER_HOP, FRAMES_PER_WINDOW, DetectorConfig, SilentSourceDetector, n_output_frames
+from pipeline.features import fit_normalisation
+from pipeline.labels import SILENT_DB, silent_labels
+from pipeline.sources import HOP_S, SOURCES, WINDOW_S
+
+log = logging.getLogger(__name__)
+
+MAX_FRAME_MISMATCH = 1  # label windows vs detector frames (resampling can round one away)
+BN_BATCHES = 8  # training batches that re-estimate BatchNorm statistics after each epoch
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyper-parameters (paper: 40 epochs, batch 64, Adam lr 5e-4, -13 dB labels)."""
+
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 5e-4
+    crop_seconds: float = 5.0
+    crop_stride_seconds: float = 0.5
+    patience: int = 5  # epochs without a better valid loss before stopping
+    silent_db: float = SILENT_DB
+    width: float = 1.0
+    dropout: float = 0.18
+    gain_db: float = 0.0  # random gain augmentation range in dB (0: off, as in the paper)
+    tilt_db: float = 0.0  # random spectral tilt augmentation range in dB (0: off)
+    num_threads: int | None = None  # torch intra-op threads during training (None: unchanged)
+
+    def crop_windows(self) -> int:
+        """Output frames per crop: the 0.64 s windows that fit in ``crop_seconds``."""
+        return max(1, int(math.floor((self.crop_seconds - WINDOW_S) / HOP_S + 1e-6)) + 1)
+
+    def stride_windows(self) -> int:
+        return max(1, int(round(self.crop_stride_seconds / HOP_S)))
+
+    def detector_config(self) -> DetectorConfig:
+        return DetectorConfig(width=self.width, dropout=self.dropout)
+
+
+@dataclass
+class _Track:
+    features: np.ndarray  # (7, 54, T) float32, un-normalised
+    labels: np.ndarray  # (4, n) float32 in {0, 1}
+    mask: np.ndarray  # (n,) float32: 1 where a label exists
+
+
+def align_labels(volumes: np.ndarray, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fit ``volumes`` ``(4, n)`` to ``n_frames`` detector frames: ``(volumes', mask)``.
+
+    Up to :data:`MAX_FRAME_MISMATCH` extra windows are dropped, missing ones masked out;
+    a larger mismatch means features and labels come from different signals (ValueError).
+    """
+    volumes = np.asarray(volumes, dtype=np.float32)
+    if volumes.ndim != 2 or volumes.shape[0] != len(SOURCES):
+        raise ValueError(f"volumes must be ({len(SOURCES)}, n_windows), got {volumes.shape}")
+    if abs(volumes.shape[1] - n_frames) > MAX_FRAME_MISMATCH:
+        raise ValueError(f"labels have {volumes.shape[1]} windows but the features give {n_frames} "
+                         "detector frames; compute both from the same 16 kHz signal")
+    out = np.full((len(SOURCES), n_frames), np.inf, dtype=np.float32)
+    count = min(n_frames, volumes.shape[1])
+    out[:, :count] = volumes[:, :count]
+    mask = np.zeros(n_frames, dtype=np.float32)
+    mask[:count] = 1.0
+    return out, mask
+
+
+def _prepare(pairs: Sequence[tuple[np.ndarray, np.ndarray]], silent_db: float) -> list[_Track]:
+    tracks = []
+    for feats, volumes in pairs:
+        feats = np.asarray(feats, dtype=np.float32)
+        if feats.ndim != 3:
+            raise ValueError(f"features must be (C, F, T), got {feats.shape}")
+        aligned, mask = align_labels(volumes, n_output_frames(feats.shape[-1]))
+        tracks.append(_Track(feats, silent_labels(aligned, silent_db) * mask, mask))
+    return tracks
+
+
+def _crops(tracks: list[_Track], crop: int, stride: int, rng: np.random.Generator | None) -> list[tuple[int, int]]:
+    """``(track index, first window)`` of every crop; random offset per track if ``rng``."""
+    crops = []
+    for index, track in enumerate(tracks):
+        windows = track.labels.shape[1]
+        if windows <= crop:
+            crops.append((index, 0))
+            continue
+        offset = int(rng.integers(0, min(stride, windows - crop + 1))) if rng is not None else 0
+        crops.extend((index, start) for start in range(offset, windows - crop + 1, stride))
+    return crops
+
+
+def _batch(tracks: list[_Track], crops: list[tuple[int, int]], crop: int) -> tuple[torch.Tensor, ...]:
+    """Features ``(B, 7, 54, 40 + 4 (crop - 1))``, labels ``(B, 4, crop)``, mask ``(B, crop)``."""
+    frames = FRAMES_PER_WINDOW + FRAMES_PER_HOP * (crop - 1)
+    first = tracks[crops[0][0]].features
+    feats = np.zeros((len(crops), *first.shape[:2], frames), dtype=np.float32)
+    labels = np.zeros((len(crops), len(SOURCES), crop), dtype=np.float32)
+    mask = np.zeros((len(crops), crop), dtype=np.float32)
+    for row, (index, start) in enumerate(crops):
+        track = tracks[index]
+        piece = track.features[..., start * FRAMES_PER_HOP: start * FRAMES_PER_HOP + frames]
+        feats[row, ..., :piece.shape[-1]] = piece
+        count = min(crop, track.labels.shape[1] - start)
+        labels[row, :, :count] = track.labels[:, start:start + count]
+        mask[row, :count] = track.mask[start:start + count]
+    return torch.from_numpy(feats), torch.from_numpy(labels), torch.from_numpy(mask)
+
+
+def random_gain(features: torch.Tensor, gain_db: float, rng: np.random.Generator,
+                tilt_db: float = 0.0) -> torch.Tensor:
+    """Features ``(B, C, F, T)`` of each example's audio through a random gain and spectral tilt.
+
+    The gain is uniform in +-``gain_db`` dB; the tilt rises linearly in dB over the order-1
+    rows (about 7 kHz down to 16 Hz) by a slope uniform in +-``tilt_db`` dB end to end.
+    Scattering is linear in the signal's amplitude, so with ``f = log1p(S / eps)`` a gain
+    ``g`` gives ``log1p(g * expm1(f))`` exactly (for the tilt, approximately: each
+    coefficient takes the gain at its first-order filter).  Relative volumes do not change
+    with the gain and by at most ``tilt_db`` dB with the tilt.
+    """
+    batch, freqs = features.shape[0], features.shape[2]
+    level = rng.uniform(-gain_db, gain_db, size=(batch, 1))
+    slope = rng.uniform(-tilt_db, tilt_db, size=(batch, 1)) if tilt_db > 0 else np.zeros((batch, 1))
+    db = level + slope * (np.linspace(-0.5, 0.5, freqs)[None, :])
+    scale = torch.as_tensor(10.0 ** (db / 20.0), dtype=features.dtype).view(batch, 1, freqs, 1)
+    return torch.log1p(torch.expm1(features) * scale)
+
+
+def detector_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum over sources of BCE-with-logits, mean over unmasked frames; shapes ``(B, 4, n)``, mask ``(B, n)``."""
+    bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").sum(dim=1)
+    return (bce * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def recalibrate_batchnorm(model: SilentSourceDetector, batches: Iterable[torch.Tensor]) -> None:
+    """Reset every BatchNorm's running statistics to their average over ``batches`` of features.
+
+    With momentum 0.1 the running statistics need tens of steps to forget their initial
+    values, so a model trained for a few hundred steps (the demo budget) evaluates badly;
+    recomputing them ("precise BN") after each epoch makes eval mode match training.
+    Only the BatchNorm layers run in train mode here (no dropout); nothing is learnt.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+        m.train()
+    try:
+        with torch.no_grad():
+            for feats in batches:
+                model(feats)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.eval()
+
+
+def _evaluate(model: SilentSourceDetector, tracks: list[_Track], crop: int, batch_size: int) -> float:
+    """Mean loss per frame over non-overlapping crops of ``tracks`` (eval mode)."""
+    model.eval()
+    crops = _crops(tracks, crop, crop, None)
+    total, frames = 0.0, 0.0
+    with torch.inference_mode():
+        for first in range(0, len(crops), batch_size):
+            feats, labels, mask = _batch(tracks, crops[first:first + batch_size], crop)
+            count = float(mask.sum())
+            total += float(detector_loss(model(feats), labels, mask)) * count
+            frames += count
+    return total / max(frames, 1.0)
+
+
+def train_detector(
+    train: Sequence[tuple[np.ndarray, np.ndarray]],
+    valid: Sequence[tuple[np.ndarray, np.ndarray]],
+    config: TrainConfig,
+    seed: int,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> tuple[SilentSourceDetector, list[dict]]:
+    """Train a detector on ``(features (7, 54, T), volumes (4, n_windows) dB)`` pairs.
+
+    Returns the model (best valid loss; the last epoch if ``valid`` is empty), in eval mode
+    with the training normalisation inside, and the history: one dict per epoch with
+    ``epoch, train_loss, valid_loss, seconds, best``.  ``callback`` gets each dict as it
+    is made; each is also logged at INFO level.
+    """
+    if not train:
+        raise ValueError("train_detector needs at least one training track")
+    train_tracks = _prepare(train, config.silent_db)
+    valid_tracks = _prepare(valid, config.silent_db)
+    crop, stride = config.crop_windows(), config.stride_windows()
+    previous_threads = torch.get_num_threads()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    rng = np.random.default_rng(seed)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = SilentSourceDetector(config.detector_config())
+            model.set_normalisation(*fit_normalisation(t.features for t in train_tracks))
+            optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+            history: list[dict] = []
+            best_loss, best_state, since_best = math.inf, None, 0
+            for epoch in range(1, config.epochs + 1):
+                started = time.perf_counter()
+                crops = _crops(train_tracks, crop, stride, rng)
+                order = rng.permutation(len(crops))
+                model.train()
+                total, frames = 0.0, 0.0
+                batches = range(0, len(crops), config.batch_size)
+                bar = tqdm(batches, desc=f"detector epoch {epoch}/{config.epochs}", disable=not progress,
+                           leave=False)
+                for first in bar:
+                    chosen = [crops[i] for i in order[first:first + config.batch_size]]
+                    if len(chosen) * crop < 2:
+                        continue  # BatchNorm needs two values per channel; skip a lone 1-frame crop
+                    feats, labels, mask = _batch(train_tracks, chosen, crop)
+                    if config.gain_db > 0 or config.tilt_db > 0:
+                        feats = random_gain(feats, config.gain_db, rng, config.tilt_db)
+                    loss = detector_loss(model(feats), labels, mask)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    count = float(mask.sum())
+                    total += float(loss.detach()) * count
+                    frames += count
+                    bar.set_postfix(loss=f"{total / max(frames, 1.0):.4f}")
+                record = {"epoch": epoch, "train_loss": total / max(frames, 1.0)}
+                calibration = [crops[i] for i in order[:config.batch_size * BN_BATCHES]]
+                recalibrate_batchnorm(model, (_batch(train_tracks, calibration[i:i + config.batch_size], crop)[0]
+                                              for i in range(0, len(calibration), config.batch_size)))
+                if not math.isfinite(record["train_loss"]):
+                    raise FloatingPointError(f"detector training diverged at epoch {epoch} (loss is not finite)")
+                if valid_tracks:
+                    record["valid_loss"] = _evaluate(model, valid_tracks, crop, config.batch_size)
+                    improved = best_state is None or record["valid_loss"] < best_loss
+                else:
+                    record["valid_loss"] = float("nan")
+                    improved = True
+                if improved:
+                    best_loss = record["valid_loss"] if valid_tracks else best_loss
+                    best_state, since_best = copy.deepcopy(model.state_dict()), 0
+                else:
+                    since_best += 1
+                record["best"] = improved
+                record["seconds"] = time.perf_counter() - started
+                history.append(record)
+                log.info("detector epoch %d: %s", epoch, record)
+                if callback is not None:
+                    callback(record)
+                if valid_tracks and since_best >= config.patience:
+                    break
+            model.load_state_dict(best_state)
+    finally:
+        torch.set_num_threads(previous_threads)
+    model.eval()
+    return model, history
+
+
+def train_config_dict(config: TrainConfig) -> dict:
+    """Plain-dict form of a :class:`TrainConfig` (for checkpoints and manifests)."""
+    return asdict(config)

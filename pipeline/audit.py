@@ -1,0 +1,726 @@
+"""Audit report of an extraction run: a self-contained HTML folder to read and listen to D_i.
+
+:func:`write_audit` writes ``out_dir/index.html`` (the overview), one page per source
+(``out_dir/<source>.html``), pictures in ``out_dir/img/`` and preview clips in ``out_dir/clips/``.
+Every link is relative and the pages use only inline CSS and JavaScript, so the folder can be
+zipped and opened anywhere without a network.
+
+What it shows:
+
+* overview: excerpts and hours per source, the distributions of duration and detector
+  probability, the calibration curves and thresholds, the rejected files and their reasons
+  (grouped, and listed up to ``MAX_REJECT_ROWS`` rows), where the excerpts came from (top catalog
+  folders and tracks by extracted seconds), for each source its weakest excerpts, and, with a
+  ground-truth table, the true relative volume ``V_i`` inside the excerpts;
+* per source: a table of at most ``per_source`` excerpts, the ones with the lowest mean
+  probability plus a seeded random sample of the rest, each with a player of its first
+  ``clip_seconds`` seconds (mono, ``CLIP_RATE`` Hz, MP3 or Ogg Vorbis), a small spectrogram and
+  its index fields; the table sorts when a column header is clicked (default: ``prob_mean``
+  ascending).
+
+Size stays bounded for a catalog of any size: aggregate plots and tables are computed from the
+index table, and only the sampled excerpts (at most ``per_source`` per source) get clips and
+pictures.
+
+Ground truth (the demo catalog only) has columns ``file`` (posix path relative to the catalog
+root), ``window``, ``start_s``, ``V_<source>`` (dB) on the shared grid.  A truth window belongs to
+an excerpt when its whole span ``[start_s, start_s + WINDOW_S)`` lies inside the excerpt; the
+fraction of extracted audio that is truly silent is the share of those windows with
+``V_i <= SILENT_DB`` (``-inf`` counts as silent).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from html import escape
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+from matplotlib.figure import Figure
+from matplotlib import colormaps
+from PIL import Image
+
+from pipeline.audio import AudioError, load
+from pipeline.dataset_index import read_index
+from pipeline.sources import SOURCES, WINDOW_S
+from pipeline.storage import MANIFEST, atomic_path, read_manifest, stable_hash
+from pipeline.dataset_index import read_rejects
+from pipeline.verify import normal_audio_path
+
+CLIP_RATE = 22_050  # Hz, preview clips (mono)
+SPECTROGRAM_SHAPE = (60, 160)  # pixels (rows = log-frequency, columns = time)
+SPECTROGRAM_RANGE_DB = 80.0  # dynamic range shown, dB below the clip's loudest bin
+SPECTROGRAM_LEVELS = 64  # colours in a spectrogram picture
+SPECTROGRAM_FMIN = 30.0  # Hz, lowest row
+MAX_REJECT_ROWS = 200  # rejects listed one by one; the rest are only counted
+MAX_REASON_ROWS = 50  # grouped reasons listed
+TOP_N = 20  # catalog folders and tracks in the provenance tables
+N_WEAKEST_OVERVIEW = 3  # lowest-probability excerpts played on the overview, per source
+SILENT_DB = -20.0  # dB, "truly silent" in the ground-truth section (the calibration target)
+INAUDIBLE_DB = -30.0  # dB, "perceptually zero" (paper section 4.1)
+_TOLERANCE_S = 1e-6
+_VOLUME_FLOOR_DB = -60.0  # histogram range of true volumes (lower values are drawn in the first bin)
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1400px;
+padding:1em 2em;color:#222;background:#fff;line-height:1.4}
+h1{font-size:1.6em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
+nav a{margin-right:1em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.85em}
+th,td{border:1px solid #ccc;padding:.2em .5em;vertical-align:middle}
+th{background:#f0f0f0;position:sticky;top:0}
+table.sortable th{cursor:pointer;user-select:none}
+th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.id{font-family:ui-monospace,monospace;font-size:.9em}
+img.plot{max-width:100%;border:1px solid #eee}
+img.spec{display:block;width:160px;height:60px}
+audio{width:220px;height:32px}
+.note{color:#555;font-style:italic}.empty{color:#a00;font-weight:bold}
+.wide{overflow-x:auto;max-width:100%}
+.warn{background:#fff3cd;border:1px solid #e0c36a;padding:.5em}
+pre{background:#f7f7f7;padding:.5em;overflow-x:auto;font-size:.85em}
+section.source{border-left:4px solid #ddd;padding-left:1em;margin:1em 0}
+"""
+
+# Click a header to sort its table (numbers before text, stable); cells may carry data-v.
+_JS = """
+(function(){
+  function key(cell){
+    var v = cell.getAttribute('data-v');
+    if (v === null) { v = cell.textContent.trim(); }
+    var n = Number(v);
+    return (v !== '' && !isNaN(n)) ? n : v.toLowerCase();
+  }
+  function cmp(a, b){
+    var na = typeof a === 'number', nb = typeof b === 'number';
+    if (na !== nb) { return na ? -1 : 1; }
+    return a < b ? -1 : (a > b ? 1 : 0);
+  }
+  var tables = document.querySelectorAll('table.sortable');
+  Array.prototype.forEach.call(tables, function(table){
+    if (!table.tHead || !table.tBodies.length) { return; }
+    var heads = table.tHead.rows[0].cells;
+    Array.prototype.forEach.call(heads, function(th, col){
+      th.addEventListener('click', function(){
+        var asc = th.getAttribute('aria-sort') !== 'ascending';
+        Array.prototype.forEach.call(heads, function(h){ h.removeAttribute('aria-sort'); });
+        th.setAttribute('aria-sort', asc ? 'ascending' : 'descending');
+        var body = table.tBodies[0];
+        var rows = Array.prototype.slice.call(body.rows);
+        rows.sort(function(r1, r2){
+          var c = cmp(key(r1.cells[col]), key(r2.cells[col]));
+          return asc ? c : -c;
+        });
+        rows.forEach(function(r){ body.appendChild(r); });
+      });
+    });
+    table.setAttribute('data-sortable', 'ready');
+  });
+})();
+"""
+
+
+class _Html(str):
+    """Text that is already HTML (escaped where needed); inserted as is."""
+
+
+def sample_excerpts(index: pd.DataFrame, n: int, seed: int, n_lowest: int | None = None) -> pd.DataFrame:
+    """At most ``n`` rows of ``index``: the ``n_lowest`` with the lowest ``prob_mean`` plus a
+    uniform random sample (``numpy.random.default_rng(seed)``) of the others.
+
+    ``n_lowest`` defaults to ``max(N_WEAKEST_OVERVIEW, n // 5)`` (at most ``n``).  The result does
+    not depend on the row order of ``index`` (ties are broken by ``excerpt_id``) and is sorted by
+    ``prob_mean`` ascending.
+    """
+    if n < 0:
+        raise ValueError(f"sample size must be >= 0, got {n}")
+    n_lowest = min(n, max(N_WEAKEST_OVERVIEW, n // 5) if n_lowest is None else n_lowest)
+    ordered = index.sort_values(["prob_mean", "excerpt_id"], kind="mergesort")
+    if len(ordered) <= n:
+        return ordered.reset_index(drop=True)
+    lowest = ordered.iloc[:n_lowest]
+    rest = ordered.iloc[n_lowest:].sort_values("excerpt_id", kind="mergesort")
+    picked = np.sort(np.random.default_rng(seed).choice(len(rest), size=n - n_lowest, replace=False))
+    sample = pd.concat([lowest, rest.iloc[picked]])
+    return sample.sort_values(["prob_mean", "excerpt_id"], kind="mergesort").reset_index(drop=True)
+
+
+def clip_format() -> tuple[str, str, str, str]:
+    """``(format, subtype, extension, mime type)`` for preview clips: MP3 if libsndfile writes it,
+    else Ogg Vorbis, else 16-bit WAV."""
+    formats = sf.available_formats()
+    if "MP3" in formats and "MPEG_LAYER_III" in sf.available_subtypes("MP3"):
+        return "MP3", "MPEG_LAYER_III", "mp3", "audio/mpeg"
+    if "OGG" in formats and "VORBIS" in sf.available_subtypes("OGG"):
+        return "OGG", "VORBIS", "ogg", "audio/ogg"
+    return "WAV", "PCM_16", "wav", "audio/wav"
+
+
+def write_clip(audio_file: str | os.PathLike, out_path: str | os.PathLike, clip_seconds: float,
+               sample_rate: int, fmt: tuple[str, str, str, str] | None = None) -> np.ndarray:
+    """Write the first ``clip_seconds`` s of ``audio_file`` (original rate ``sample_rate`` Hz) as a
+    mono ``CLIP_RATE`` Hz clip in ``fmt`` (default :func:`clip_format`); return it ``(samples,)``.
+
+    Raises :class:`pipeline.audio.AudioError` when the excerpt cannot be decoded.
+    """
+    fmt = fmt or clip_format()
+    audio, _ = load(audio_file, sample_rate=CLIP_RATE, mono=True, frames=max(1, int(round(clip_seconds * sample_rate))))
+    clip = np.clip(audio[0], -1.0, 1.0)
+    sf.write(str(out_path), clip, CLIP_RATE, format=fmt[0], subtype=fmt[1])
+    return clip
+
+
+def spectrogram_pixels(clip: np.ndarray, rate: int, shape: tuple[int, int] = SPECTROGRAM_SHAPE,
+                       n_fft: int = 1024, hop: int = 256) -> np.ndarray:
+    """Log-frequency power spectrogram of a mono ``clip`` as ``shape`` (rows, columns) in dB,
+    row 0 the lowest frequency (``SPECTROGRAM_FMIN`` Hz), the top row ``rate / 2``."""
+    rows, cols = shape
+    clip = np.asarray(clip, dtype=np.float64)
+    if clip.size < n_fft:
+        clip = np.pad(clip, (0, n_fft - clip.size))
+    frames = np.lib.stride_tricks.sliding_window_view(clip, n_fft)[::hop]
+    power = np.abs(np.fft.rfft(frames * np.hanning(n_fft), axis=1)) ** 2  # (time, bins)
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / rate)
+    edges = np.geomspace(SPECTROGRAM_FMIN, rate / 2, rows + 1)
+    bands = np.empty((rows, power.shape[0]))
+    for r in range(rows):
+        in_band = (freqs >= edges[r]) & (freqs < edges[r + 1])
+        bands[r] = power[:, in_band].mean(axis=1) if in_band.any() else power[:, np.abs(freqs - edges[r]).argmin()]
+    columns = np.minimum((np.arange(cols) + 0.5) * bands.shape[1] / cols, bands.shape[1] - 1).astype(int)
+    return 10.0 * np.log10(bands[:, columns] + 1e-12)
+
+
+def write_spectrogram(clip: np.ndarray, rate: int, out_path: str | os.PathLike) -> None:
+    """Save :func:`spectrogram_pixels` of ``clip`` as a PNG of ``SPECTROGRAM_SHAPE`` pixels.
+
+    The top ``SPECTROGRAM_RANGE_DB`` dB are drawn in ``SPECTROGRAM_LEVELS`` colours of a palette
+    image (a few kB each), high frequencies at the top.
+    """
+    pixels = spectrogram_pixels(clip, rate)[::-1]
+    top = float(pixels.max())
+    level = np.clip((pixels - (top - SPECTROGRAM_RANGE_DB)) / SPECTROGRAM_RANGE_DB, 0.0, 1.0)
+    index = np.ascontiguousarray(np.round(level * (SPECTROGRAM_LEVELS - 1)).astype(np.uint8))
+    image = Image.frombytes("P", (index.shape[1], index.shape[0]), index.tobytes())
+    palette = colormaps["magma"](np.linspace(0.0, 1.0, SPECTROGRAM_LEVELS))[:, :3]
+    image.putpalette((palette * 255).round().astype(np.uint8).ravel().tolist())
+    image.save(str(out_path), format="PNG", optimize=True)
+
+
+def truth_inside_excerpts(index: pd.DataFrame, truth: pd.DataFrame,
+                          catalog_root: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """True relative volumes (dB) inside each excerpt of ``index``.
+
+    Returns ``(per_excerpt, values)``: ``per_excerpt`` is aligned with ``index`` (same row order)
+    with columns ``true_windows`` (truth windows inside), ``true_v_median_db``, ``true_v_max_db``,
+    ``true_fraction_silent`` (share with ``V <= SILENT_DB``; NaN without truth); ``values`` maps
+    each source to the ``V_<source>`` of every truth window inside one of its excerpts.
+    """
+    missing = {"file", "start_s"} - set(truth.columns)
+    if missing:
+        raise ValueError(f"truth table lacks columns {sorted(missing)}")
+    root = os.path.realpath(catalog_root)
+    relative = {}
+    for path in index["catalog_path"].unique():
+        rel = os.path.relpath(os.path.realpath(path), root)
+        outside = rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel)
+        relative[path] = None if outside else rel.replace(os.sep, "/")
+    files = index["catalog_path"].map(relative)
+    by_file = {name: rows.sort_values("start_s", kind="mergesort") for name, rows in truth.groupby("file", sort=False)}
+
+    n = len(index)
+    counts = np.zeros(n, dtype=np.int64)
+    medians, maxima, silent = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    values: dict[str, list[np.ndarray]] = {s: [] for s in SOURCES}
+    starts_s, ends_s, sources = index["start_s"].to_numpy(), index["end_s"].to_numpy(), index["source"].to_numpy()
+    for i, name in enumerate(files.to_numpy()):
+        rows = by_file.get(name)
+        column = f"V_{sources[i]}"
+        if rows is None or column not in rows.columns:
+            continue
+        starts = rows["start_s"].to_numpy()
+        lo = np.searchsorted(starts, starts_s[i] - _TOLERANCE_S, side="left")
+        hi = np.searchsorted(starts + WINDOW_S, ends_s[i] + _TOLERANCE_S, side="right")
+        volume = rows[column].to_numpy(dtype=np.float64)[lo:max(lo, hi)]
+        counts[i] = volume.size
+        if volume.size:
+            medians[i], maxima[i] = np.median(volume), volume.max()
+            silent[i] = float(np.mean(volume <= SILENT_DB))
+            values.setdefault(str(sources[i]), []).append(volume)
+    per_excerpt = pd.DataFrame({"true_windows": counts, "true_v_median_db": medians, "true_v_max_db": maxima,
+                                "true_fraction_silent": silent}, index=index.index)
+    return per_excerpt, {s: np.concatenate(v) if v else np.zeros(0) for s, v in values.items()}
+
+
+# ----------------------------------------------------------------------------------------- HTML
+
+
+def _num_attr(value: float) -> str:
+    if np.isnan(value):
+        return ""
+    if np.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return repr(float(value))
+
+
+def _cell(value, digits: int = 3) -> str:
+    """One ``<td>``: numbers right-aligned with a sort value, text escaped, ``_Html`` as is."""
+    if isinstance(value, _Html):
+        return f"<td>{value}</td>"
+    if value is None or (isinstance(value, (float, np.floating)) and np.isnan(value)):
+        return '<td data-v="">&ndash;</td>'
+    if isinstance(value, (bool, np.bool_)):
+        return f"<td>{'yes' if value else 'no'}</td>"
+    if isinstance(value, (int, np.integer)):
+        return f'<td class="num" data-v="{int(value)}">{int(value)}</td>'
+    if isinstance(value, (float, np.floating)):
+        return f'<td class="num" data-v="{_num_attr(value)}">{float(value):.{digits}f}</td>'
+    return f"<td>{escape(str(value))}</td>"
+
+
+def _table(headers: list[str], rows: list[list], sorted_by: str | None = None, digits: int = 3,
+           table_id: str | None = None) -> str:
+    head = "".join(f'<th aria-sort="ascending">{escape(h)}</th>' if h == sorted_by else f"<th>{escape(h)}</th>"
+                   for h in headers)
+    body = "\n".join("<tr>" + "".join(_cell(v, digits) for v in row) + "</tr>" for row in rows)
+    ident = f' id="{escape(table_id)}"' if table_id else ""
+    return f'<table class="sortable"{ident}><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>'
+
+
+def _frame_table(frame: pd.DataFrame, digits: int = 3, table_id: str | None = None) -> str:
+    rows = [[None if (isinstance(v, float) and np.isnan(v)) else v for v in rec]
+            for rec in frame.itertuples(index=False)]
+    return _table([str(c) for c in frame.columns], rows, digits=digits, table_id=table_id)
+
+
+def _page(title: str, nav: str, body: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{escape(title)}</title><style>{_CSS}</style></head>\n<body>\n<nav>{nav}</nav>\n"
+            f"{body}\n<script>{_JS}</script>\n</body></html>\n")
+
+
+def _img(rel: str, alt: str, cls: str = "plot") -> _Html:
+    return _Html(f'<img class="{cls}" src="{escape(rel)}" alt="{escape(alt)}">')
+
+
+def _safe_page(source: str) -> str:
+    return source if re.fullmatch(r"[a-z0-9_]+", source) and source != "index" else f"source-{stable_hash(source, 8)}"
+
+
+# ----------------------------------------------------------------------------------------- plots
+
+
+def _save(fig: Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+def _plot_per_source(index: pd.DataFrame, sources: list[str], column: str, xlabel: str, path: Path,
+                     thresholds: dict[str, float] | None = None, bins=30) -> None:
+    fig = Figure(figsize=(3.0 * len(sources), 2.6))
+    for k, source in enumerate(sources):
+        ax = fig.add_subplot(1, len(sources), k + 1)
+        data = index.loc[index["source"] == source, column].to_numpy(dtype=np.float64)
+        data = data[np.isfinite(data)]
+        if data.size:
+            ax.hist(data, bins=bins, color="#4a7ab5")
+        else:
+            ax.text(0.5, 0.5, "no excerpts", ha="center", va="center", transform=ax.transAxes)
+        if thresholds and np.isfinite(thresholds.get(source, np.nan)):
+            ax.axvline(thresholds[source], color="#c33", ls="--", lw=1, label="threshold")
+            ax.legend(fontsize=7)
+        ax.set_title(f"{source} (n={data.size})", fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+    _save(fig, path)
+
+
+def _plot_truth(values: dict[str, np.ndarray], sources: list[str], path: Path) -> None:
+    fig = Figure(figsize=(3.0 * len(sources), 2.6))
+    bins = np.arange(_VOLUME_FLOOR_DB, 10.0 + 1e-9, 2.0)
+    for k, source in enumerate(sources):
+        ax = fig.add_subplot(1, len(sources), k + 1)
+        data = values.get(source, np.zeros(0))
+        if data.size:
+            ax.hist(np.clip(data, _VOLUME_FLOOR_DB, 10.0), bins=bins, color="#5a9e6f")
+            ax.set_title(f"{source}: {np.mean(data <= SILENT_DB):.0%} <= {SILENT_DB:g} dB", fontsize=9)
+        else:
+            ax.text(0.5, 0.5, "no truth windows", ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(source, fontsize=9)
+        ax.axvline(SILENT_DB, color="#c33", ls="--", lw=1)
+        ax.set_xlim(_VOLUME_FLOOR_DB, 10.0)
+        ax.set_xlabel("true V_i in excerpts (dB)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    _save(fig, path)
+
+
+def _plot_curves(curves: pd.DataFrame, path: Path) -> None:
+    fig = Figure(figsize=(8, 3))
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for source, rows in curves.groupby("source", sort=False):
+        rows = rows.sort_values("threshold")
+        left.plot(rows["threshold"], rows["fraction_silent"], label=str(source))
+        right.plot(rows["threshold"], rows["coverage"], label=str(source))
+    left.set_xlabel("threshold p_i")
+    left.set_ylabel("fraction silent above p_i")
+    right.set_xlabel("threshold p_i")
+    right.set_ylabel("coverage")
+    left.legend(fontsize=7)
+    _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------- sections
+
+
+def _read_calibration(calibration_dir: Path | None) -> tuple[pd.DataFrame | None, pd.DataFrame | None, Path | None]:
+    if calibration_dir is None:
+        return None, None, None
+    calibration_dir = Path(calibration_dir)
+    thresholds = calibration_dir / "thresholds.parquet"
+    curves = calibration_dir / "curves.parquet"
+    png = calibration_dir / "curves.png"
+    return (pd.read_parquet(thresholds) if thresholds.is_file() else None,
+            pd.read_parquet(curves) if curves.is_file() else None,
+            png if png.is_file() else None)
+
+
+def _display_path(path: str, catalog_root: str | None) -> str:
+    if catalog_root:
+        rel = os.path.relpath(path, catalog_root)
+        if not rel.startswith(os.pardir):
+            return rel.replace(os.sep, "/")
+    return path
+
+
+def _provenance(index: pd.DataFrame, catalog_root: str | None) -> str:
+    if index.empty:
+        return '<p class="empty">No excerpts, so no catalog folders or tracks to show.</p>'
+    shown = index["catalog_path"].map({p: _display_path(p, catalog_root) for p in index["catalog_path"].unique()})
+    folders = shown.map(lambda p: os.path.dirname(p) or ".")
+    frame = index.assign(folder=folders, file=shown)
+    by_folder = (frame.groupby("folder").agg(tracks=("track_id", "nunique"), excerpts=("excerpt_id", "size"),
+                                             seconds=("duration_s", "sum"))
+                 .sort_values(["seconds", "excerpts"], ascending=False))
+    total = float(frame["duration_s"].sum()) or 1.0
+    folder_rows = [[name, int(r.tracks), int(r.excerpts), float(r.seconds), float(r.seconds / 3600),
+                    float(100 * r.seconds / total)] for name, r in by_folder.head(TOP_N).iterrows()]
+    per_source = frame.pivot_table(index=["file", "track_id"], columns="source", values="duration_s",
+                                   aggfunc="sum", fill_value=0.0)
+    by_track = frame.groupby(["file", "track_id"]).agg(excerpts=("excerpt_id", "size"), seconds=("duration_s", "sum"))
+    by_track = by_track.join(per_source).sort_values(["seconds", "excerpts"], ascending=False)
+    sources = [s for s in SOURCES if s in per_source.columns] + sorted(set(per_source.columns) - set(SOURCES))
+    track_rows = [[name[0], name[1], int(r.excerpts), float(r.seconds), *[float(r[s]) for s in sources]]
+                  for name, r in by_track.head(TOP_N).iterrows()]
+    root_note = f" Paths are relative to the catalog root {escape(str(catalog_root))}." if catalog_root else ""
+    return (f"<p>{len(by_folder)} catalog folders and {len(by_track)} tracks gave excerpts; the top {TOP_N} "
+            f"by extracted duration are listed.{root_note}</p>"
+            "<h3>Catalog folders</h3>"
+            + _table(["folder", "tracks", "excerpts", "seconds", "hours", "% of extracted"], folder_rows,
+                     table_id="provenance-folders", digits=2)
+            + "<h3>Tracks</h3>"
+            + _table(["catalog file", "track_id", "excerpts", "seconds", *[f"{s} s" for s in sources]], track_rows,
+                     table_id="provenance-tracks", digits=2))
+
+
+def _rejects_section(rejects: pd.DataFrame) -> str:
+    if rejects.empty:
+        return "<p>No file was rejected.</p>"
+    grouped = rejects.assign(reason_kind=rejects["reason"].astype(str).str.replace(r"\d+(\.\d+)?", "N", regex=True))
+    by_reason = (grouped.groupby(["stage", "reason_kind"]).size().rename("files").reset_index()
+                 .sort_values(["files", "reason_kind"], ascending=[False, True]))
+    reason_rows = [[r.stage, r.reason_kind, int(r.files)] for r in by_reason.head(MAX_REASON_ROWS).itertuples()]
+    more_reasons = (f'<p class="note">Showing {MAX_REASON_ROWS} of {len(by_reason)} reasons.</p>'
+                    if len(by_reason) > MAX_REASON_ROWS else "")
+    listed = rejects.sort_values(["stage", "path"], kind="mergesort").head(MAX_REJECT_ROWS)
+    note = (f'<p class="note">Showing the first {MAX_REJECT_ROWS} of {len(rejects)} rejected files '
+            f"(sorted by stage and path); the full list is in the run's rejects/ folder.</p>"
+            if len(rejects) > MAX_REJECT_ROWS else "")
+    return (f"<p>{len(rejects)} rejected files. Reasons are grouped with their numbers replaced by N.</p>"
+            + _table(["stage", "reason", "files"], reason_rows, table_id="reject-reasons") + more_reasons
+            + "<h3>Rejected files</h3>" + note
+            + _table(["path", "track_id", "stage", "reason"],
+                     [[r.path, r.track_id, r.stage, r.reason] for r in listed.itertuples()], table_id="rejects"))
+
+
+def _run_section(run_dir: Path) -> str:
+    if not (run_dir / MANIFEST).is_file():
+        return f'<p class="warn">No {MANIFEST} in {escape(str(run_dir))}: the run did not finish.</p>'
+    manifest = read_manifest(run_dir)
+    rows = [[name, manifest.get(name)] for name in ("stage", "key", "code_version", "started_at", "finished_at",
+                                                    "wall_s", "host") if name in manifest]
+    details = {k: manifest.get(k) for k in ("params", "inputs", "counts")}
+    return (_table(["field", "value"], [[k, "" if v is None else str(v)] for k, v in rows])
+            + f"<pre>{escape(json.dumps(details, indent=2, sort_keys=True, default=str))}</pre>")
+
+
+class _Clips:
+    """Writes the clip and spectrogram of each sampled excerpt once and remembers the cells."""
+
+    def __init__(self, run_dir: Path, out_dir: Path, clip_seconds: float):
+        self.run_dir, self.out_dir, self.clip_seconds = run_dir, out_dir, clip_seconds
+        self.fmt = clip_format()
+        self.cells: dict[str, tuple[_Html, _Html]] = {}
+        self.failures: list[tuple[str, str]] = []
+
+    def add(self, row, name: str) -> tuple[_Html, _Html]:
+        if row.excerpt_id in self.cells:
+            return self.cells[row.excerpt_id]
+        clip_rel, spec_rel = f"clips/{name}.{self.fmt[2]}", f"img/spec-{name}.png"
+        try:
+            rel = normal_audio_path(str(row.audio_path))
+            if rel is None:
+                raise AudioError(f"audio_path {row.audio_path!r} is not a relative path under audio/")
+            clip = write_clip(self.run_dir / rel, self.out_dir / clip_rel, self.clip_seconds, int(row.sample_rate),
+                              self.fmt)
+            write_spectrogram(clip, CLIP_RATE, self.out_dir / spec_rel)
+            cells = (_Html(f'<audio controls preload="none" src="{escape(clip_rel)}" '
+                           f'title="{escape(str(row.excerpt_id))}"></audio>'),
+                     _img(spec_rel, f"spectrogram of {row.excerpt_id}", "spec"))
+        except (AudioError, OSError, sf.LibsndfileError) as err:
+            for partial in (self.out_dir / clip_rel, self.out_dir / spec_rel):
+                partial.unlink(missing_ok=True)
+            self.failures.append((str(row.excerpt_id), str(err)))
+            cells = (_Html(f'<span class="empty">audio unavailable: {escape(str(err))}</span>'), _Html(""))
+        self.cells[row.excerpt_id] = cells
+        return cells
+
+
+def _excerpt_rows(sample: pd.DataFrame, clips: _Clips, source: str, truth_cols: pd.DataFrame | None,
+                  catalog_root: str | None) -> tuple[list[str], list[list]]:
+    headers = ["player", "spectrogram", "excerpt_id", "catalog file", "start_s", "end_s", "duration_s",
+               "prob_mean", "prob_min", "threshold", "n_frames", "sample_rate", "channels"]
+    if truth_cols is not None:
+        headers += ["true V median (dB)", "true V max (dB)", f"truly <= {SILENT_DB:g} dB"]
+    headers += ["audio_path", "audio_format", "audio_checksum", "catalog_checksum", "detector_key", "calibration_key"]
+    rows = []
+    for k, row in enumerate(sample.itertuples(index=False)):
+        player, spectrogram = clips.add(row, f"{_safe_page(source)}-{k:04d}")
+        shown = _display_path(str(row.catalog_path), catalog_root)
+        values = [player, spectrogram, _Html(f'<span class="id">{escape(str(row.excerpt_id))}</span>'),
+                  _Html(f'<span title="{escape(str(row.catalog_path))}">{escape(shown)}</span>'),
+                  row.start_s, row.end_s, row.duration_s, row.prob_mean, row.prob_min, row.threshold,
+                  int(row.n_frames), int(row.sample_rate), int(row.channels)]
+        if truth_cols is not None:
+            t = truth_cols.loc[row.excerpt_id] if row.excerpt_id in truth_cols.index else None
+            values += [None, None, None] if t is None else [t.true_v_median_db, t.true_v_max_db, t.true_fraction_silent]
+        values += [row.audio_path, row.audio_format, str(row.audio_checksum)[:16], str(row.catalog_checksum)[:16],
+                   row.detector_key, row.calibration_key]
+        rows.append(values)
+    return headers, rows
+
+
+def _source_summary(index: pd.DataFrame, source: str, thresholds: pd.DataFrame | None) -> dict:
+    rows = index[index["source"] == source]
+    info = {"excerpts": len(rows), "seconds": float(rows["duration_s"].sum()),
+            "tracks": int(rows["track_id"].nunique()), "calibratable": None, "threshold": None}
+    if thresholds is not None and "source" in thresholds.columns:
+        match = thresholds[thresholds["source"] == source]
+        if len(match):
+            if "calibratable" in match.columns:
+                info["calibratable"] = bool(match["calibratable"].iloc[0])
+            if "threshold" in match.columns:
+                info["threshold"] = float(match["threshold"].iloc[0])
+    return info
+
+
+def _empty_message(source: str, info: dict) -> str:
+    why = ""
+    if info["calibratable"] is False:
+        why = " The detector could not be calibrated for this source, so it gets no dataset (a result, not an error)."
+    return f'<p class="empty">No excerpts were extracted for {escape(source)}.{why}</p>'
+
+
+def write_audit(
+    run_dir: str | os.PathLike,
+    calibration_dir: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    truth: pd.DataFrame | str | os.PathLike | None = None,
+    catalog_root: str | os.PathLike | None = None,
+    per_source: int = 50,
+    clip_seconds: float = 6.0,
+    seed: int = 0,
+) -> Path:
+    """Write the audit report of the extraction run ``run_dir`` into ``out_dir``; return its index.html.
+
+    ``calibration_dir``: the Calibrate output (``thresholds.parquet``, ``curves.parquet``,
+    ``curves.png``), or None.  ``truth``: a ground-truth DataFrame or Parquet path (needs
+    ``catalog_root``, the folder its ``file`` column is relative to).  ``per_source``: at most
+    this many excerpts per source get a row, clip and spectrogram; ``clip_seconds``: length of
+    each preview (s); ``seed``: the sample's random seed.  ``out_dir`` is replaced atomically.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"extraction run folder {run_dir} does not exist")
+    if per_source < 0:
+        raise ValueError(f"per_source must be >= 0, got {per_source}")
+    if not clip_seconds > 0:
+        raise ValueError(f"clip_seconds must be > 0, got {clip_seconds}")
+    if truth is not None and catalog_root is None:
+        raise ValueError("a ground-truth table needs catalog_root, the folder its 'file' paths are relative to")
+    if truth is not None and not isinstance(truth, pd.DataFrame):
+        truth = pd.read_parquet(truth)
+    root = str(catalog_root) if catalog_root is not None else None
+
+    index = read_index(run_dir / "index")
+    rejects = read_rejects(run_dir)
+    thresholds, curves, curves_png = _read_calibration(Path(calibration_dir) if calibration_dir else None)
+    sources = list(SOURCES) + sorted(set(index["source"]) - set(SOURCES))
+    truth_cols, truth_values = None, {}
+    if truth is not None:
+        per_excerpt, truth_values = truth_inside_excerpts(index, truth, root)
+        truth_cols = per_excerpt.set_index(index["excerpt_id"].to_numpy())
+        truth_cols = truth_cols[~truth_cols.index.duplicated()]
+
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir) as tmp:
+        (tmp / "img").mkdir(parents=True)
+        (tmp / "clips").mkdir()
+        clips = _Clips(run_dir, tmp, clip_seconds)
+        summaries = {s: _source_summary(index, s, thresholds) for s in sources}
+        samples = {s: sample_excerpts(index[index["source"] == s], per_source, seed) for s in sources}
+        nav = " ".join([f'<a href="index.html">overview</a>']
+                       + [f'<a href="{escape(_safe_page(s))}.html">{escape(s)}</a>' for s in sources])
+        for source in sources:
+            page = _source_page(source, summaries[source], samples[source], clips, truth_cols, root,
+                                per_source, seed)
+            (tmp / f"{_safe_page(source)}.html").write_text(_page(f"D_i audit: {source}", nav, page), encoding="utf-8")
+        overview = _overview(run_dir, index, rejects, thresholds, curves, curves_png, sources, summaries, samples,
+                             clips, truth_cols, truth_values, root, tmp)
+        (tmp / "index.html").write_text(_page(f"D_i audit: {run_dir.name}", nav, overview), encoding="utf-8")
+    return out_dir / "index.html"
+
+
+def _source_page(source: str, info: dict, sample: pd.DataFrame, clips: _Clips, truth_cols: pd.DataFrame | None,
+                 catalog_root: str | None, per_source: int, seed: int) -> str:
+    calibrated = info["threshold"] is not None and np.isfinite(info["threshold"])
+    threshold = f"{info['threshold']:.3f}" if calibrated else "none"
+    head = (f"<h1>D_i for {escape(source)}</h1><p>{info['excerpts']} excerpts, {info['seconds']:.1f} s "
+            f"({info['seconds'] / 3600:.3f} h) from {info['tracks']} tracks; calibrated threshold "
+            f"{escape(threshold)}.</p>")
+    if info["excerpts"] == 0:
+        return head + f'<section class="source" id="source-{escape(source)}">{_empty_message(source, info)}</section>'
+    n_lowest = min(len(sample), max(N_WEAKEST_OVERVIEW, per_source // 5))
+    how = (f"all {info['excerpts']} excerpts" if len(sample) == info["excerpts"] else
+           f"{len(sample)} of {info['excerpts']} excerpts: the {n_lowest} with the lowest mean probability and a "
+           f"random sample (seed {seed}) of the others")
+    headers, rows = _excerpt_rows(sample, clips, source, truth_cols, catalog_root)
+    return (head + f'<section class="source" id="source-{escape(source)}"><h2>Excerpts</h2>'
+            f"<p>Showing {escape(how)}, sorted by prob_mean (lowest first); click a column header to sort. "
+            f"Each player holds the first {clips.clip_seconds:g} s, mono at {CLIP_RATE} Hz.</p>"
+            + '<div class="wide">'
+            + _table(headers, rows, sorted_by="prob_mean", table_id=f"excerpts-{_safe_page(source)}")
+            + "</div></section>")
+
+
+def _overview(run_dir: Path, index: pd.DataFrame, rejects: pd.DataFrame, thresholds: pd.DataFrame | None,
+              curves: pd.DataFrame | None, curves_png: Path | None, sources: list[str], summaries: dict,
+              samples: dict, clips: _Clips, truth_cols: pd.DataFrame | None, truth_values: dict,
+              catalog_root: str | None, out: Path) -> str:
+    parts = [f"<h1>Audit of extraction run {escape(run_dir.name)}</h1>",
+             f"<p>Run folder: <code>{escape(str(run_dir))}</code>. {len(index)} excerpts, "
+             f"{index['duration_s'].sum() / 3600:.3f} h, {len(rejects)} rejected files.</p>"]
+    if index.empty:
+        parts.append('<p class="empty">The index is empty: no excerpts were extracted for any source.</p>')
+
+    parts.append('<h2 id="sources">Sources</h2>')
+    source_rows = []
+    for s in sources:
+        info, rows = summaries[s], index[index["source"] == s]
+        link = _Html(f'<a href="{escape(_safe_page(s))}.html">{escape(s)}</a>')
+        source_rows.append([link, info["calibratable"], info["threshold"], info["excerpts"], info["seconds"],
+                            info["seconds"] / 3600, info["tracks"],
+                            float(rows["duration_s"].median()) if len(rows) else None,
+                            float(rows["prob_mean"].median()) if len(rows) else None,
+                            float(rows["prob_mean"].min()) if len(rows) else None])
+    parts.append(_table(["source", "calibratable", "threshold", "excerpts", "seconds", "hours", "tracks",
+                         "median duration s", "median prob_mean", "min prob_mean"], source_rows,
+                        table_id="sources-table"))
+
+    parts.append('<h2 id="per-source">Per source: the weakest excerpts</h2>')
+    for s in sources:
+        info = summaries[s]
+        body = [f'<section class="source" id="source-{escape(s)}"><h3><a href="{escape(_safe_page(s))}.html">'
+                f"{escape(s)}</a></h3>"]
+        if info["excerpts"] == 0:
+            body.append(_empty_message(s, info))
+        else:
+            weakest = samples[s].head(N_WEAKEST_OVERVIEW)
+            rows = []
+            for k, row in enumerate(weakest.itertuples(index=False)):
+                player, spectrogram = clips.add(row, f"{_safe_page(s)}-{k:04d}")
+                rows.append([player, spectrogram, _Html(f'<span class="id">{escape(str(row.excerpt_id))}</span>'),
+                             row.prob_mean, row.prob_min, row.duration_s])
+            shown = (f"The {len(weakest)} with the lowest mean probability:" if len(weakest)
+                     else "No excerpt is previewed (per_source is 0).")
+            body.append(f"<p>{info['excerpts']} excerpts, {info['seconds'] / 3600:.3f} h. {shown}</p>")
+            if rows:
+                body.append(_table(["player", "spectrogram", "excerpt_id", "prob_mean", "prob_min", "duration_s"],
+                                   rows, sorted_by="prob_mean"))
+        body.append("</section>")
+        parts.append("".join(body))
+
+    parts.append('<h2 id="distributions">Distributions</h2>')
+    if index.empty:
+        parts.append('<p class="empty">No excerpts: nothing to plot.</p>')
+    else:
+        threshold_of = {s: np.nan if summaries[s]["threshold"] is None else summaries[s]["threshold"] for s in sources}
+        _plot_per_source(index, sources, "duration_s", "excerpt duration (s)", out / "img" / "duration.png")
+        _plot_per_source(index, sources, "prob_mean", "mean P_i over the excerpt", out / "img" / "prob_mean.png",
+                         thresholds=threshold_of, bins=np.linspace(0, 1, 41))
+        _plot_per_source(index, sources, "prob_min", "min P_i over the excerpt", out / "img" / "prob_min.png",
+                         thresholds=threshold_of, bins=np.linspace(0, 1, 41))
+        parts += ["<h3>Duration</h3>", _img("img/duration.png", "excerpt durations per source"),
+                  "<h3>Detector probability</h3>", _img("img/prob_mean.png", "mean probability per source"),
+                  _img("img/prob_min.png", "minimum probability per source")]
+
+    parts.append('<h2 id="calibration">Calibration</h2>')
+    if curves_png is not None:
+        shutil.copyfile(curves_png, out / "img" / "calibration_curves.png")
+        parts.append(_img("img/calibration_curves.png", "calibration curves"))
+    elif curves is not None and {"source", "threshold", "fraction_silent", "coverage"} <= set(curves.columns):
+        _plot_curves(curves, out / "img" / "calibration_curves.png")
+        parts.append(_img("img/calibration_curves.png", "calibration curves"))
+    else:
+        parts.append('<p class="note">No calibration curves found.</p>')
+    if thresholds is not None:
+        parts.append(_frame_table(thresholds, table_id="calibration-thresholds"))
+    else:
+        parts.append('<p class="warn">No calibration thresholds found (thresholds.parquet).</p>')
+
+    parts.append('<h2 id="rejects">Rejects</h2>' + _rejects_section(rejects))
+    parts.append('<h2 id="provenance">Provenance: where the excerpts came from</h2>' + _provenance(index, catalog_root))
+
+    if truth_cols is not None:
+        parts.append('<h2 id="ground-truth">Ground truth: true relative volume inside the excerpts</h2>')
+        parts.append(f"<p>Truth windows (0.64 s on the 64 ms grid) lying wholly inside an excerpt; "
+                     f"&ldquo;truly silent&rdquo; means V_i &lt;= {SILENT_DB:g} dB, &ldquo;inaudible&rdquo; "
+                     f"V_i &lt;= {INAUDIBLE_DB:g} dB.</p>")
+        rows = []
+        known = truth_cols.reindex(index["excerpt_id"].to_numpy())["true_windows"].fillna(0).to_numpy() > 0
+        for s in sources:
+            v = truth_values.get(s, np.zeros(0))
+            in_source = (index["source"] == s).to_numpy()
+            rows.append([s, int(in_source.sum()), int((in_source & ~known).sum()), int(v.size),
+                         float(np.mean(v <= SILENT_DB)) if v.size else None,
+                         float(np.mean(v <= INAUDIBLE_DB)) if v.size else None,
+                         float(np.median(v)) if v.size else None,
+                         float(np.quantile(v, 0.95, method="inverted_cdf")) if v.size else None])
+        parts.append(_table(["source", "excerpts", "excerpts without truth", "windows inside",
+                             f"fraction <= {SILENT_DB:g} dB", f"fraction <= {INAUDIBLE_DB:g} dB",
+                             "median V (dB)", "V95 (dB)"], rows, table_id="truth-table"))
+        if any(v.size for v in truth_values.values()):
+            _plot_truth(truth_values, sources, out / "img" / "truth_volume.png")
+            parts.append(_img("img/truth_volume.png", "true relative volume inside the excerpts"))
+
+    if clips.failures:
+        items = "".join(f"<li>{escape(i)}: {escape(m)}</li>" for i, m in clips.failures[:MAX_REJECT_ROWS])
+        parts.append(f'<h2 id="clip-failures">Excerpts that could not be previewed</h2><ul class="warn">{items}</ul>')
+
+    parts.append('<h2 id="run">Run</h2>' + _run_section(run_dir))
+    return "\n".join(parts)

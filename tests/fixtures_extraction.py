@@ -1,0 +1,176 @@
+"""A small, realistic extraction run folder built by hand, for the audit and verify tests.
+
+:func:`make_extraction_run` writes a catalog of short wav files (22.05 kHz mono and 44.1 kHz
+stereo, one in a folder whose name needs HTML escaping), cuts FLAC excerpts from them on the
+shared 64 ms grid exactly as the extraction contract describes (``run_dir/audio/<source>/<xx>/
+<excerpt_id>.flac``, hive-partitioned index, rejects, manifest written last), the calibration
+folder (``thresholds.parquet``, ``curves.parquet``, ``curves.png``) and the ground-truth table
+of relative volumes on the grid.  ``other`` is not calibratable and has no excerpts, so every
+report and check also meets an empty source.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import soundfile as sf
+from matplotlib.figure import Figure
+
+from pipeline.audio import file_checksum
+from pipeline.dataset_index import INDEX_SCHEMA, REJECTS_SCHEMA
+from pipeline.sources import HOP_S, SOURCES, WINDOW_S, n_windows
+from pipeline.storage import stable_hash, write_manifest, write_parquet_atomic
+
+TRACK_SECONDS = 6.0
+# (source, first grid frame, frames): each excerpt spans [k * HOP_S, (k + n - 1) * HOP_S + WINDOW_S).
+EXCERPT_PLAN = (("drums", 2, 20), ("drums", 45, 25), ("bass", 10, 40), ("vocals", 5, 30))
+THRESHOLDS = {"drums": 0.62, "bass": 0.55, "other": None, "vocals": 0.7}
+DETECTOR_KEY = "0123456789abcdef"
+CALIBRATION_KEY = "fedcba9876543210"
+
+_INDEX_PART_SCHEMA = pa.schema([f for f in INDEX_SCHEMA if f.name != "source"])
+
+
+def _write_catalog(catalog_root: Path, n_tracks: int, rng: np.random.Generator) -> list[Path]:
+    """``n_tracks`` wav files of TRACK_SECONDS: even tracks 22.05 kHz mono, odd 44.1 kHz stereo."""
+    paths = []
+    for i in range(n_tracks):
+        rate, channels = (22050, 1) if i % 2 == 0 else (44100, 2)
+        folder = catalog_root / ("Artist A & B" if i % 2 == 0 else "artist_c") / f"album{i // 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        t = np.arange(int(TRACK_SECONDS * rate)) / rate
+        tone = 0.2 * np.sin(2 * np.pi * (110 * (i + 1)) * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 0.5 * t))
+        audio = tone[None, :] + 0.05 * rng.standard_normal((channels, t.size))
+        path = folder / f"song{i}.wav"
+        sf.write(path, np.clip(audio, -1, 1).T, rate, subtype="PCM_16")
+        paths.append(path)
+    return paths
+
+
+def _write_calibration(calibration_dir: Path, rng: np.random.Generator) -> None:
+    calibration_dir.mkdir(parents=True, exist_ok=True)
+    grid = np.round(np.linspace(0.0, 1.0, 21), 4)
+    total = 5000
+    curves, thresholds = [], []
+    for j, source in enumerate(SOURCES):
+        n_above = np.round(total * (1 - grid) ** (1.5 + j)).astype(int)
+        fraction = np.clip(0.4 + 0.6 * grid ** (0.5 + j * 0.3) - (0.3 if source == "other" else 0.0), 0, 1)
+        curves.append(pd.DataFrame({"source": source, "threshold": grid, "n_above": n_above,
+                                    "fraction_silent": fraction, "coverage": n_above / total}))
+        p = THRESHOLDS[source]
+        k = int(np.argmin(np.abs(grid - p))) if p is not None else None
+        thresholds.append({
+            "source": source, "calibratable": p is not None, "threshold": np.nan if p is None else p,
+            "n_windows_above": 0 if k is None else int(n_above[k]),
+            "achieved_fraction": float(fraction.max()) if k is None else max(0.95, float(fraction[k])),
+            "v95_db": float(rng.uniform(-8, -4)) if k is None else float(rng.uniform(-26, -21)),
+            "n_windows_total": total, "coverage": 0.0 if k is None else float(n_above[k] / total),
+        })
+    curves = pd.concat(curves, ignore_index=True)
+    write_parquet_atomic(pd.DataFrame(thresholds), calibration_dir / "thresholds.parquet")
+    write_parquet_atomic(curves, calibration_dir / "curves.parquet")
+    fig = Figure(figsize=(3, 2), dpi=60)
+    ax = fig.add_subplot()
+    for source, rows in curves.groupby("source", sort=False):
+        ax.plot(rows["threshold"], rows["fraction_silent"], label=source)
+    ax.legend(fontsize=6)
+    fig.savefig(calibration_dir / "curves.png")
+
+
+def _truth_for_track(rel_file: str, n_samples: int, rate: int, excerpts: list[dict],
+                     rng: np.random.Generator) -> pd.DataFrame:
+    """Truth windows of one file: loud (-12..-3 dB) outside excerpts, mostly quiet inside them."""
+    k = np.arange(n_windows(n_samples, rate))
+    starts = k * HOP_S
+    table = {"file": rel_file, "window": k.astype(np.int64), "start_s": starts}
+    for source in SOURCES:
+        volume = rng.uniform(-12.0, -3.0, k.size)
+        for row in (e for e in excerpts if e["source"] == source):
+            inside = (starts >= row["start_s"] - 1e-6) & (starts + WINDOW_S <= row["end_s"] + 1e-6)
+            quiet = rng.uniform(-45.0, -22.0, k.size)
+            quiet[rng.random(k.size) < 0.1] = -15.0  # a few windows the detector got wrong
+            volume = np.where(inside, quiet, volume)
+        table[f"V_{source}"] = volume
+    return pd.DataFrame(table)
+
+
+def make_extraction_run(tmp_path: Path, n_tracks: int = 3) -> tuple[Path, Path, Path, pd.DataFrame]:
+    """Build ``(run_dir, calibration_dir, catalog_root, truth_df)`` under ``tmp_path``.
+
+    Each track gets the excerpts of ``EXCERPT_PLAN`` shifted by its number of grid frames
+    (4 per track: 2 drums, 1 bass, 1 vocals; none for ``other``).  Tracks alternate between two
+    shards; shard 0 also has two rejects (an undecodable file and a too-short track).
+    """
+    tmp_path = Path(tmp_path)
+    rng = np.random.default_rng(1234)
+    catalog_root = tmp_path / "catalog"
+    run_dir = tmp_path / "data" / "extract" / "a1b2c3d4e5f60718"
+    calibration_dir = tmp_path / "data" / "calibrate" / CALIBRATION_KEY
+    tracks = _write_catalog(catalog_root, n_tracks, rng)
+    _write_calibration(calibration_dir, rng)
+
+    shard_keys = [stable_hash({"shard": s}) for s in range(2)]
+    rows_by_shard: dict[str, list[dict]] = {key: [] for key in shard_keys}
+    truth = []
+    for i, path in enumerate(tracks):
+        checksum = file_checksum(path)
+        track_id = checksum[:16]
+        audio, rate = sf.read(path, dtype="float32", always_2d=True)
+        audio = audio.T
+        excerpts = []
+        for source, first, frames in EXCERPT_PLAN:
+            start_s = (first + i) * HOP_S
+            end_s = min(start_s + (frames - 1) * HOP_S + WINDOW_S, TRACK_SECONDS)
+            start_sample, end_sample = int(round(start_s * rate)), min(int(round(end_s * rate)), audio.shape[1])
+            excerpt_id = f"{track_id}-{source}-{start_sample}"
+            rel = f"audio/{source}/{track_id[:2]}/{excerpt_id}.flac"
+            (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            sf.write(run_dir / rel, audio[:, start_sample:end_sample].T, rate, format="FLAC", subtype="PCM_16")
+            threshold = THRESHOLDS[source]
+            prob_min = float(rng.uniform(threshold, threshold + 0.1))
+            excerpts.append({
+                "excerpt_id": excerpt_id, "source": source, "catalog_path": str(path.resolve()),
+                "catalog_checksum": checksum, "track_id": track_id, "start_s": start_s, "end_s": end_s,
+                "start_sample": start_sample, "end_sample": end_sample, "duration_s": end_s - start_s,
+                "sample_rate": rate, "channels": audio.shape[0], "threshold": threshold,
+                "prob_mean": float(rng.uniform(prob_min, 1.0)), "prob_min": prob_min, "n_frames": frames,
+                "detector_key": DETECTOR_KEY, "calibration_key": CALIBRATION_KEY, "audio_path": rel,
+                "audio_format": "FLAC/PCM_16", "audio_checksum": file_checksum(run_dir / rel),
+            })
+        rows_by_shard[shard_keys[i % 2]].extend(excerpts)
+        rel_file = path.relative_to(catalog_root).as_posix()
+        truth.append(_truth_for_track(rel_file, audio.shape[1], rate, excerpts, rng))
+
+    index = pd.DataFrame([r for rows in rows_by_shard.values() for r in rows])
+    for shard_key, rows in rows_by_shard.items():
+        frame = pd.DataFrame(rows, columns=[f.name for f in INDEX_SCHEMA])
+        for source, part in frame.groupby("source"):
+            table = pa.Table.from_pandas(part.drop(columns="source"), schema=_INDEX_PART_SCHEMA, preserve_index=False)
+            write_parquet_atomic(table, run_dir / "index" / f"source={source}" / f"part-{shard_key}.parquet")
+
+    broken = catalog_root / "artist_c" / "notes.wav"
+    broken.write_bytes(b"this is not audio\n")
+    short = catalog_root / "artist_c" / "short.wav"
+    sf.write(short, np.zeros(22050), 22050, subtype="PCM_16")
+    rejects = pd.DataFrame([
+        {"path": str(broken.resolve()), "track_id": "", "stage": "extract",
+         "reason": "not an audio file (no decoder recognises it, no audio stream)"},
+        {"path": str(short.resolve()), "track_id": file_checksum(short)[:16], "stage": "extract",
+         "reason": "track lasts 1.000 s, shorter than the 5 s minimum excerpt"},
+    ])
+    write_parquet_atomic(pa.Table.from_pandas(rejects, schema=REJECTS_SCHEMA, preserve_index=False),
+                         run_dir / "rejects" / f"part-{shard_keys[0]}.parquet")
+    write_parquet_atomic(pa.Table.from_pandas(rejects.iloc[:0], schema=REJECTS_SCHEMA, preserve_index=False),
+                         run_dir / "rejects" / f"part-{shard_keys[1]}.parquet")
+
+    counts = {"excerpts": len(index), "rejects": len(rejects), "shards": len(shard_keys)}
+    counts.update({f"excerpts_{s}": int((index["source"] == s).sum()) for s in SOURCES})
+    write_manifest(run_dir, stage="extract", key=run_dir.name,
+                   params={"min_seconds": 1.0, "shard_size": 2},
+                   inputs={"catalog": stable_hash(str(catalog_root)), "detector": DETECTOR_KEY,
+                           "calibration": CALIBRATION_KEY},
+                   counts=counts)
+    return run_dir, calibration_dir, catalog_root, pd.concat(truth, ignore_index=True)

@@ -1,0 +1,190 @@
+"""Calibration of p_i: the literal 'lowest threshold with >= 95 % silent above it' rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.calibration import (
+    CURVE_COLUMNS,
+    THRESHOLD_COLUMNS,
+    calibrate,
+    calibration_arrays,
+    plot_curves,
+    thresholds_from_table,
+)
+from pipeline.sources import SOURCES
+
+
+def _one_source(p: list[float], v: list[float], column: int = 0, fill_v: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 4) inputs whose ``column`` is given; the other sources are loud with P = 0."""
+    probs = np.zeros((len(p), 4))
+    volumes = np.full((len(v), 4), fill_v)
+    probs[:, column] = p
+    volumes[:, column] = v
+    return probs, volumes
+
+
+def _row(calibration, source: str) -> pd.Series:
+    return calibration.thresholds.set_index("source").loc[source]
+
+
+def _brute_force(p: np.ndarray, v: np.ndarray, target_db: float, target_fraction: float, min_windows: int) -> dict:
+    """The rule read literally, one candidate at a time."""
+    n_silent = int((v <= target_db).sum())
+    admissible = []
+    for t in np.unique(p):
+        above = p >= t
+        fraction = (v[above] <= target_db).mean()
+        if above.sum() >= min_windows and fraction >= target_fraction - 1e-12:
+            admissible.append(t)
+    if not admissible:
+        return {"calibratable": False}
+    t = min(admissible)
+    above = p >= t
+    return {"calibratable": True, "threshold": t, "n_windows_above": int(above.sum()),
+            "achieved_fraction": (v[above] <= target_db).mean(),
+            "coverage": (v[above] <= target_db).sum() / n_silent,
+            "v95_db": np.sort(v[above])[int(np.ceil(0.95 * above.sum())) - 1]}
+
+
+def test_lowest_admissible_threshold_even_when_the_fraction_is_not_monotone():
+    # Candidates 0.9: 1/1, 0.8: 2/2, 0.7: 2/3, 0.6: 3/4, 0.5: 4/5, 0.4: 4/6 silent (V <= -20).
+    probs, volumes = _one_source([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [-30, -25, -10, -40, -30, -5])
+    calibration = calibrate(probs, volumes, target_db=-20.0, target_fraction=0.75, min_windows=1)
+    row = _row(calibration, "drums")
+    assert row["calibratable"]
+    assert row["threshold"] == pytest.approx(0.5)  # 0.7 fails, yet the lower 0.5 passes: minimum over all
+    assert row["n_windows_above"] == 5
+    assert row["achieved_fraction"] == pytest.approx(0.8)
+    assert row["coverage"] == pytest.approx(1.0)  # all 4 silent windows lie above 0.5
+    assert row["v95_db"] == pytest.approx(-10.0)  # 5th smallest of 5 (inverted CDF)
+    assert row["n_windows_total"] == 6
+    assert list(calibration.thresholds.columns) == list(THRESHOLD_COLUMNS)
+    assert list(calibration.curves.columns) == list(CURVE_COLUMNS)
+
+
+def test_ties_enter_together():
+    # Silent windows come first among the ties, so a rule that admits windows one by one
+    # would see 3 silent of 3 at P = 0.8; with the whole tie it is 3 of 5.
+    probs, volumes = _one_source([0.9, 0.9, 0.8, 0.8, 0.8, 0.1], [-30, -30, -30, -5, -5, -5])
+    row = _row(calibrate(probs, volumes, target_db=-20.0, target_fraction=0.75, min_windows=1), "drums")
+    assert row["threshold"] == pytest.approx(0.9)
+    assert row["n_windows_above"] == 2
+    loose = _row(calibrate(probs, volumes, target_db=-20.0, target_fraction=0.6, min_windows=1), "drums")
+    assert loose["threshold"] == pytest.approx(0.8)
+    assert loose["n_windows_above"] == 5
+
+
+def test_min_windows_rules_out_thresholds_that_select_too_few():
+    probs, volumes = _one_source([0.9, 0.9, 0.8, 0.8, 0.8, 0.1], [-30, -30, -30, -5, -5, -5])
+    row = _row(calibrate(probs, volumes, target_fraction=0.75, min_windows=3), "drums")
+    assert not row["calibratable"]
+    assert np.isnan(row["threshold"])
+
+
+def test_source_that_never_reaches_the_target_is_not_calibratable():
+    rng = np.random.default_rng(0)
+    probs = rng.uniform(size=(300, 4))
+    volumes = np.where(probs > 0.5, -40.0, 0.0)
+    volumes[:, 2] = -5.0  # "other" is always audible
+    calibration = calibrate(probs, volumes, min_windows=10)
+    table = calibration.thresholds.set_index("source")
+    assert not table.loc["other", "calibratable"]
+    assert np.isnan(table.loc["other", "threshold"])
+    assert table.loc["other", "n_windows_total"] == 300
+    assert table.loc[["drums", "bass", "vocals"], "calibratable"].all()
+    # Its curve is still reported (fraction 0 everywhere), so the plot can show why.
+    other = calibration.curves[calibration.curves["source"] == "other"]
+    assert len(other) > 0 and (other["fraction_silent"] == 0).all()
+    assert calibration.threshold_map()["other"] is None
+    assert calibration.threshold_map()["drums"] == pytest.approx(table.loc["drums", "threshold"])
+
+
+def test_empty_input_gives_no_calibratable_source():
+    calibration = calibrate(np.zeros((0, 4)), np.zeros((0, 4)))
+    assert list(calibration.thresholds["source"]) == list(SOURCES)
+    assert not calibration.thresholds["calibratable"].any()
+    assert (calibration.thresholds["n_windows_total"] == 0).all()
+    assert calibration.curves.empty
+    assert thresholds_from_table(calibration.thresholds) == {s: None for s in SOURCES}
+
+
+def test_minus_inf_volumes_count_as_silent():
+    probs, volumes = _one_source([0.9, 0.8, 0.7, 0.2], [-np.inf, -np.inf, -np.inf, 0.0])
+    row = _row(calibrate(probs, volumes, target_fraction=0.95, min_windows=1), "drums")
+    assert row["calibratable"]
+    assert row["threshold"] == pytest.approx(0.7)
+    assert row["achieved_fraction"] == 1.0
+    assert row["coverage"] == 1.0
+    assert row["v95_db"] == -np.inf  # no interpolation, so no NaN
+
+
+def test_matches_the_literal_rule_on_random_tables():
+    rng = np.random.default_rng(1)
+    for trial in range(20):
+        n = int(rng.integers(1, 400))
+        probs = np.round(rng.uniform(size=(n, 4)), int(rng.integers(1, 4)))  # many ties
+        volumes = -60.0 * probs + rng.normal(0.0, 12.0, size=(n, 4))
+        volumes[rng.uniform(size=(n, 4)) < 0.05] = -np.inf
+        min_windows = int(rng.integers(1, 30))
+        calibration = calibrate(probs, volumes, target_db=-20.0, target_fraction=0.9, min_windows=min_windows,
+                                curve_points=50)
+        for index, source in enumerate(SOURCES):
+            expected = _brute_force(probs[:, index], volumes[:, index], -20.0, 0.9, min_windows)
+            row = _row(calibration, source)
+            assert bool(row["calibratable"]) == expected["calibratable"], (trial, source)
+            curve = calibration.curves[calibration.curves["source"] == source]
+            assert len(curve) <= 50
+            assert np.all(np.diff(curve["threshold"]) > 0)
+            if expected["calibratable"]:
+                for key in ("threshold", "n_windows_above", "achieved_fraction", "coverage", "v95_db"):
+                    assert row[key] == pytest.approx(expected[key]), (trial, source, key)
+                assert np.isclose(curve["threshold"], row["threshold"]).any()  # chosen point kept
+            # Every curve point is the statistic of its own threshold.
+            for t, n_above, fraction in curve[["threshold", "n_above", "fraction_silent"]].itertuples(index=False):
+                above = probs[:, index] >= t
+                assert n_above == above.sum()
+                assert fraction == pytest.approx((volumes[above, index] <= -20.0).mean())
+
+
+def test_nan_and_bad_shapes_are_errors():
+    with pytest.raises(ValueError, match="NaN"):
+        calibrate(np.full((3, 4), np.nan), np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="NaN"):
+        calibrate(np.zeros((3, 4)), np.full((3, 4), np.nan))
+    with pytest.raises(ValueError, match="shape|must both"):
+        calibrate(np.zeros((3, 4)), np.zeros((2, 4)))
+
+
+def test_calibration_arrays_joins_on_track_and_frame():
+    probabilities = pd.DataFrame({
+        "track_id": ["a", "a", "a", "b", "b"], "frame": np.array([0, 1, 2, 0, 1], np.int32),
+        "start_s": [0.0, 0.064, 0.128, 0.0, 0.064],
+        **{f"p_{s}": np.array([0.1, 0.2, 0.3, 0.4, 0.5], np.float32) + i for i, s in enumerate(SOURCES)}})
+    labels = pd.DataFrame({  # b's frames listed backwards; a has no label for frame 2
+        "track_id": ["b", "b", "a", "a"], "window": np.array([1, 0, 0, 1], np.int32),
+        "start_s": [0.064, 0.0, 0.0, 0.064],
+        **{f"V_{s}": np.array([-1.0, -2.0, -3.0, -4.0]) - 10 * i for i, s in enumerate(SOURCES)}})
+    probs, volumes = calibration_arrays(probabilities, labels)
+    assert probs.shape == volumes.shape == (4, 4)
+    np.testing.assert_allclose(probs[:, 0], [0.1, 0.2, 0.4, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(volumes[:, 0], [-3.0, -4.0, -2.0, -1.0])
+    np.testing.assert_allclose(volumes[:, 3], [-33.0, -34.0, -32.0, -31.0])
+    with pytest.raises(ValueError, match="matches"):
+        calibration_arrays(probabilities, labels.assign(track_id=labels["track_id"] + "x"))
+    with pytest.raises(ValueError, match="repeated"):
+        calibration_arrays(pd.concat([probabilities, probabilities]), labels)
+
+
+def test_plot_curves_writes_a_png(tmp_path):
+    rng = np.random.default_rng(2)
+    probs = rng.uniform(size=(500, 4))
+    volumes = np.where(probs > 0.7, -40.0, 0.0)
+    volumes[:, 2] = 0.0
+    path = tmp_path / "plots" / "calibration.png"
+    plot_curves(calibrate(probs, volumes, min_windows=20), path)
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert [p.name for p in path.parent.iterdir()] == ["calibration.png"]  # no temporary left
