@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from classifiers.detector import FRAMES_PER_HOP, FRAMES_PER_WINDOW, DetectorConfig, SilentSourceDetector, n_output_frames
-from pipeline.features import fit_normalisation
+from pipeline.features import fit_normalisation, scattering_layout
 from pipeline.labels import SILENT_DB, silent_labels
 from pipeline.sources import HOP_S, SOURCES, WINDOW_S
 
@@ -57,6 +57,8 @@ class TrainConfig:
     dropout: float = 0.18
     gain_db: float = 0.0  # random gain augmentation range in dB (0: off, as in the paper)
     tilt_db: float = 0.0  # random spectral tilt augmentation range in dB (0: off)
+    shift_rows: int = 0  # random pitch-shift augmentation range in order-1 rows (1/8 octave each)
+    ema_decay: float | None = None  # per-step decay of an exponential weight average (None: off)
     num_threads: int | None = None  # torch intra-op threads during training (None: unchanged)
 
     def crop_windows(self) -> int:
@@ -157,6 +159,26 @@ def random_gain(features: torch.Tensor, gain_db: float, rng: np.random.Generator
     return torch.log1p(torch.expm1(features) * scale)
 
 
+def random_shift(features: torch.Tensor, max_rows: int, rng: np.random.Generator) -> torch.Tensor:
+    """Shift each example's frequency rows ``(B, C, F, T)`` by a random ``-max_rows .. max_rows``.
+
+    With Q = 8 filters per octave a shift of one row is about a 1/8-octave pitch shift of the
+    whole mixture (exact for the constant-Q part of the filter bank), which leaves relative
+    volumes unchanged.  Rows shifted in from outside are zero; order-2 paths that do not
+    exist stay zero.
+    """
+    shifts = rng.integers(-max_rows, max_rows + 1, size=features.shape[0])
+    out = torch.zeros_like(features)
+    freqs = features.shape[2]
+    for b, shift in enumerate(shifts):
+        if shift >= 0:
+            out[b, :, shift:] = features[b, :, :freqs - shift]
+        else:
+            out[b, :, :shift] = features[b, :, -shift:]
+    present = torch.from_numpy(scattering_layout().present).to(features.dtype)[None, :, :, None]
+    return out * present
+
+
 def detector_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Sum over sources of BCE-with-logits, mean over unmasked frames; shapes ``(B, 4, n)``, mask ``(B, n)``."""
     bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").sum(dim=1)
@@ -202,6 +224,36 @@ def _evaluate(model: SilentSourceDetector, tracks: list[_Track], crop: int, batc
     return total / max(frames, 1.0)
 
 
+def _train_epoch(model: SilentSourceDetector, optimizer: torch.optim.Optimizer, tracks: list[_Track],
+                 crops: list[tuple[int, int]], order: np.ndarray, config: TrainConfig, rng: np.random.Generator,
+                 average: torch.optim.swa_utils.AveragedModel | None, desc: str, progress: bool) -> float:
+    """One pass over ``crops`` in ``order``; returns the mean training loss per frame."""
+    crop = config.crop_windows()
+    model.train()
+    total, frames = 0.0, 0.0
+    bar = tqdm(range(0, len(crops), config.batch_size), desc=desc, disable=not progress, leave=False)
+    for first in bar:
+        chosen = [crops[i] for i in order[first:first + config.batch_size]]
+        if len(chosen) * crop < 2:
+            continue  # BatchNorm needs two values per channel; skip a lone 1-frame crop
+        feats, labels, mask = _batch(tracks, chosen, crop)
+        if config.gain_db > 0 or config.tilt_db > 0:
+            feats = random_gain(feats, config.gain_db, rng, config.tilt_db)
+        if config.shift_rows > 0:
+            feats = random_shift(feats, config.shift_rows, rng)
+        loss = detector_loss(model(feats), labels, mask)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if average is not None:
+            average.update_parameters(model)
+        count = float(mask.sum())
+        total += float(loss.detach()) * count
+        frames += count
+        bar.set_postfix(loss=f"{total / max(frames, 1.0):.4f}")
+    return total / max(frames, 1.0)
+
+
 def train_detector(
     train: Sequence[tuple[np.ndarray, np.ndarray]],
     valid: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -215,7 +267,8 @@ def train_detector(
     Returns the model (best valid loss; the last epoch if ``valid`` is empty), in eval mode
     with the training normalisation inside, and the history: one dict per epoch with
     ``epoch, train_loss, valid_loss, seconds, best``.  ``callback`` gets each dict as it
-    is made; each is also logged at INFO level.
+    is made; each is also logged at INFO level.  With ``config.ema_decay`` the weights
+    evaluated and returned are an exponential moving average of the trained ones.
     """
     if not train:
         raise ValueError("train_detector needs at least one training track")
@@ -226,53 +279,36 @@ def train_detector(
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     rng = np.random.default_rng(seed)
+    history: list[dict] = []
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = SilentSourceDetector(config.detector_config())
             model.set_normalisation(*fit_normalisation(t.features for t in train_tracks))
             optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-            history: list[dict] = []
+            average = None
+            if config.ema_decay:
+                average = torch.optim.swa_utils.AveragedModel(
+                    model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay))
+            evaluated = average.module if average is not None else model
             best_loss, best_state, since_best = math.inf, None, 0
             for epoch in range(1, config.epochs + 1):
                 started = time.perf_counter()
                 crops = _crops(train_tracks, crop, stride, rng)
                 order = rng.permutation(len(crops))
-                model.train()
-                total, frames = 0.0, 0.0
-                batches = range(0, len(crops), config.batch_size)
-                bar = tqdm(batches, desc=f"detector epoch {epoch}/{config.epochs}", disable=not progress,
-                           leave=False)
-                for first in bar:
-                    chosen = [crops[i] for i in order[first:first + config.batch_size]]
-                    if len(chosen) * crop < 2:
-                        continue  # BatchNorm needs two values per channel; skip a lone 1-frame crop
-                    feats, labels, mask = _batch(train_tracks, chosen, crop)
-                    if config.gain_db > 0 or config.tilt_db > 0:
-                        feats = random_gain(feats, config.gain_db, rng, config.tilt_db)
-                    loss = detector_loss(model(feats), labels, mask)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    count = float(mask.sum())
-                    total += float(loss.detach()) * count
-                    frames += count
-                    bar.set_postfix(loss=f"{total / max(frames, 1.0):.4f}")
-                record = {"epoch": epoch, "train_loss": total / max(frames, 1.0)}
-                calibration = [crops[i] for i in order[:config.batch_size * BN_BATCHES]]
-                recalibrate_batchnorm(model, (_batch(train_tracks, calibration[i:i + config.batch_size], crop)[0]
-                                              for i in range(0, len(calibration), config.batch_size)))
+                record = {"epoch": epoch, "train_loss": _train_epoch(
+                    model, optimizer, train_tracks, crops, order, config, rng, average,
+                    f"detector epoch {epoch}/{config.epochs}", progress)}
                 if not math.isfinite(record["train_loss"]):
                     raise FloatingPointError(f"detector training diverged at epoch {epoch} (loss is not finite)")
-                if valid_tracks:
-                    record["valid_loss"] = _evaluate(model, valid_tracks, crop, config.batch_size)
-                    improved = best_state is None or record["valid_loss"] < best_loss
-                else:
-                    record["valid_loss"] = float("nan")
-                    improved = True
+                calibration = [crops[i] for i in order[:config.batch_size * BN_BATCHES]]
+                recalibrate_batchnorm(evaluated, (_batch(train_tracks, calibration[i:i + config.batch_size], crop)[0]
+                                                  for i in range(0, len(calibration), config.batch_size)))
+                record["valid_loss"] = (_evaluate(evaluated, valid_tracks, crop, config.batch_size)
+                                        if valid_tracks else float("nan"))
+                improved = best_state is None or not valid_tracks or record["valid_loss"] < best_loss
                 if improved:
-                    best_loss = record["valid_loss"] if valid_tracks else best_loss
-                    best_state, since_best = copy.deepcopy(model.state_dict()), 0
+                    best_loss, best_state, since_best = record["valid_loss"], copy.deepcopy(evaluated.state_dict()), 0
                 else:
                     since_best += 1
                 record["best"] = improved

@@ -124,7 +124,8 @@ def calibrate(
         curves.append(curve)
     thresholds = pd.DataFrame(rows, columns=list(THRESHOLD_COLUMNS))
     thresholds["calibratable"] = thresholds["calibratable"].astype(bool)
-    thresholds[["n_windows_above", "n_windows_total"]] = thresholds[["n_windows_above", "n_windows_total"]].astype(np.int64)
+    for column in ("n_windows_above", "n_windows_total"):
+        thresholds[column] = thresholds[column].astype(np.int64)
     curve_table = pd.concat(curves, ignore_index=True)[list(CURVE_COLUMNS)]
     return Calibration(thresholds, curve_table, float(target_db), float(target_fraction), int(min_windows))
 
@@ -159,7 +160,8 @@ def _calibrate_source(
 
     keep = np.arange(candidates.size)
     if candidates.size > curve_points:
-        keep = np.unique(np.round(np.linspace(0, candidates.size - 1, curve_points - 1)).astype(np.int64))
+        spread = curve_points - (chosen is not None)  # leave room for the chosen point
+        keep = np.unique(np.round(np.linspace(0, candidates.size - 1, spread)).astype(np.int64))
         if chosen is not None:
             keep = np.union1d(keep, [chosen])
     keep = keep[::-1]  # ascending threshold

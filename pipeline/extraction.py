@@ -145,6 +145,10 @@ def quantise(audio: np.ndarray, subtype: str) -> np.ndarray:
     raise ValueError(f"unsupported excerpt subtype {subtype!r}")
 
 
+def _too_short(duration_s: float, min_seconds: float) -> str:
+    return f"track lasts {duration_s:.3f} s, shorter than the {min_seconds:g} s minimum excerpt"
+
+
 def excerpt_relpath(source: str, track_id: str, excerpt_id: str) -> str:
     """Posix path of an excerpt file relative to the extraction folder."""
     return f"audio/{source}/{track_id[:2]}/{excerpt_id}.flac"
@@ -180,7 +184,7 @@ def extract_track(
         raise ExtractionError("detector probabilities contain NaN or Inf")
     info = probe(path)
     if info.duration_s < min_seconds - _SPAN_TOLERANCE_S:
-        raise ExtractionError(f"track lasts {info.duration_s:.3f} s, shorter than the {min_seconds:g} s minimum excerpt")
+        raise ExtractionError(_too_short(info.duration_s, min_seconds))
 
     calibrated = {s: float(t) for s, t in thresholds.items() if t is not None and np.isfinite(t)}
     unknown = set(calibrated) - set(SOURCES)
@@ -200,7 +204,7 @@ def extract_track(
         raise ExtractionError(f"{channels} channels: FLAC excerpts hold at most {_FLAC_MAX_CHANNELS}")
     duration_s = n_samples / rate
     if duration_s < min_seconds - _SPAN_TOLERANCE_S:
-        raise ExtractionError(f"track lasts {duration_s:.3f} s, shorter than the {min_seconds:g} s minimum excerpt")
+        raise ExtractionError(_too_short(duration_s, min_seconds))
     subtype = excerpt_subtype(path)
     catalog_path = os.path.abspath(path)
 

@@ -99,12 +99,15 @@ def measure_extraction(
     ``truth``: ``file, window, start_s, V_<source>``.  See the module docstring for the rules.
     """
     relative = [relative_file(str(p), catalog_root) for p in index["catalog_path"]]
-    truth_by_file = {str(name): group.sort_values("window", kind="stable") for name, group in truth.groupby("file", sort=True)}
+    truth_by_file = {str(name): group.sort_values("window", kind="stable")
+                     for name, group in truth.groupby("file", sort=True)}
     for name, windows in truth_by_file.items():
         if not np.array_equal(windows["window"].to_numpy(np.int64), np.arange(len(windows))):
             raise ValueError(f"truth windows of {name!r} are not exactly 0..{len(windows) - 1}")
-    excerpts = pd.DataFrame({"source": index["source"].astype(str).to_numpy(), "file": pd.Series(relative, dtype=object),
-                             "start_s": index["start_s"].to_numpy(np.float64), "end_s": index["end_s"].to_numpy(np.float64),
+    excerpts = pd.DataFrame({"source": index["source"].astype(str).to_numpy(),
+                             "file": pd.Series(relative, dtype=object),
+                             "start_s": index["start_s"].to_numpy(np.float64),
+                             "end_s": index["end_s"].to_numpy(np.float64),
                              "duration_s": index["duration_s"].to_numpy(np.float64)})
     excerpts["known"] = excerpts["file"].isin(list(truth_by_file))
     unions = {key: merge_intervals(group[["start_s", "end_s"]].to_numpy())

@@ -17,6 +17,7 @@ class TrainDetector(Stage):
     epochs = luigi.IntParameter(default=40)
     patience = luigi.IntParameter(default=5, description="epochs without a better valid loss before stopping")
     crop_seconds = luigi.FloatParameter(default=5.0)
+    gain_db = luigi.FloatParameter(default=0.0, description="random gain augmentation range, dB (0: off, the paper)")
 
     def requires(self):
         return {"labels": Labels(), "train": StemFeatures(split="train"), "valid": StemFeatures(split="valid")}
@@ -25,7 +26,8 @@ class TrainDetector(Stage):
         return {**super().key_params(), "seed": config().seed}
 
     def build(self, folder):
-        settings = runs.train_config(self.width, self.epochs, self.patience, self.crop_seconds, config().threads or None)
+        settings = runs.train_config(self.width, self.epochs, self.patience, self.crop_seconds, self.gain_db,
+                                     config().threads or None)
         return runs.train(self.requires()["train"].store, self.requires()["valid"].store,
                           self.input_folder("labels") / "labels.parquet", settings, config().seed, folder)
 

@@ -209,10 +209,12 @@ def test_excerpts_hold_the_original_samples(catalog, tmp_path):
         span = slice(row.start_sample, row.end_sample)
         if info.subtype == "PCM_16":
             assert row.audio_format == "FLAC/PCM_16"
-            np.testing.assert_array_equal(sf.read(written, dtype="int16")[0], sf.read(original_path, dtype="int16")[0][span])
+            original = sf.read(original_path, dtype="int16")[0]
+            np.testing.assert_array_equal(sf.read(written, dtype="int16")[0], original[span])
         elif info.subtype == "PCM_24":
             assert row.audio_format == "FLAC/PCM_24"
-            np.testing.assert_array_equal(sf.read(written, dtype="int32")[0], sf.read(original_path, dtype="int32")[0][span])
+            original = sf.read(original_path, dtype="int32")[0]
+            np.testing.assert_array_equal(sf.read(written, dtype="int32")[0], original[span])
         else:
             assert row.audio_format == "FLAC/PCM_24"
             diff = sf.read(written, dtype="float64")[0] - sf.read(original_path, dtype="float64")[0][span]
@@ -320,7 +322,8 @@ def _truth(file: str, n: int, volumes: dict[str, np.ndarray]) -> pd.DataFrame:
 
 
 def _excerpt(path, source: str, start_s: float, end_s: float) -> dict:
-    return {"source": source, "catalog_path": str(path), "start_s": start_s, "end_s": end_s, "duration_s": end_s - start_s}
+    return {"source": source, "catalog_path": str(path), "start_s": start_s, "end_s": end_s,
+            "duration_s": end_s - start_s}
 
 
 def test_measure_extraction_on_hand_made_tables(tmp_path):
