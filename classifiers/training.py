@@ -12,9 +12,16 @@ of the loss.
 Labels: ``silent_labels(V, silent_db)`` (``V_i <= -13 dB``).  Loss: the sum over the four
 sources of the binary cross-entropy (with logits), averaged over frames.  Adam (lr 5e-4) on
 all parameters, batch 64.  The normalisation mean/std are fitted on the training features and
-stored in the model.  After each epoch the loss on the valid tracks (non-overlapping crops,
-no shuffling) decides early stopping (``patience`` epochs without improvement); the model
-with the best valid loss is returned.  Every random draw comes from ``seed``.
+stored in the model.  After each epoch the BatchNorm statistics are re-estimated on a few
+training batches (:func:`recalibrate_batchnorm`), then the loss on the valid tracks
+(non-overlapping crops, no shuffling) decides early stopping (``patience`` epochs without
+improvement); the model with the best valid loss is returned.  Every random draw comes from
+``seed``: two runs with the same inputs and seed give identical weights.
+
+Label-preserving augmentations, off by default (the paper has none) and on in
+:meth:`TrainConfig.demo`: a random gain (``gain_db``) and a random pitch shift of whole
+order-1 rows (``shift_rows``).  On the demo corpus (24 train tracks of 20-40 s) they raise the
+held-out ROC AUC of drums/bass/vocals from about 0.87 to about 0.92 at the same budget.
 """
 
 from __future__ import annotations
@@ -56,10 +63,14 @@ class TrainConfig:
     width: float = 1.0
     dropout: float = 0.18
     gain_db: float = 0.0  # random gain augmentation range in dB (0: off, as in the paper)
-    tilt_db: float = 0.0  # random spectral tilt augmentation range in dB (0: off)
     shift_rows: int = 0  # random pitch-shift augmentation range in order-1 rows (1/8 octave each)
-    ema_decay: float | None = None  # per-step decay of an exponential weight average (None: off)
     num_threads: int | None = None  # torch intra-op threads during training (None: unchanged)
+
+    @classmethod
+    def demo(cls, num_threads: int | None = 2) -> "TrainConfig":
+        """The CPU demo recipe: width 0.125, 6 epochs (about 3 minutes on 2 cores for 24 x 30 s
+        of audio), gain +-12 dB and +-2-row pitch-shift augmentation."""
+        return cls(epochs=6, patience=3, width=0.125, gain_db=12.0, shift_rows=2, num_threads=num_threads)
 
     def crop_windows(self) -> int:
         """Output frames per crop: the 0.64 s windows that fit in ``crop_seconds``."""
@@ -140,22 +151,14 @@ def _batch(tracks: list[_Track], crops: list[tuple[int, int]], crop: int) -> tup
     return torch.from_numpy(feats), torch.from_numpy(labels), torch.from_numpy(mask)
 
 
-def random_gain(features: torch.Tensor, gain_db: float, rng: np.random.Generator,
-                tilt_db: float = 0.0) -> torch.Tensor:
-    """Features ``(B, C, F, T)`` of each example's audio through a random gain and spectral tilt.
+def random_gain(features: torch.Tensor, gain_db: float, rng: np.random.Generator) -> torch.Tensor:
+    """Features ``(B, C, F, T)`` of each example's audio scaled by a gain uniform in +-``gain_db`` dB.
 
-    The gain is uniform in +-``gain_db`` dB; the tilt rises linearly in dB over the order-1
-    rows (about 7 kHz down to 16 Hz) by a slope uniform in +-``tilt_db`` dB end to end.
     Scattering is linear in the signal's amplitude, so with ``f = log1p(S / eps)`` a gain
-    ``g`` gives ``log1p(g * expm1(f))`` exactly (for the tilt, approximately: each
-    coefficient takes the gain at its first-order filter).  Relative volumes do not change
-    with the gain and by at most ``tilt_db`` dB with the tilt.
+    ``g`` gives ``log1p(g * expm1(f))`` exactly.  Relative volumes do not change.
     """
-    batch, freqs = features.shape[0], features.shape[2]
-    level = rng.uniform(-gain_db, gain_db, size=(batch, 1))
-    slope = rng.uniform(-tilt_db, tilt_db, size=(batch, 1)) if tilt_db > 0 else np.zeros((batch, 1))
-    db = level + slope * (np.linspace(-0.5, 0.5, freqs)[None, :])
-    scale = torch.as_tensor(10.0 ** (db / 20.0), dtype=features.dtype).view(batch, 1, freqs, 1)
+    gains = 10.0 ** (rng.uniform(-gain_db, gain_db, size=features.shape[0]) / 20.0)
+    scale = torch.as_tensor(gains, dtype=features.dtype).view(-1, 1, 1, 1)
     return torch.log1p(torch.expm1(features) * scale)
 
 
@@ -226,7 +229,7 @@ def _evaluate(model: SilentSourceDetector, tracks: list[_Track], crop: int, batc
 
 def _train_epoch(model: SilentSourceDetector, optimizer: torch.optim.Optimizer, tracks: list[_Track],
                  crops: list[tuple[int, int]], order: np.ndarray, config: TrainConfig, rng: np.random.Generator,
-                 average: torch.optim.swa_utils.AveragedModel | None, desc: str, progress: bool) -> float:
+                 desc: str, progress: bool) -> float:
     """One pass over ``crops`` in ``order``; returns the mean training loss per frame."""
     crop = config.crop_windows()
     model.train()
@@ -237,16 +240,14 @@ def _train_epoch(model: SilentSourceDetector, optimizer: torch.optim.Optimizer, 
         if len(chosen) * crop < 2:
             continue  # BatchNorm needs two values per channel; skip a lone 1-frame crop
         feats, labels, mask = _batch(tracks, chosen, crop)
-        if config.gain_db > 0 or config.tilt_db > 0:
-            feats = random_gain(feats, config.gain_db, rng, config.tilt_db)
+        if config.gain_db > 0:
+            feats = random_gain(feats, config.gain_db, rng)
         if config.shift_rows > 0:
             feats = random_shift(feats, config.shift_rows, rng)
         loss = detector_loss(model(feats), labels, mask)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if average is not None:
-            average.update_parameters(model)
         count = float(mask.sum())
         total += float(loss.detach()) * count
         frames += count
@@ -267,8 +268,7 @@ def train_detector(
     Returns the model (best valid loss; the last epoch if ``valid`` is empty), in eval mode
     with the training normalisation inside, and the history: one dict per epoch with
     ``epoch, train_loss, valid_loss, seconds, best``.  ``callback`` gets each dict as it
-    is made; each is also logged at INFO level.  With ``config.ema_decay`` the weights
-    evaluated and returned are an exponential moving average of the trained ones.
+    is made; each is also logged at INFO level.
     """
     if not train:
         raise ValueError("train_detector needs at least one training track")
@@ -286,29 +286,24 @@ def train_detector(
             model = SilentSourceDetector(config.detector_config())
             model.set_normalisation(*fit_normalisation(t.features for t in train_tracks))
             optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-            average = None
-            if config.ema_decay:
-                average = torch.optim.swa_utils.AveragedModel(
-                    model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay))
-            evaluated = average.module if average is not None else model
             best_loss, best_state, since_best = math.inf, None, 0
             for epoch in range(1, config.epochs + 1):
                 started = time.perf_counter()
                 crops = _crops(train_tracks, crop, stride, rng)
                 order = rng.permutation(len(crops))
                 record = {"epoch": epoch, "train_loss": _train_epoch(
-                    model, optimizer, train_tracks, crops, order, config, rng, average,
+                    model, optimizer, train_tracks, crops, order, config, rng,
                     f"detector epoch {epoch}/{config.epochs}", progress)}
                 if not math.isfinite(record["train_loss"]):
                     raise FloatingPointError(f"detector training diverged at epoch {epoch} (loss is not finite)")
                 calibration = [crops[i] for i in order[:config.batch_size * BN_BATCHES]]
-                recalibrate_batchnorm(evaluated, (_batch(train_tracks, calibration[i:i + config.batch_size], crop)[0]
+                recalibrate_batchnorm(model, (_batch(train_tracks, calibration[i:i + config.batch_size], crop)[0]
                                                   for i in range(0, len(calibration), config.batch_size)))
-                record["valid_loss"] = (_evaluate(evaluated, valid_tracks, crop, config.batch_size)
+                record["valid_loss"] = (_evaluate(model, valid_tracks, crop, config.batch_size)
                                         if valid_tracks else float("nan"))
                 improved = best_state is None or not valid_tracks or record["valid_loss"] < best_loss
                 if improved:
-                    best_loss, best_state, since_best = record["valid_loss"], copy.deepcopy(evaluated.state_dict()), 0
+                    best_loss, best_state, since_best = record["valid_loss"], copy.deepcopy(model.state_dict()), 0
                 else:
                     since_best += 1
                 record["best"] = improved

@@ -14,7 +14,7 @@ from classifiers.detector import (DetectorConfig, SilentSourceDetector, load_che
                                   save_checkpoint)
 from classifiers.inference import predict, predict_logits, probabilities_frame
 from classifiers.report import average_precision, detector_report, quality_table, rankdata, roc_auc, spearman
-from classifiers.training import TrainConfig, align_labels, random_gain, train_detector
+from classifiers.training import TrainConfig, align_labels, random_gain, random_shift, recalibrate_batchnorm, train_detector
 from pipeline.dataset_index import PROBABILITY_SCHEMA
 from pipeline.features import CHUNK_TOLERANCE, extract_features, scattering_layout
 from pipeline.labels import labels_frame, relative_volumes
@@ -166,7 +166,7 @@ def tiny_sets():
 def test_training_lowers_the_loss_and_is_reproducible(tiny_sets):
     train, valid = tiny_sets
     config = TrainConfig(epochs=3, batch_size=8, crop_seconds=2.0, crop_stride_seconds=0.5, width=0.0625,
-                         patience=5)
+                         patience=5, gain_db=6.0, shift_rows=1)
     model, history = train_detector(train, valid, config, seed=0, progress=False)
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -214,10 +214,32 @@ def test_random_gain_is_a_gain_on_the_scattering_coefficients():
 
     class Fixed:
         @staticmethod
-        def uniform(low, high, size=None):
+        def uniform(low, high, size):
             return np.full(size, 6.0)
 
     np.testing.assert_allclose(random_gain(f1, 6.0, Fixed()).numpy(), f2.numpy(), atol=CHUNK_TOLERANCE)
+
+
+def test_random_shift_moves_whole_rows_and_keeps_missing_paths_zero():
+    present = torch.from_numpy(scattering_layout().present)
+    feats = torch.rand(16, 7, 54, 5) * present[None, :, :, None]
+    shifted = random_shift(feats, 2, np.random.default_rng(0))
+    assert torch.all(shifted[:, ~present] == 0)
+    for b in range(16):
+        matches = [s for s in range(-2, 3)
+                   if torch.equal(shifted[b, 0, max(s, 0):54 + min(s, 0)], feats[b, 0, max(-s, 0):54 - max(s, 0)])]
+        assert len(matches) == 1
+    assert torch.equal(random_shift(feats, 0, np.random.default_rng(0)), feats)
+
+
+def test_recalibrated_batchnorm_holds_the_batch_statistics():
+    model = _model(width=0.0625)
+    batches = [torch.randn(4, 7, 54, 44) * 3 + 1 for _ in range(3)]
+    recalibrate_batchnorm(model, batches)
+    first = model.frontend[0]
+    pooled = torch.cat(batches)
+    assert not model.training and first.momentum == 0.1
+    torch.testing.assert_close(first.running_mean, pooled.mean(dim=(0, 2, 3)), atol=1e-4, rtol=1e-4)
 
 
 def test_roc_auc_and_average_precision_match_hand_computed_values():
