@@ -156,6 +156,15 @@ def _check_signal(mono16k: np.ndarray) -> np.ndarray:
     return signal.astype(np.float32, copy=False)
 
 
+def _zero_extended(signal: np.ndarray, start: int, length: int) -> np.ndarray:
+    """``signal[start:start + length]`` with zeros where it runs outside the signal."""
+    out = np.zeros(length, dtype=np.float32)
+    first, last = max(start, 0), min(start + length, signal.shape[0])
+    if last > first:
+        out[first - start:last - start] = signal[first:last]
+    return out
+
+
 class FeatureExtractor:
     """Chunked scattering features: ``__call__(mono16k (samples,)) -> float32 (7, 54, T)``.
 
@@ -198,6 +207,13 @@ class FeatureExtractor:
 
         ``n_frames`` defaults to :func:`n_feature_frames` of the signal length.
         """
+        return self._run(mono16k, n_frames, compress=False)
+
+    def __call__(self, mono16k: np.ndarray) -> np.ndarray:
+        """Log-compressed features ``(7, 54, n_feature_frames(len(mono16k)))`` float32."""
+        return self._run(mono16k, None, compress=True)
+
+    def _run(self, mono16k: np.ndarray, n_frames: int | None, compress: bool) -> np.ndarray:
         signal = _check_signal(mono16k)
         if n_frames is None:
             n_frames = n_feature_frames(signal.shape[0])
@@ -206,11 +222,6 @@ class FeatureExtractor:
         step = min(self.chunk_frames, keep)
         starts = list(range(0, n_frames, step))
         ctx, hop = self.context_frames, FRAME_SAMPLES
-        # zero-extended signal covering every segment: frame j <-> sample j * 256
-        left = ctx * hop
-        total = (starts[-1] - ctx + segment) * hop + left
-        padded = np.zeros(max(total, left + signal.shape[0]), dtype=np.float32)
-        padded[left:left + signal.shape[0]] = signal
         scat = _scattering(segment * hop)
         layout = scattering_layout()
         out = np.empty((layout.channels, layout.freqs, n_frames), dtype=np.float32)
@@ -221,18 +232,15 @@ class FeatureExtractor:
             with torch.inference_mode():
                 for first in range(0, len(starts), self.batch):
                     group = starts[first:first + self.batch]
-                    batch = np.stack([padded[s * hop: (s + segment) * hop] for s in group])
+                    batch = np.stack([_zero_extended(signal, (s - ctx) * hop, segment * hop) for s in group])
                     raw = scat(torch.from_numpy(batch)).numpy()  # (B, 234, segment)
                     for b, start in enumerate(group):
                         count = min(step, n_frames - start)
-                        out[..., start:start + count] = raw_to_layout(raw[b, :, ctx:ctx + count])
+                        piece = raw_to_layout(raw[b, :, ctx:ctx + count])
+                        out[..., start:start + count] = log_compress(piece, self.eps) if compress else piece
         finally:
             torch.set_num_threads(previous)
         return out
-
-    def __call__(self, mono16k: np.ndarray) -> np.ndarray:
-        """Log-compressed features ``(7, 54, n_feature_frames(len(mono16k)))`` float32."""
-        return log_compress(self.scattering(mono16k), self.eps)
 
 
 @lru_cache(maxsize=1)

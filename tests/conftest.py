@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Callable, Iterator
 
 import luigi
 import numpy as np
@@ -58,9 +60,9 @@ def small_catalog(tmp_path) -> Path:
     return root
 
 
-@pytest.fixture
-def luigi_config(tmp_path):
-    """Point ``[silentmine]`` at a fresh data root; returns a setter for further options."""
+@contextlib.contextmanager
+def luigi_options(options: dict[str, dict] | None = None) -> Iterator[Callable[[str, str, object], None]]:
+    """Set Luigi configuration ``{section: {key: value}}``; yield a setter; restore on exit."""
     config = luigi.configuration.get_config()
     saved = {s: dict(config.items(s)) for s in config.sections()}
 
@@ -69,14 +71,25 @@ def luigi_config(tmp_path):
             config.add_section(section)
         config.set(section, key, str(value))
 
-    set_option("silentmine", "data_root", tmp_path / "data")
-    yield set_option
-    for section in config.sections():
-        config.remove_section(section)
-    for section, items in saved.items():
-        config.add_section(section)
-        for key, value in items.items():
-            config.set(section, key, value)
+    for section, values in (options or {}).items():
+        for key, value in values.items():
+            set_option(section, key, value)
+    try:
+        yield set_option
+    finally:
+        for section in config.sections():
+            config.remove_section(section)
+        for section, items in saved.items():
+            config.add_section(section)
+            for key, value in items.items():
+                config.set(section, key, value)
+
+
+@pytest.fixture
+def luigi_config(tmp_path):
+    """Point ``[silentmine]`` at a fresh data root; returns a setter for further options."""
+    with luigi_options({"silentmine": {"data_root": tmp_path / "data"}}) as set_option:
+        yield set_option
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import soundfile as sf
 from pipeline.audio import file_checksum
 from pipeline.dataset_index import read_index
 from pipeline.demo_data import DemoConfig, generate
+from tests.conftest import luigi_options
 
 pytestmark = pytest.mark.slow
 
@@ -32,23 +33,11 @@ def demo(tmp_path_factory):
     """The tiny demo corpus, and luigi.cfg pointed at it (restored afterwards)."""
     root = tmp_path_factory.mktemp("pipeline")
     generate(root / "demo", DemoConfig.tiny(seed=3))
-    config = luigi.configuration.get_config()
-    saved = {s: dict(config.items(s)) for s in config.sections()}
     options = {"silentmine": {"data_root": root / "data", "stem_root": root / "demo" / "stems",
                               "catalog": root / "demo" / "catalog", "threads": 2},
                "MeasureExtraction": {"truth": root / "demo" / "catalog_truth.parquet"}, **SETTINGS}
-    for section, values in options.items():
-        if not config.has_section(section):
-            config.add_section(section)
-        for key, value in values.items():
-            config.set(section, key, str(value))
-    yield root
-    for section in config.sections():
-        config.remove_section(section)
-    for section, items in saved.items():
-        config.add_section(section)
-        for key, value in items.items():
-            config.set(section, key, value)
+    with luigi_options(options):
+        yield root
 
 
 def test_all_runs_and_every_output_says_what_made_it(demo, run_pipeline):
