@@ -88,8 +88,9 @@ def report(checkpoint: Path, store: Path, labels_path: Path, out: Path) -> dict:
 
 
 def train_config(width: float, epochs: int, patience: int, crop_seconds: float, gain_db: float,
-                 num_threads: int | None) -> TrainConfig:
+                 shift_rows: int, num_threads: int | None) -> TrainConfig:
     """The paper's recipe (Adam 5e-4, batch 64, -13 dB labels) at a given width and length,
-    with an optional random-gain augmentation of ``gain_db`` (0 = off, as in the paper)."""
+    with optional augmentations: random gain of ``gain_db`` and pitch shift of ``shift_rows``
+    order-1 rows (0 = off, as in the paper)."""
     return replace(TrainConfig(), width=width, epochs=epochs, patience=patience, crop_seconds=crop_seconds,
-                   gain_db=gain_db, num_threads=num_threads)
+                   gain_db=gain_db, shift_rows=shift_rows, num_threads=num_threads)

@@ -23,11 +23,20 @@ the detector (``classifiers.detector``) then outputs exactly ``W`` frames.
 
 Long signals are cut into chunks of ``chunk_frames`` frames, each transformed with
 ``context_frames`` of real neighbouring signal (or zeros) on each side, which are dropped
-afterwards; chunk boundaries are multiples of 256 samples.  With the default context of 16
-frames, chunked features equal the whole-signal transform of the zero-extended signal to
-within :data:`CHUNK_TOLERANCE` (absolute, in log1p units; measured in
-``tests/test_features.py``).  Memory is bounded by one batch of chunks whatever the length.
-One Kymatio object per chunk length is built once per process and cached.
+afterwards; chunk boundaries are multiples of 256 samples.  Measured on 40 s of music-like
+audio in chunks of 200 frames, the largest error against the whole-signal transform of the
+zero-extended signal is, by context per side: 0 frames 5.1 log1p units, 4: 3.3, 6: 0.86,
+8: 0.09 (4.7e-6 of the largest raw coefficient), 10 and more: 0.005, the float32 rounding
+floor (3.6e-7 relative).  The default :data:`CONTEXT_FRAMES` = 12 therefore meets
+:data:`CHUNK_TOLERANCE` = 0.01 (``tests/test_features.py`` checks it).  Working memory is
+one batch of chunks whatever the length: measured peak of the whole process about 0.5 GB
+plus the signal and the output (10 minutes: 0.67 GB, of which 0.1 GB signal and features).
+
+Speed (2 cores): Kymatio's torch frontend in float32 runs about 4x faster than its numpy
+frontend (float64); chunks of 994 frames (a 2**18-point FFT, where Kymatio's own padding
+fits exactly) batched 4 at a time run as fast as or faster than one whole-signal call.  One
+Kymatio object per chunk length (2**15 .. 2**18 points; short tracks use the smallest that
+holds them) is built once per process and cached.
 
 Normalisation: :func:`fit_normalisation` returns a per-``(C, F)`` mean and std fitted on the
 training features; the detector stores them as buffers inside its checkpoint
@@ -172,7 +181,7 @@ class FeatureExtractor:
     neighbouring signal per side (``chunk_frames + 2 * context_frames <= 994``, the largest
     cached Kymatio object, 2**18 padded samples).  A track shorter than one chunk uses the
     smallest cached object that holds it (zero-padded into it).  ``batch`` chunks go
-    through Kymatio at once; peak memory is about ``batch`` x 0.4 GB at the largest size.
+    through Kymatio at once (working memory grows with ``batch``, not with the signal).
     ``num_threads`` sets torch's intra-op threads during the call (None: leave as is).
     """
 

@@ -18,6 +18,7 @@ class TrainDetector(Stage):
     patience = luigi.IntParameter(default=5, description="epochs without a better valid loss before stopping")
     crop_seconds = luigi.FloatParameter(default=5.0)
     gain_db = luigi.FloatParameter(default=0.0, description="random gain augmentation range, dB (0: off, the paper)")
+    shift_rows = luigi.IntParameter(default=0, description="random pitch shift, order-1 rows of 1/8 octave (0: off)")
 
     def requires(self):
         return {"labels": Labels(), "train": StemFeatures(split="train"), "valid": StemFeatures(split="valid")}
@@ -27,7 +28,7 @@ class TrainDetector(Stage):
 
     def build(self, folder):
         settings = runs.train_config(self.width, self.epochs, self.patience, self.crop_seconds, self.gain_db,
-                                     config().threads or None)
+                                     self.shift_rows, config().threads or None)
         return runs.train(self.requires()["train"].store, self.requires()["valid"].store,
                           self.input_folder("labels") / "labels.parquet", settings, config().seed, folder)
 
