@@ -4,10 +4,17 @@
 which gives the same result as one full-sequence forward pass (up to float rounding): the
 conv stack is local (output frame ``k`` reads input frames ``4k .. 4k + 36``), so chunks of
 input frames starting at multiples of 4, overlapping by 36 frames, produce exactly the
-matching slices of its output.  Only the conv stack's activations (the large ones: 128w
-channels x 50 frequencies per frame) are chunked; the BiLSTM's input and output are
-``1024w`` and ``2048w`` floats per 64 ms frame, e.g. 0.5 GB for one hour at the paper's
-width (w = 1), 60 MB at w = 0.125.
+matching slices of its output.  The input is read chunk by chunk (a memory-mapped shard view
+is never copied whole), and only the conv stack's activations (the large ones: 128w channels
+x 50 frequencies per frame) are chunked.
+
+What still grows with the track's length: the conv stack's output (``1024w`` floats per
+64 ms frame), the BiLSTM's input projections (computed for the whole sequence at once by
+torch's CPU LSTM), its outputs (``2048w``) and the head's hidden layer (``1024w``).  Measured
+by ``benchmarks/memory.py`` (whole detection stage, w = 0.125): peak RSS 467 MiB for a
+10-minute track, 991 MiB for 60 minutes, i.e. about 10.5 MiB per minute of audio (about
+19 x 1024w floats per frame) above a fixed ~0.36 GB; if it scales with w, the paper's
+width (w = 1) needs about 5 GB for one hour.
 """
 
 from __future__ import annotations
@@ -26,25 +33,33 @@ CHUNK_WINDOWS = 512  # output frames per conv-stack chunk (33 s of audio)
 @torch.inference_mode()
 def predict_logits(model: SilentSourceDetector, features: np.ndarray | torch.Tensor,
                    chunk_windows: int = CHUNK_WINDOWS) -> torch.Tensor:
-    """Logits ``(4, n_frames)`` for features ``(7, 54, T)``, conv stack chunked in time."""
+    """Logits ``(4, n_frames)`` for features ``(7, 54, T)``, conv stack chunked in time.
+
+    ``features`` may be any array-like with numpy slicing, e.g. the memory-mapped float16
+    view of :meth:`pipeline.feature_store.FeatureShard.view`: only one chunk of input
+    frames is read and converted to float32 at a time.
+    """
     if chunk_windows < 1:
         raise ValueError("chunk_windows must be >= 1")
     model.eval()
-    x = features if torch.is_tensor(features) else torch.from_numpy(np.asarray(features, dtype=np.float32))
-    x = x.float()
-    if x.dim() != 3:
+    x = features if torch.is_tensor(features) else np.asarray(features)  # no copy for arrays and memmaps
+    if x.ndim != 3:
         raise ValueError(f"features must be (C, F, T), got {tuple(x.shape)}")
     device = model.feature_mean.device
     total = n_output_frames(x.shape[-1])
     if total == 0:
         raise ValueError("features have no frames")
     span = FRAMES_PER_WINDOW + FRAMES_PER_HOP * (chunk_windows - 1)  # input frames per chunk
-    parts = []
+    embedded = None
     for first in range(0, total, chunk_windows):
         start = first * FRAMES_PER_HOP
-        chunk = x[None, :, :, start:start + span].to(device)
-        parts.append(model.embed(chunk)[..., :min(chunk_windows, total - first)])
-    embedded = torch.cat(parts, dim=-1)
+        piece = x[:, :, start:start + span]
+        piece = piece.float() if torch.is_tensor(piece) else torch.from_numpy(
+            np.ascontiguousarray(piece, dtype=np.float32))
+        out = model.embed(piece[None].to(device))[..., :min(chunk_windows, total - first)]
+        if embedded is None:
+            embedded = out.new_empty(out.shape[:-1] + (total,))
+        embedded[..., first:first + out.shape[-1]] = out
     return model.sequence(embedded)[0].cpu()
 
 

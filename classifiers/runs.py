@@ -50,7 +50,9 @@ def train(train_store: Path, valid_store: Path, labels_path: Path, config: Train
     valid_pairs = labelled_pairs(valid_store, volumes)
     model, history = train_detector(train_pairs, valid_pairs, config, seed)
     save_checkpoint(out / "detector.pt", model, model.config,
-                    extra={"train": train_config_dict(config), "seed": seed, "history": history})
+                    extra={"train": train_config_dict(config), "seed": seed,
+                           # without wall-clock seconds, so the checkpoint's bytes depend on inputs only
+                           "history": [{k: v for k, v in r.items() if k != "seconds"} for r in history]})
     write_parquet_atomic(pd.DataFrame(history), out / "history.parquet")
     write_json_atomic(out / "history.json", history)
     best = min(history, key=lambda r: r["valid_loss"] if np.isfinite(r["valid_loss"]) else np.inf)
@@ -66,8 +68,9 @@ def detect(checkpoint: Path, store: Path, out: Path, num_threads: int | None = N
         torch.set_num_threads(num_threads)
     model, _, _ = load_checkpoint(checkpoint)
     shard = FeatureShard(store)
-    frames = [probabilities_frame(track, predict(model, feats))
-              for track, feats in tqdm(shard, total=len(shard), desc=f"detect {store.stem}", leave=False)]
+    # shard.view: the track's memory-mapped float16 frames, read by predict one chunk at a time
+    frames = [probabilities_frame(track, predict(model, shard.view(track)))
+              for track in tqdm(shard.track_ids, total=len(shard), desc=f"detect {store.stem}", leave=False)]
     table = (pd.concat(frames, ignore_index=True) if frames
              else PROBABILITY_SCHEMA.empty_table().to_pandas())
     write_parquet_atomic(pa.Table.from_pandas(table, schema=PROBABILITY_SCHEMA, preserve_index=False), out)

@@ -11,6 +11,7 @@ shards, so adding tracks leaves every existing shard, and its outputs, untouched
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,9 @@ AUDIO_EXTENSIONS = frozenset(
 )
 TRACK_ID_LENGTH = 16
 
+MISSING_SIZE = -1  # listing size of a file that cannot be stat'ed
+BAD_NAME_SIZE = -2  # listing size of a file whose name is not valid UTF-8
+
 LISTING_COLUMNS = ["path", "size", "mtime_ns"]
 CATALOG_COLUMNS = ["path", "size", "mtime_ns", "checksum", "track_id", "shard"]
 
@@ -40,7 +44,7 @@ def list_files(catalog: str | os.PathLike) -> list[Path]:
     catalog = Path(catalog).resolve()
     if catalog.is_file():
         paths = []
-        for line in catalog.read_text().splitlines():
+        for line in catalog.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
                 path = Path(line)
@@ -57,15 +61,40 @@ def list_files(catalog: str | os.PathLike) -> list[Path]:
     return sorted(found)
 
 
+def path_text(path: str | os.PathLike) -> str | None:
+    """``path`` as text that Parquet can store (valid UTF-8), or ``None`` when its name is not
+    valid UTF-8 (bytes a Latin-1 or other legacy system wrote, decoded by Python as surrogates)."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return text
+
+
+def escaped_path(path: str | os.PathLike) -> str:
+    """A UTF-8 rendering of any path: undecodable bytes are shown as ``\\xNN`` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def listing(catalog: str | os.PathLike) -> pd.DataFrame:
-    """``path, size, mtime_ns`` of every candidate file (a missing or unreadable one has size -1)."""
+    """``path, size, mtime_ns`` of every candidate file.
+
+    A file that cannot be stat'ed has size ``MISSING_SIZE`` (-1); a file whose name is not
+    valid UTF-8 is listed by its :func:`escaped_path` with size ``BAD_NAME_SIZE`` (-2), so
+    :func:`scan` rejects it with a reason instead of failing to store its name.
+    """
     rows = []
     for path in list_files(catalog):
+        text = path_text(path)
+        if text is None:
+            rows.append((escaped_path(path), BAD_NAME_SIZE, -1))
+            continue
         try:
-            stat = path.stat()
-            rows.append((str(path), stat.st_size, stat.st_mtime_ns))
+            info = path.stat()
+            rows.append((text, info.st_size, info.st_mtime_ns))
         except OSError:
-            rows.append((str(path), -1, -1))
+            rows.append((text, MISSING_SIZE, -1))
     return pd.DataFrame(rows, columns=LISTING_COLUMNS)
 
 
@@ -82,9 +111,9 @@ def scan(
     """Checksum ``files`` (a :func:`listing`) and assign shards; return ``(tracks, rejects)``.
 
     Checksums of files whose ``(path, size, mtime_ns)`` match ``previous`` are reused, so a
-    rescan of a large catalog reads only new or changed files.  Unreadable files and later
-    copies of an already-listed content are returned as rejects (``path, track_id, stage,
-    reason``).
+    rescan of a large catalog reads only new or changed files.  Unreadable or empty files,
+    names that are not valid UTF-8, anything but a regular file, and later copies of an
+    already-listed content are returned as rejects (``path, track_id, stage, reason``).
     """
     if shard_size < 1:
         raise ValueError("shard_size must be at least 1")
@@ -95,12 +124,16 @@ def scan(
     for row in files.itertuples():
         checksum = known.get((row.path, row.size, row.mtime_ns))
         if checksum is None:
-            try:
-                checksum = file_checksum(row.path)
-            except PermissionError:
-                rejects.append((row.path, "", "scan", "file is not readable (permission denied)"))
-            except OSError as err:
-                rejects.append((row.path, "", "scan", f"file cannot be read ({err.strerror or err})"))
+            problem = _unscannable(row.path, row.size)
+            if problem:
+                rejects.append((row.path, "", "scan", problem))
+            else:
+                try:
+                    checksum = file_checksum(row.path)
+                except PermissionError:
+                    rejects.append((row.path, "", "scan", "file is not readable (permission denied)"))
+                except OSError as err:
+                    rejects.append((row.path, "", "scan", f"file cannot be read ({err.strerror or err})"))
         checksums.append(checksum)
     tracks = files.assign(checksum=checksums)
     tracks = tracks[tracks["checksum"].notna()].copy()
@@ -113,6 +146,28 @@ def scan(
     tracks["shard"] = _assign_shards(tracks, shard_size, previous)
     rejects_frame = pd.DataFrame(rejects, columns=["path", "track_id", "stage", "reason"])
     return tracks[CATALOG_COLUMNS].sort_values(["shard", "path"]).reset_index(drop=True), rejects_frame
+
+
+def _unscannable(path: str, size: int) -> str | None:
+    """Why ``path`` (a listing row) cannot become a track before it is read, or ``None``.
+
+    Empty files are rejected here, not as duplicates of each other (every empty file has the
+    same checksum), and anything but a regular file (a named pipe, socket or device, where
+    reading could block forever) is never opened.
+    """
+    if size == BAD_NAME_SIZE:
+        return "file name is not valid UTF-8 (shown with \\x escapes); rename the file to include it"
+    try:
+        mode = os.stat(path).st_mode
+    except PermissionError:
+        return "file is not readable (permission denied)"
+    except OSError as err:
+        return f"file cannot be read ({err.strerror or err})"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a named pipe, socket or device), so it is not read"
+    if size == 0:
+        return "file is empty (0 bytes)"
+    return None
 
 
 def _assign_shards(tracks: pd.DataFrame, shard_size: int, previous: pd.DataFrame | None) -> np.ndarray:

@@ -27,13 +27,45 @@ def _demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _set_threads() -> None:
-    """Give torch the configured thread count before any stage runs."""
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def effective_threads(configured: int, workers: int, cores: int) -> int:
+    """torch/BLAS threads per worker process: ``configured`` when it is positive, else the
+    ``cores`` shared among the ``workers`` processes of this machine (at least 1)."""
+    return configured if configured > 0 else max(1, cores // max(1, workers))
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def _configured_threads() -> int:
+    """``[silentmine] threads`` from the Luigi configuration files (before torch is imported)."""
+    import luigi.configuration
+
+    return luigi.configuration.get_config().getint("silentmine", "threads", 0)
+
+
+def _set_threads(threads: int, variables: tuple[str, ...] = ()) -> None:
+    """Make ``threads`` the thread count of every stage this process (and the worker processes
+    Luigi forks from it) runs: the ``[silentmine] threads`` option every stage reads, torch's
+    intra-op pool, and the environment ``variables`` (OpenMP/MKL/OpenBLAS: they act only on
+    libraries loaded after they are set)."""
+    import luigi.configuration
+
+    config = luigi.configuration.get_config()
+    if not config.has_section("silentmine"):
+        config.add_section("silentmine")
+    config.set("silentmine", "threads", str(threads))
+    for name in variables:
+        os.environ[name] = str(threads)
     import torch
 
-    from tasks.base import config
-
-    threads = config().threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
 
 
@@ -72,37 +104,121 @@ def print_summary(wall_s: float) -> None:
             print(f"      {line}")
 
 
+def _worker_factory():
+    """Luigi's worker factory, with workers that wait while other workers run their tasks.
+
+    A Luigi worker with nothing to run exits (``[worker] keep_alive = false``), even when
+    another worker attached to the same ``luigid`` is running a task whose dependents it could
+    take; this one stays while any task it scheduled is running elsewhere, and leaves when all
+    are done, or when what is left waits on a failure.
+    """
+    import luigi.interface
+    import luigi.worker
+
+    class SharingWorker(luigi.worker.Worker):
+        def _keep_alive(self, get_work_response) -> bool:
+            return super()._keep_alive(get_work_response) or bool(get_work_response.running_tasks)
+
+    class Factory(luigi.interface._WorkerSchedulerFactory):
+        def create_worker(self, scheduler, worker_processes, assistant=False):
+            return SharingWorker(scheduler=scheduler, worker_processes=worker_processes, assistant=assistant)
+
+    return Factory()
+
+
+def _scans(root) -> list:
+    """The catalog scans ``root`` depends on (found through ``requires()``, shards skipped)."""
+    import luigi.task
+
+    from tasks.base import ShardStage
+    from tasks.catalog import ScanCatalog
+
+    seen, stack, found = set(), [root], []
+    while stack:
+        task = stack.pop()
+        if task.task_id in seen or isinstance(task, ShardStage):
+            continue
+        seen.add(task.task_id)
+        if isinstance(task, ScanCatalog):
+            found.append(task)
+        else:
+            stack.extend(luigi.task.flatten(task.requires()))
+    return found
+
+
 def run_tasks(task: str, workers: int = 1, scheduler_host: str | None = None,
               scheduler_port: int | None = None, extra: list[str] | None = None) -> bool:
     """Run ``task`` (a class of the ``tasks`` package) and its dependencies; True on success.
 
     Without ``scheduler_host`` the local scheduler is used; with it, workers join the
-    central ``luigid`` scheduler there, so several machines can share one catalog run.
+    central ``luigid`` scheduler there, so several processes (on one or several machines
+    sharing the data root) split one run: every task runs once, in whichever worker the
+    scheduler hands it to.  The catalog scan runs first, on its own, so that every worker
+    then sees all the catalog's shards.  Each of the ``workers`` processes gets
+    ``[silentmine] threads`` torch/BLAS threads, or, when that is 0, the cores divided by
+    ``workers``.  True when no task failed and ``task`` is complete (parts may have been run
+    by other workers).
     """
     import luigi
     import luigi.interface
+    from luigi.cmdline_parser import CmdlineParser
+    from luigi.execution_summary import LuigiStatusCode
 
-    import tasks  # noqa: F401  (registers every task class)
-    from tasks.inputs import forget_inputs
-
-    forget_inputs()  # see the catalog and stem set as they are now
-    _install_progress()
-    _set_threads()
-    args = ["--module", "tasks", task, "--workers", str(workers), *(extra or [])]
+    args = ["--module", "tasks", task, "--workers", str(workers), "--no-lock", *(extra or [])]
     if scheduler_host:
         args += ["--scheduler-host", scheduler_host]
         if scheduler_port:
             args += ["--scheduler-port", str(scheduler_port)]
     else:
         args += ["--local-scheduler"]
-    result = luigi.interface._run(cmdline_args=args, detailed_summary=True)
-    print(result.summary_text)
-    return result.status in (luigi.execution_summary.LuigiStatusCode.SUCCESS,
-                             luigi.execution_summary.LuigiStatusCode.SUCCESS_WITH_RETRY)
+    cores = available_cores()
+    unset = tuple(name for name in THREAD_VARIABLES if name not in os.environ)  # the user's are kept
+    for name in unset:  # before torch and numpy are imported (command-line options are seen below)
+        os.environ[name] = str(effective_threads(_configured_threads(), workers, cores))
+    success = (LuigiStatusCode.SUCCESS, LuigiStatusCode.SUCCESS_WITH_RETRY)
+    with CmdlineParser.global_instance(args) as parser:  # imports `tasks`; sees --Task-param options
+        from tasks.base import config
+        from tasks.inputs import forget_inputs
+
+        threads = effective_threads(config().threads, workers, cores)
+        _set_threads(threads, unset)
+        print(f"[silentmine] {workers} worker process{'es' if workers > 1 else ''} of {threads} "
+              f"torch/BLAS thread{'s' if threads > 1 else ''} each ({cores} cores)", flush=True)
+        forget_inputs()  # see the catalog and stem set as they are now
+        _install_progress()
+        factory = _worker_factory()
+        root = parser.get_task_obj()
+        for scan in _scans(root):
+            if not scan.complete():
+                result = luigi.interface._schedule_and_run([scan], factory)
+                if not scan.complete():
+                    print(result.summary_text)
+                    return False
+        forget_inputs()  # the catalog stages now see the scan, and list its shards
+        root = parser.get_task_obj()
+        result = luigi.interface._schedule_and_run([root], factory)
+        print(result.summary_text)
+        if result.status in success:
+            return True
+        forget_inputs()
+        return result.status == LuigiStatusCode.NOT_RUN and parser.get_task_obj().complete()
+
+
+def _run_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--workers", type=int, default=None)
+    options.add_argument("--scheduler-host", default=None)
+    options.add_argument("--scheduler-port", type=int, default=None)
+    return options
 
 
 def _run(args: argparse.Namespace) -> int:
-    ok = run_tasks(args.task, args.workers, args.scheduler_host, args.scheduler_port, args.luigi_args)
+    # Options after TASK land in the Luigi arguments (argparse.REMAINDER): take ours back out.
+    late, luigi_args = _run_options().parse_known_args(args.luigi_args)
+    for name in ("workers", "scheduler_host", "scheduler_port"):
+        if getattr(late, name) is not None:
+            setattr(args, name, getattr(late, name))
+    ok = run_tasks(args.task, args.workers, args.scheduler_host, args.scheduler_port, luigi_args)
     return 0 if ok else 1
 
 

@@ -16,9 +16,61 @@ import pyarrow as pa
 
 from pipeline.dataset_index import REJECTS_SCHEMA, read_index, read_rejects
 from pipeline.sources import SOURCES
-from pipeline.storage import is_temporary, write_parquet_atomic
+from pipeline.storage import write_parquet_atomic
 
 SCAN_REJECTS = "part-scan.parquet"
+STAGE_ORDER = ("scan", "features", "extract")  # the stages that reject files, in pipeline order
+
+# Kinds of reject, read from the wording of the reasons that pipeline.catalog, pipeline.audio,
+# pipeline.features and pipeline.extraction write (lower-cased phrases; first match wins).
+# A reason that matches none is counted as "other", so the kinds always add up to the total.
+REJECT_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("file name not UTF-8", ("not valid utf-8",)),
+    ("unreadable", ("permission denied", "not readable", "cannot be read", "does not exist")),
+    ("not a regular file", ("not a regular file",)),
+    ("duplicate", ("same content as",)),
+    ("empty", ("is empty", "(0 bytes)")),
+    ("truncated or corrupt", ("truncated", "corrupt", "could not decode")),
+    ("no audio stream", ("no audio stream",)),
+    ("not audio", ("not an audio file", "no decoder", "not a format")),
+    ("NaN or Inf audio", ("nan or inf samples", "not finite", "overflow")),
+    ("no samples", ("no samples",)),
+    ("too short", ("shorter than",)),
+    ("too many channels", ("channels: flac",)),
+    ("changed since scan", ("changed since",)),
+    ("detector output", ("probabilities", "detector frames")),
+)
+
+
+def reject_kind(reason: str) -> str:
+    """The kind of a reject (a short label from ``REJECT_KINDS``, else ``"other"``) from its reason."""
+    text = str(reason).lower()
+    for kind, phrases in REJECT_KINDS:
+        if any(phrase in text for phrase in phrases):
+            return kind
+    return "other"
+
+
+def rejects_summary(rejects: pd.DataFrame, examples: int = 1) -> tuple[dict[str, int], dict[str, int], list[str]]:
+    """Counts of ``rejects`` (REJECTS_SCHEMA rows) by stage and by kind, and summary lines.
+
+    Lines: the total with its split by stage (pipeline order), then one line per kind (most
+    frequent first) with ``examples`` file names and reasons.
+    """
+    stages = rejects["stage"].astype(str).value_counts()
+    by_stage = {s: int(stages[s]) for s in [*STAGE_ORDER, *sorted(set(stages.index) - set(STAGE_ORDER))]
+                if s in stages.index}
+    kinds = rejects["reason"].map(reject_kind)
+    counted = kinds.value_counts()
+    by_kind = {k: int(counted[k]) for k in sorted(counted.index, key=lambda k: (-counted[k], k))}
+    if not len(rejects):
+        return by_stage, by_kind, ["rejects: none"]
+    lines = [f"rejects: {len(rejects)} files ({', '.join(f'{s} {n}' for s, n in by_stage.items())})"]
+    for kind, count in by_kind.items():
+        rows = rejects[kinds == kind].head(examples)
+        shown = "; ".join(f"{Path(str(r.path)).name} [{r.stage}]: {r.reason}" for r in rows.itertuples())
+        lines.append(f"  {kind}: {count}" + (f" (e.g. {shown}{', ...' if count > examples else ''})" if shown else ""))
+    return by_stage, by_kind, lines
 
 
 def _rejects_table(frame: pd.DataFrame) -> pa.Table:
@@ -30,7 +82,10 @@ def finalize_run(run_dir: str | os.PathLike, shard_keys: list[str], scan_rejects
                  feature_rejects: dict[str, pd.DataFrame]) -> dict:
     """Make ``run_dir`` hold exactly the current shards' D_i and every reject; return counts.
 
-    ``feature_rejects`` maps shard key -> that shard's rejects from the features stage.
+    ``feature_rejects`` maps shard key -> that shard's rejects from the features stage.  The
+    counts hold ``rejects`` (total), ``rejects_<stage>``, ``rejects_by_kind`` ({kind: n}, see
+    :func:`reject_kind`) and ``summary``: lines for people, excerpts per source, then the
+    rejects by stage and by kind with an example of each.
     """
     run_dir = Path(run_dir)
     write_parquet_atomic(_rejects_table(scan_rejects), run_dir / "rejects" / SCAN_REJECTS)
@@ -51,10 +106,12 @@ def finalize_run(run_dir: str | os.PathLike, shard_keys: list[str], scan_rejects
         rows = index[index["source"] == source]
         counts[f"excerpts_{source}"] = len(rows)
         counts[f"hours_{source}"] = round(float(rows["duration_s"].sum()) / 3600, 4)
-    for stage, count in rejects["stage"].value_counts().items():
-        counts[f"rejects_{stage}"] = int(count)
+    by_stage, by_kind, reject_lines = rejects_summary(rejects)
+    for stage, count in by_stage.items():
+        counts[f"rejects_{stage}"] = count
+    counts["rejects_by_kind"] = by_kind
     counts["summary"] = [f"{s}: {counts[f'excerpts_{s}']} excerpts, {counts[f'hours_{s}'] * 60:.1f} min"
-                         for s in SOURCES] + [f"rejects: {len(rejects)} ({', '.join(f'{r.path}: {r.reason}' for r in rejects.head(3).itertuples())}{', ...' if len(rejects) > 3 else ''})"]
+                         for s in SOURCES] + reject_lines
     return counts
 
 

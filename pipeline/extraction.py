@@ -11,8 +11,16 @@ WINDOW_S)`` seconds, clipped to the track's length; it is kept when that span is
 qualify (70 frames = 5.056 s for 5 s; 69 frames span 4.992 s), and clipping at the track's end
 can only remove runs, never add them.
 
-**Audio.**  Excerpts are cut from the original file at its own rate and channel count (the
-whole file is decoded once, float32, by ``pipeline.audio.load``).  Sample offsets are
+**Audio.**  Excerpts are cut from the original file at its own rate and channel count in one
+streaming pass (``pipeline.audio.open_stream``, blocks of ``BLOCK_FRAMES`` samples, float32):
+every candidate run (source runs may overlap) gets a FLAC writer under a hidden temporary name
+(:func:`pipeline.storage.tmp_name`) that receives its samples block by block, so memory does
+not grow with the track.  The track's length is only known at the end of the pass; runs are
+written unclipped up to the end of the stream, then the duration rule below is applied with
+the decoded length, the kept excerpts are renamed into place (``atomic_path``) and the others
+deleted.  If decoding fails anywhere (NaN/Inf samples, a corrupt block, ffmpeg's error), every
+temporary of the track is deleted: no excerpt of a rejected track becomes visible.  Writing a
+FLAC in blocks gives the same bytes as writing it at once.  Sample offsets are
 ``start_sample = round(start_s * sr)`` and ``end_sample = min(round(end_s * sr), n_samples)``;
 ``start_s``/``end_s`` in the index are the grid times of the rule above.  Each excerpt is a FLAC
 file at ``<run_dir>/audio/<source>/<track_id[:2]>/<excerpt_id>.flac``:
@@ -46,10 +54,10 @@ import pandas as pd
 import pyarrow as pa
 import soundfile as sf
 
-from pipeline.audio import AudioError, file_checksum, load, probe
+from pipeline.audio import BLOCK_FRAMES, AudioError, file_checksum, open_stream, probe
 from pipeline.dataset_index import INDEX_SCHEMA, REJECTS_SCHEMA
 from pipeline.sources import HOP_S, SOURCES, WINDOW_S
-from pipeline.storage import atomic_path, write_parquet_atomic
+from pipeline.storage import atomic_path, tmp_name, write_parquet_atomic
 
 MIN_SECONDS = 5.0  # shortest excerpt kept, seconds
 STAGE = "extract"
@@ -154,6 +162,56 @@ def excerpt_relpath(source: str, track_id: str, excerpt_id: str) -> str:
     return f"audio/{source}/{track_id[:2]}/{excerpt_id}.flac"
 
 
+@dataclass
+class _Excerpt:
+    """One candidate run of one source, written while the track streams past."""
+
+    source: str
+    first: int  # first frame of the run
+    stop: int  # frame after the run
+    start_sample: int
+    end_sample: int  # unclipped end, round(((stop - 1) * HOP_S + WINDOW_S) * rate); the stream may end first
+    final: Path
+    tmp: Path
+    writer: sf.SoundFile | None = None
+    written: int = 0
+
+
+def _write_excerpts(path: Path, excerpts: list[_Excerpt], subtype: str,
+                    block_frames: int) -> tuple[int, int, int]:
+    """Decode ``path`` once, in blocks, writing each excerpt's samples to its temporary FLAC.
+
+    Returns ``(sample_rate, channels, n_samples)``.  Every writer is closed on return or on
+    an exception; the temporaries are left to the caller.
+    """
+    position = 0
+    try:
+        with open_stream(path, block_frames=block_frames) as decoded:
+            rate, channels = decoded.file_rate, decoded.file_channels
+            if channels > _FLAC_MAX_CHANNELS:
+                raise ExtractionError(f"{channels} channels: FLAC excerpts hold at most {_FLAC_MAX_CHANNELS}")
+            for block in decoded:  # (channels, n) float32 at the file's rate
+                stop = position + block.shape[1]
+                for excerpt in excerpts:
+                    lo, hi = max(excerpt.start_sample, position), min(excerpt.end_sample, stop)
+                    if hi <= lo:
+                        continue
+                    if excerpt.writer is None:
+                        excerpt.tmp.parent.mkdir(parents=True, exist_ok=True)
+                        excerpt.writer = sf.SoundFile(str(excerpt.tmp), "w", samplerate=rate, channels=channels,
+                                                      format="FLAC", subtype=subtype)
+                    excerpt.writer.write(quantise(block[:, lo - position:hi - position], subtype))
+                    excerpt.written += hi - lo
+                    if hi == excerpt.end_sample:
+                        excerpt.writer.close()
+                position = stop
+    finally:
+        for excerpt in excerpts:
+            if excerpt.writer is not None:
+                excerpt.writer.close()
+    return rate, channels, position
+
+
 def extract_track(
     path: str | os.PathLike,
     track_id: str,
@@ -164,13 +222,15 @@ def extract_track(
     run_dir: str | os.PathLike,
     detector_key: str,
     calibration_key: str,
+    block_frames: int = BLOCK_FRAMES,
 ) -> list[dict]:
     """Write the excerpts of one track and return their index rows (INDEX_SCHEMA keys).
 
     ``probs``: ``(n_frames, 4)`` P_i on the shared grid; ``thresholds``: ``{source: p_i}``, a
     missing, ``None`` or NaN ``p_i`` skips the source.  When ``checksum`` is given the file must
-    still have it; the index records the file's SHA-256 read now.  Decodes the file only when some
-    run can qualify.  Raises
+    still have it; the index records the file's SHA-256 read now.  Decodes the file (once, as a
+    stream of ``block_frames`` samples) only when some run can qualify; excerpts appear under
+    their final names only after the whole file decoded cleanly.  Raises
     :class:`pipeline.audio.AudioError` (undecodable) or :class:`ExtractionError` (any other reason).
     """
     path = Path(path)
@@ -198,43 +258,61 @@ def extract_track(
     catalog_checksum = file_checksum(path)
     if checksum and catalog_checksum != checksum:
         raise ExtractionError("file changed since it was scanned (SHA-256 differs from the catalog's)")
-    audio, rate = load(path)
-    channels, n_samples = audio.shape
-    if channels > _FLAC_MAX_CHANNELS:
-        raise ExtractionError(f"{channels} channels: FLAC excerpts hold at most {_FLAC_MAX_CHANNELS}")
-    duration_s = n_samples / rate
-    if duration_s < min_seconds - _SPAN_TOLERANCE_S:
-        raise ExtractionError(_too_short(duration_s, min_seconds))
     subtype = excerpt_subtype(path)
     catalog_path = os.path.abspath(path)
-
-    rows = []
-    for source in SOURCES:
+    rate = info.sample_rate
+    excerpts = []
+    for source in SOURCES:  # every candidate run, unclipped: the track's length is known at the end
         if source not in calibrated:
             continue
-        column = probs[:, SOURCES.index(source)]
-        runs, spans = select_runs(column >= calibrated[source], duration_s, min_seconds)
-        for (first, stop), (start_s, end_s) in zip(runs.tolist(), spans.tolist()):
+        runs = candidates[source]
+        for (first, stop), (start_s, end_s) in zip(runs.tolist(), run_spans(runs, math.inf).tolist()):
             start_sample = int(round(start_s * rate))
-            end_sample = min(int(round(end_s * rate)), n_samples)
-            excerpt_id = f"{track_id}-{source}-{start_sample}"
-            relpath = excerpt_relpath(source, track_id, excerpt_id)
-            final = run_dir / relpath
-            with atomic_path(final) as tmp:
-                sf.write(str(tmp), quantise(audio[:, start_sample:end_sample], subtype), rate,
-                         format="FLAC", subtype=subtype)
-            frame_probs = column[first:stop].astype(np.float64)
-            rows.append({
-                "excerpt_id": excerpt_id, "source": source, "catalog_path": catalog_path,
-                "catalog_checksum": catalog_checksum, "track_id": track_id,
-                "start_s": float(start_s), "end_s": float(end_s),
-                "start_sample": start_sample, "end_sample": end_sample, "duration_s": float(end_s - start_s),
-                "sample_rate": int(rate), "channels": int(channels), "threshold": calibrated[source],
-                "prob_mean": float(frame_probs.mean()), "prob_min": float(frame_probs.min()),
-                "n_frames": int(stop - first), "detector_key": detector_key, "calibration_key": calibration_key,
-                "audio_path": relpath, "audio_format": f"FLAC/{subtype}", "audio_checksum": file_checksum(final),
-            })
-    return rows
+            final = run_dir / excerpt_relpath(source, track_id, f"{track_id}-{source}-{start_sample}")
+            excerpts.append(_Excerpt(source, first, stop, start_sample, int(round(end_s * rate)), final,
+                                     tmp_name(final)))
+    try:
+        decoded_rate, channels, n_samples = _write_excerpts(path, excerpts, subtype, block_frames)
+        if decoded_rate != rate:
+            raise ExtractionError(f"the decoder's rate {decoded_rate} Hz differs from the probed {rate} Hz")
+        duration_s = n_samples / rate
+        if duration_s < min_seconds - _SPAN_TOLERANCE_S:
+            raise ExtractionError(_too_short(duration_s, min_seconds))
+        rows = []
+        for source in SOURCES:
+            if source not in calibrated:
+                continue
+            column = probs[:, SOURCES.index(source)]
+            written = {(e.first, e.stop): e for e in excerpts if e.source == source}
+            runs, spans = select_runs(column >= calibrated[source], duration_s, min_seconds)
+            for (first, stop), (start_s, end_s) in zip(runs.tolist(), spans.tolist()):
+                excerpt = written[(first, stop)]
+                start_sample = int(round(start_s * rate))
+                end_sample = min(int(round(end_s * rate)), n_samples)
+                if (start_sample, end_sample) != (excerpt.start_sample, excerpt.start_sample + excerpt.written):
+                    raise RuntimeError(f"excerpt {excerpt.final.name} holds samples [{excerpt.start_sample}, "
+                                       f"{excerpt.start_sample + excerpt.written}), expected "
+                                       f"[{start_sample}, {end_sample})")
+                with atomic_path(excerpt.final) as tmp:
+                    os.replace(excerpt.tmp, tmp)
+                frame_probs = column[first:stop].astype(np.float64)
+                excerpt_id = f"{track_id}-{source}-{start_sample}"
+                relpath = excerpt_relpath(source, track_id, excerpt_id)
+                rows.append({
+                    "excerpt_id": excerpt_id, "source": source, "catalog_path": catalog_path,
+                    "catalog_checksum": catalog_checksum, "track_id": track_id,
+                    "start_s": float(start_s), "end_s": float(end_s),
+                    "start_sample": start_sample, "end_sample": end_sample, "duration_s": float(end_s - start_s),
+                    "sample_rate": int(rate), "channels": int(channels), "threshold": calibrated[source],
+                    "prob_mean": float(frame_probs.mean()), "prob_min": float(frame_probs.min()),
+                    "n_frames": int(stop - first), "detector_key": detector_key,
+                    "calibration_key": calibration_key, "audio_path": relpath, "audio_format": f"FLAC/{subtype}",
+                    "audio_checksum": file_checksum(excerpt.final),
+                })
+        return rows
+    finally:
+        for excerpt in excerpts:  # runs dropped by the duration rule, or everything after an error
+            excerpt.tmp.unlink(missing_ok=True)
 
 
 def extract_shard(

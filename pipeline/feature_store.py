@@ -10,7 +10,11 @@ Layout: ``<name>.npy`` holds every track's features concatenated along time, tim
 The writer streams tracks to a hidden temporary ``.npy`` (its header reserves room for the
 final shape and is rewritten at the end), then renames it and the index into place with
 :func:`pipeline.storage.atomic_path`; the index is renamed last.  The reader memory-maps the
-``.npy``; :meth:`FeatureShard.get` returns one track as float32 ``(C, F, T)``.
+``.npy``; :meth:`FeatureShard.get` returns one track as float32 ``(C, F, T)`` (a copy),
+:meth:`FeatureShard.view` the same frames as a view of the memory map (nothing read until
+sliced).  :meth:`FeatureShardWriter.add_pieces` takes a track as a stream of ``(C, F, t)``
+pieces (from :meth:`pipeline.features.FeatureExtractor.stream`), so neither side ever holds a
+whole long track.
 """
 
 from __future__ import annotations
@@ -82,24 +86,46 @@ class FeatureShardWriter:
 
     def add(self, track_id: str, feats: np.ndarray) -> None:
         """Append one track's features ``(C, F, T)``."""
+        self.add_pieces(track_id, [feats])
+
+    def add_pieces(self, track_id: str, pieces: Iterable[np.ndarray]) -> int:
+        """Append one track given as consecutive ``(C, F, t)`` pieces; return its frame count.
+
+        Each piece is written as it arrives, so memory holds one piece, not the track.  If
+        the iterable raises (e.g. :class:`pipeline.audio.AudioError` from a decoder) or a
+        piece is bad, the track's frames are cut off the temporary file again and the
+        exception propagates: the shard stays valid without this track.
+        """
         if self._fh is None:
             raise RuntimeError("FeatureShardWriter.add called outside its with block")
         if track_id in self._seen:
             raise ValueError(f"track {track_id!r} is already in this shard")
-        feats = np.asarray(feats)
-        if feats.ndim != 3:
-            raise ValueError(f"features must be (C, F, T), got shape {feats.shape}")
-        if self._frame_shape is None:
-            self._frame_shape = feats.shape[:2]
-        elif feats.shape[:2] != self._frame_shape:
-            raise ValueError(f"features {feats.shape[:2]} do not match the shard's {self._frame_shape}")
-        if not np.isfinite(feats).all():
-            raise ValueError(f"features of {track_id!r} contain NaN or Inf")
-        block = np.ascontiguousarray(np.moveaxis(feats, -1, 0), dtype=self.dtype)  # (T, C, F)
-        self._fh.write(block.tobytes())
-        self._rows.append((track_id, self._frames, feats.shape[-1]))
+        position = self._fh.tell()
+        frame_shape = self._frame_shape
+        count = 0
+        try:
+            for feats in pieces:
+                feats = np.asarray(feats)
+                if feats.ndim != 3:
+                    raise ValueError(f"features must be (C, F, T), got shape {feats.shape}")
+                if frame_shape is None:
+                    frame_shape = feats.shape[:2]
+                elif feats.shape[:2] != frame_shape:
+                    raise ValueError(f"features {feats.shape[:2]} do not match the shard's {frame_shape}")
+                if not np.isfinite(feats).all():
+                    raise ValueError(f"features of {track_id!r} contain NaN or Inf")
+                block = np.ascontiguousarray(np.moveaxis(feats, -1, 0), dtype=self.dtype)  # (t, C, F)
+                self._fh.write(block.tobytes())
+                count += feats.shape[-1]
+        except BaseException:
+            self._fh.seek(position)
+            self._fh.truncate()
+            raise
+        self._frame_shape = frame_shape
+        self._rows.append((track_id, self._frames, count))
         self._seen.add(track_id)
-        self._frames += feats.shape[-1]
+        self._frames += count
+        return count
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
@@ -174,6 +200,15 @@ class FeatureShard:
         return np.ascontiguousarray(np.moveaxis(block, 0, -1), dtype=np.float32)
 
     __getitem__ = get
+
+    def view(self, track_id: str) -> np.ndarray:
+        """Features of ``track_id`` as a read-only ``(C, F, T)`` view of the memory map (stored
+        dtype, no copy: slice it in time to read only part of the track)."""
+        try:
+            offset, count = self._rows[track_id]
+        except KeyError:
+            raise KeyError(f"track {track_id!r} is not in {self.npy_path}") from None
+        return np.moveaxis(self.data[offset:offset + count], 0, -1)
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         for track_id in self._rows:

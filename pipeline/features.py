@@ -30,7 +30,21 @@ zero-extended signal is, by context per side: 0 frames 5.1 log1p units, 4: 3.3, 
 floor (3.6e-7 relative).  The default :data:`CONTEXT_FRAMES` = 12 therefore meets
 :data:`CHUNK_TOLERANCE` = 0.01 (``tests/test_features.py`` checks it).  Working memory is
 one batch of chunks whatever the length: measured peak of the whole process about 0.5 GB
-plus the signal and the output (10 minutes: 0.67 GB, of which 0.1 GB signal and features).
+plus the signal and the output when a whole signal is given (10 minutes: 0.67 GB, of which
+0.1 GB signal and features).
+
+Streaming: :meth:`FeatureExtractor.stream` takes the signal as consecutive blocks (e.g. from
+``pipeline.audio.stream``) and yields the features as ``(C, F, t)`` pieces; it runs the very
+same chunks, batches and Kymatio calls as the whole-signal call, so the result is bit-identical
+(not merely within :data:`CHUNK_TOLERANCE`), including the last frames and tracks shorter
+than one chunk.  The frame count ``n_feature_frames(N)`` needs the total length ``N``: chunks
+are computed as soon as their samples (with context) have arrived, frames are released once
+``n_feature_frames`` of the samples so far proves they exist, and the last chunk(s) are
+computed zero-extended when the stream ends.  Tracks shorter than one chunk (about 15.5 s)
+are buffered until the end, since their Kymatio object size depends on the length.  Memory:
+one chunk of signal, one batch of chunks and one batch of features.  Results depend on
+torch's intra-op thread count at float-rounding level (up to 1.4e-3 log1p units on
+near-silent frames between 1 and 2 threads), so compare runs with equal ``num_threads``.
 
 Speed (2 cores): Kymatio's torch frontend in float32 runs about 4x faster than its numpy
 frontend (float64); chunks of 994 frames (a 2**18-point FFT, where Kymatio's own padding
@@ -48,7 +62,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -165,15 +179,6 @@ def _check_signal(mono16k: np.ndarray) -> np.ndarray:
     return signal.astype(np.float32, copy=False)
 
 
-def _zero_extended(signal: np.ndarray, start: int, length: int) -> np.ndarray:
-    """``signal[start:start + length]`` with zeros where it runs outside the signal."""
-    out = np.zeros(length, dtype=np.float32)
-    first, last = max(start, 0), min(start + length, signal.shape[0])
-    if last > first:
-        out[first - start:last - start] = signal[first:last]
-    return out
-
-
 class FeatureExtractor:
     """Chunked scattering features: ``__call__(mono16k (samples,)) -> float32 (7, 54, T)``.
 
@@ -211,6 +216,11 @@ class FeatureExtractor:
                 return size
         return MAX_SEGMENT_FRAMES
 
+    def _plan(self, n_frames: int) -> tuple[int, int]:
+        """``(segment, step)``: frames per Kymatio input and frames kept per chunk for a track of ``n_frames``."""
+        segment = self._segment_frames(n_frames)
+        return segment, min(self.chunk_frames, segment - 2 * self.context_frames)
+
     def scattering(self, mono16k: np.ndarray, n_frames: int | None = None) -> np.ndarray:
         """Raw (un-logged) coefficients in layout ``(C, F, n_frames)``, float32.
 
@@ -222,34 +232,136 @@ class FeatureExtractor:
         """Log-compressed features ``(7, 54, n_feature_frames(len(mono16k)))`` float32."""
         return self._run(mono16k, None, compress=True)
 
+    def stream(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Features of a 16 kHz mono signal given as consecutive blocks, as ``(7, 54, t)`` pieces.
+
+        ``blocks`` are float32 ``(n,)`` or ``(1, n)`` arrays of any sizes; the pieces, in time
+        order, concatenate to exactly ``self(np.concatenate(blocks))`` (bit for bit: the same
+        chunks, batches and Kymatio calls).  Working memory: one batch of chunks plus one
+        chunk of signal and of features, whatever the length.  Raises :class:`AudioError`
+        for an empty signal or non-finite samples (the latter when the block arrives).
+        """
+        return self._pieces(blocks, None, compress=True)
+
     def _run(self, mono16k: np.ndarray, n_frames: int | None, compress: bool) -> np.ndarray:
         signal = _check_signal(mono16k)
-        if n_frames is None:
-            n_frames = n_feature_frames(signal.shape[0])
-        segment = self._segment_frames(n_frames)
-        keep = segment - 2 * self.context_frames  # frames kept per segment (>= one chunk)
-        step = min(self.chunk_frames, keep)
-        starts = list(range(0, n_frames, step))
-        ctx, hop = self.context_frames, FRAME_SAMPLES
-        scat = _scattering(segment * hop)
+        total = n_feature_frames(signal.shape[0]) if n_frames is None else n_frames
         layout = scattering_layout()
-        out = np.empty((layout.channels, layout.freqs, n_frames), dtype=np.float32)
+        out = np.empty((layout.channels, layout.freqs, total), dtype=np.float32)
+        done = 0
+        for piece in self._pieces([signal], n_frames, compress):
+            out[..., done:done + piece.shape[-1]] = piece
+            done += piece.shape[-1]
+        return out
+
+    def _pieces(self, blocks: Iterable[np.ndarray], n_frames: int | None, compress: bool) -> Iterator[np.ndarray]:
+        """The chunked transform over a stream of signal blocks (see :meth:`stream`).
+
+        Chunk ``s`` (frames ``[s, s + step)``) reads samples ``[(s - ctx) * 256, (s - ctx +
+        segment) * 256)``; it is computed as soon as those samples have arrived (or at the
+        end of the stream, zero-extended), in consecutive batches of ``batch`` chunks.  The
+        plan ``(segment, step)`` depends on the total frame count only below one chunk, so
+        it is fixed once ``n_feature_frames(samples so far) >= chunk_frames`` or at the end.
+        Frames are yielded once they are known to exist (below ``n_feature_frames`` of the
+        samples so far); the last ones when the stream ends.
+        """
+        ctx, hop = self.context_frames, FRAME_SAMPLES
+        plan = self._plan(n_frames) if n_frames is not None else None
+        buffer, buffer_start, seen = np.zeros(0, np.float32), 0, 0  # buffer = samples [buffer_start, seen)
+        next_start, emitted = 0, 0
+        group: list[tuple[int, np.ndarray]] = []
+        held: list[np.ndarray] = []  # computed frames [emitted, ...) not yet yielded
+
+        def take(start: int, segment: int) -> None:
+            group.append((start, _window(buffer, buffer_start, (start - ctx) * hop, segment * hop)))
+
+        def flush(step: int, limit: int | None) -> None:
+            for start, piece in zip((s for s, _ in group), self._scatter([x for _, x in group])):
+                count = step if limit is None else min(step, limit - start)
+                piece = raw_to_layout(piece[:, ctx:ctx + count])
+                held.append(log_compress(piece, self.eps) if compress else piece)
+            group.clear()
+
+        def release(bound: int) -> Iterator[np.ndarray]:
+            nonlocal emitted, held
+            if not held or bound <= emitted:
+                return
+            frames = held[0] if len(held) == 1 else np.concatenate(held, axis=-1)
+            count = min(bound - emitted, frames.shape[-1])
+            yield frames[..., :count]
+            emitted += count
+            held = [frames[..., count:]] if count < frames.shape[-1] else []
+
+        for block in blocks:
+            block = _check_block(block)
+            if block.size == 0:
+                continue
+            buffer = np.concatenate([buffer, block]) if buffer.size else block
+            seen += block.size
+            if plan is None and n_feature_frames(seen) >= self.chunk_frames:
+                plan = self._plan(self.chunk_frames)  # the plan of every track of >= chunk_frames
+            if plan is None:
+                continue
+            segment, step = plan
+            bound = n_frames if n_frames is not None else n_feature_frames(seen)
+            while next_start < bound and (next_start - ctx + segment) * hop <= seen:
+                take(next_start, segment)
+                next_start += step
+                if len(group) == self.batch:
+                    flush(step, n_frames)
+                    yield from release(bound)
+            keep_from = max(0, (next_start - ctx) * hop)
+            if keep_from > buffer_start:
+                buffer = buffer[keep_from - buffer_start:].copy()
+                buffer_start = keep_from
+        if seen == 0:
+            raise AudioError("audio has no samples")
+        total = n_frames if n_frames is not None else n_feature_frames(seen)
+        segment, step = plan if plan is not None else self._plan(total)
+        while next_start < total:
+            take(next_start, segment)
+            next_start += step
+            if len(group) == self.batch:
+                flush(step, total)
+        if group:
+            flush(step, total)
+        yield from release(total)
+
+    def _scatter(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """Kymatio on a batch of equal-length inputs: ``(B, 234, segment)`` float32."""
+        scat = _scattering(inputs[0].shape[0])
         previous = torch.get_num_threads()
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
         try:
             with torch.inference_mode():
-                for first in range(0, len(starts), self.batch):
-                    group = starts[first:first + self.batch]
-                    batch = np.stack([_zero_extended(signal, (s - ctx) * hop, segment * hop) for s in group])
-                    raw = scat(torch.from_numpy(batch)).numpy()  # (B, 234, segment)
-                    for b, start in enumerate(group):
-                        count = min(step, n_frames - start)
-                        piece = raw_to_layout(raw[b, :, ctx:ctx + count])
-                        out[..., start:start + count] = log_compress(piece, self.eps) if compress else piece
+                return scat(torch.from_numpy(np.stack(inputs))).numpy()
         finally:
             torch.set_num_threads(previous)
-        return out
+
+
+def _check_block(block: np.ndarray) -> np.ndarray:
+    """A stream block as float32 ``(n,)``; raises :class:`AudioError` for bad shapes or values."""
+    block = np.asarray(block)
+    if block.ndim == 2 and block.shape[0] == 1:
+        block = block[0]
+    if block.ndim != 1:
+        raise AudioError(f"expected mono audio blocks of shape (samples,) or (1, samples), got {block.shape}")
+    if not np.isfinite(block).all():
+        raise AudioError("audio contains NaN or Inf samples")
+    return block.astype(np.float32, copy=False)
+
+
+def _window(buffer: np.ndarray, buffer_start: int, start: int, length: int) -> np.ndarray:
+    """Samples ``[start, start + length)`` of a signal of which ``buffer`` holds ``[buffer_start, ...)``,
+    with zeros outside the buffer (before the track, or after the samples seen so far)."""
+    out = np.zeros(length, dtype=np.float32)
+    first, last = max(start, buffer_start), min(start + length, buffer_start + buffer.shape[0])
+    if start < buffer_start and buffer_start > 0:
+        raise RuntimeError("chunk reads samples already dropped from the stream buffer")
+    if last > first:
+        out[first - start:last - start] = buffer[first - buffer_start:last - buffer_start]
+    return out
 
 
 @lru_cache(maxsize=1)

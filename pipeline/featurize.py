@@ -3,12 +3,20 @@
 A shard's features go to one ``<name>.npy`` plus ``<name>.index.parquet``
 (:mod:`pipeline.feature_store`); tracks that cannot be decoded go to
 ``<name>.rejects.parquet`` with the reason, and the shard goes on.
+
+Catalog tracks are streamed: ``pipeline.audio.stream`` decodes, downmixes and resamples the
+file in blocks of :data:`STREAM_BLOCK_FRAMES` samples (at the file's rate), the extractor turns
+the 16 kHz blocks into feature pieces (:meth:`pipeline.features.FeatureExtractor.stream`) and
+the writer appends the pieces to the shard as they come, so memory does not grow with a
+track's length (the features are bit-identical to the whole-signal transform of
+``audio.load(path, 16000, mono=True)``).  Stem-set mixtures (short, loaded from several stem
+files) are loaded whole and go through the same code as one block.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -22,29 +30,53 @@ from pipeline.sources import FEATURE_RATE
 from pipeline.storage import write_parquet_atomic
 
 STAGE = "features"
+STREAM_BLOCK_FRAMES = 1 << 17  # samples per channel decoded per block (3 s at 44.1 kHz)
 
-# One item per track: (track_id, path shown in rejects, loader -> 16 kHz mono (samples,)).
-Item = tuple[str, str, Callable[[], np.ndarray]]
+# One item per track: (track_id, path shown in rejects, source -> 16 kHz mono blocks (samples,)).
+# The source may raise pipeline.audio.AudioError, when called or while iterating.
+Item = tuple[str, str, Callable[[], Iterable[np.ndarray]]]
 
 
 def featurize(items: Iterable[Item], npy_path: Path, total: int | None = None,
               num_threads: int | None = None) -> dict[str, int]:
     """Write the features of ``items`` to ``npy_path`` (+ index, + rejects); return counts."""
     extractor = FeatureExtractor(num_threads=num_threads)
-    rejects, seconds = [], 0.0
+    rejects, samples = [], 0
     with FeatureShardWriter(npy_path) as writer:
-        for track_id, path, load in tqdm(items, total=total, desc=f"features {npy_path.stem}", unit="track",
-                                         leave=False):
+        for track_id, path, source in tqdm(items, total=total, desc=f"features {npy_path.stem}", unit="track",
+                                           leave=False):
+            counter = _Counter()
             try:
-                mono = load()
+                writer.add_pieces(track_id, _finite(extractor.stream(counter.count(source()))))
             except audio.AudioError as err:
                 rejects.append((path, track_id, STAGE, str(err)))
                 continue
-            writer.add(track_id, extractor(mono))
-            seconds += mono.shape[0] / FEATURE_RATE
+            samples += counter.samples
     frame = pd.DataFrame(rejects, columns=REJECTS_SCHEMA.names)
     write_parquet_atomic(frame.astype(str), rejects_path(npy_path))
-    return {"tracks": len(writer.index_frame()), "rejects": len(rejects), "audio_seconds": round(seconds, 1)}
+    return {"tracks": len(writer.index_frame()), "rejects": len(rejects),
+            "audio_seconds": round(samples / FEATURE_RATE, 1)}
+
+
+def _finite(pieces: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """Pass feature pieces on; raise AudioError at the first that holds NaN or Inf."""
+    for piece in pieces:
+        if not np.isfinite(piece).all():
+            raise audio.AudioError("features overflow to NaN or Inf: sample values far beyond full scale "
+                                   "(corrupt float data?)")
+        yield piece
+
+
+class _Counter:
+    """Counts the samples of the blocks passing through :meth:`count`."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+
+    def count(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        for block in blocks:
+            self.samples += np.asarray(block).shape[-1]
+            yield block
 
 
 def rejects_path(npy_path: Path) -> Path:
@@ -56,21 +88,23 @@ def read_feature_rejects(npy_path: Path) -> pd.DataFrame:
     return pd.read_parquet(rejects_path(npy_path))
 
 
-def _catalog_loader(path: str) -> Callable[[], np.ndarray]:
-    return lambda: audio.load(path, sample_rate=FEATURE_RATE, mono=True)[0][0]
+def catalog_blocks(path: str, block_frames: int = STREAM_BLOCK_FRAMES) -> Iterator[np.ndarray]:
+    """16 kHz mono blocks ``(samples,)`` float32 of a catalog file, decoded as a stream."""
+    for block in audio.stream(path, block_frames=block_frames, sample_rate=FEATURE_RATE, mono=True):
+        yield block[0]
 
 
 def featurize_catalog_shard(tracks: pd.DataFrame, npy_path: Path, num_threads: int | None = None) -> dict[str, int]:
-    """Features of one catalog shard (rows with ``track_id, path``)."""
-    items = [(row.track_id, row.path, _catalog_loader(row.path)) for row in tracks.itertuples()]
+    """Features of one catalog shard (rows with ``track_id, path``), each track streamed."""
+    items = [(row.track_id, row.path, lambda path=row.path: catalog_blocks(path)) for row in tracks.itertuples()]
     return featurize(items, npy_path, total=len(items), num_threads=num_threads)
 
 
 def featurize_stem_split(stem_root: str, split: str, npy_path: Path, num_threads: int | None = None) -> dict[str, int]:
-    """Features of the mixtures of one stem-set split."""
-    def loader(track: stemset.StemTrack) -> Callable[[], np.ndarray]:
-        return lambda: stemset.load_mixture(track, sample_rate=FEATURE_RATE, mono=True)[0][0]
+    """Features of the mixtures of one stem-set split (each mixture loaded whole: one block)."""
+    def source(track: stemset.StemTrack) -> Callable[[], Iterable[np.ndarray]]:
+        return lambda: [stemset.load_mixture(track, sample_rate=FEATURE_RATE, mono=True)[0][0]]
 
     tracks = stemset.list_tracks(stem_root, split)
-    items = [(t.track_id, str(t.folder or t.stem_file), loader(t)) for t in tracks]
+    items = [(t.track_id, str(t.folder or t.stem_file), source(t)) for t in tracks]
     return featurize(items, npy_path, total=len(items), num_threads=num_threads)

@@ -11,6 +11,7 @@ complete.  Readers skip names that start with ``.``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -103,6 +104,23 @@ def clean_temporaries(folder: str | os.PathLike) -> int:
     return removed
 
 
+def clean_temporaries_matching(folder: str | os.PathLike, patterns: list[str]) -> int:
+    """Remove leftovers of killed writers under ``folder`` whose path matches one of the glob
+    ``patterns`` (relative to ``folder``, e.g. ``"shards/.<key>.*"``); return the count.
+
+    For folders shared by concurrent writers (the shards of one stage): each shard cleans only
+    its own names, never a temporary that another worker may be writing.
+    """
+    folder = Path(folder)
+    removed = 0
+    for pattern in patterns:
+        for path in sorted(folder.glob(pattern), key=lambda p: -len(p.parts)):
+            if path.exists() and path.name.startswith(".") and TMP_MARK in path.name:
+                _remove(path)
+                removed += 1
+    return removed
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         for child in path.iterdir():
@@ -121,8 +139,11 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """The git commit of the running code (with ``+dirty`` if modified), else the package version."""
+    """The git commit of the running code (with ``+dirty`` if modified), else the package version.
+
+    Read once per process (two ``git`` calls), not once per shard marker."""
     from pipeline import __version__
 
     root = Path(__file__).resolve().parent.parent

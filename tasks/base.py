@@ -6,18 +6,31 @@ catalog listing) and the keys of the stages it requires.  A ``ShardStage`` is on
 a catalog-wide stage: all shards of a stage share the stage folder (keyed without the
 catalog's contents), and each shard's completion marker is ``shards/<shard_key>.json``,
 so adding tracks to a catalog runs only the new shards.
+
+Every run of a ``Stage`` or ``ShardStage`` appends one line to the run journal
+(:mod:`pipeline.journal`): ``<data_root>/journal/<host>-<pid>-<start>.jsonl``, one file per
+process, with the stage, task family, key, shard, host, pid, start and end times, the time
+spent inside ``build()`` and the stage's counts (failed runs too, with ``status = failed``).
+``pipeline.journal.read_journal(data_root)`` loads all of it into a DataFrame.
+
+A ``CatalogStage`` whose scan is complete lists its shard tasks among its dependencies
+(``deps()``), so every worker that schedules it, on this machine or another one attached to
+the same ``luigid``, sees every shard and the scheduler hands them out one at a time; before
+the scan exists they come as dynamic dependencies from ``run()``.  A task that finds its
+output already complete when it starts does nothing (another worker finished it first).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Iterator
 
 import luigi
 
-from pipeline import storage
+from pipeline import journal, storage
 
 
 def _plain(value: Any) -> Any:
@@ -35,11 +48,28 @@ class silentmine(luigi.Config):
     stem_root = luigi.Parameter(default="data/demo/stems")
     catalog = luigi.Parameter(default="data/demo/catalog")
     seed = luigi.IntParameter(default=0)
-    threads = luigi.IntParameter(default=0, description="torch/BLAS threads per worker; 0 = all cores")
+    threads = luigi.IntParameter(default=0, description="torch/BLAS threads per worker process; 0 = cores / workers")
 
 
 def config() -> silentmine:
     return silentmine()
+
+
+class _Timing:
+    """Seconds spent inside a stage's ``build()`` and the counts it returned."""
+
+    def __init__(self) -> None:
+        self.body_s = 0.0
+        self.counts: dict[str, Any] = {}
+
+    def body(self, build: Callable[[Path], dict | None], folder: Path) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            counts = dict(build(folder) or {})
+            self.counts = {k: v for k, v in counts.items() if k != "summary"}
+        finally:
+            self.body_s += time.perf_counter() - started
+        return counts
 
 
 class Stage(luigi.Task):
@@ -82,14 +112,37 @@ class Stage(luigi.Task):
         return self.requires()[name].folder
 
     def run(self) -> None:
+        if self.complete():  # another worker finished it between scheduling and now
+            return
+        with self._journaled() as timing:
+            started = time.time()
+            self.folder.mkdir(parents=True, exist_ok=True)
+            storage.clean_temporaries(self.folder)
+            counts = timing.body(self.build, self.folder)
+            summary = counts.pop("summary", None)
+            storage.write_manifest(self.folder, self.stage_name, self.key, self.key_params(), self.input_keys(),
+                                   counts=counts, seed=config().seed, started=started,
+                                   extra={"summary": summary or [], **self.manifest_extra()})
+
+    def journal_fields(self) -> dict[str, Any]:
+        """What identifies this run in the journal besides stage, family and key."""
+        return {}
+
+    @contextlib.contextmanager
+    def _journaled(self) -> Iterator["_Timing"]:
+        """Time the run and its ``build()``; append the journal line (done or failed) at the end."""
+        timing = _Timing()
         started = time.time()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        storage.clean_temporaries(self.folder)
-        counts = self.build(self.folder) or {}
-        summary = counts.pop("summary", None)
-        storage.write_manifest(self.folder, self.stage_name, self.key, self.key_params(), self.input_keys(),
-                               counts=counts, seed=config().seed, started=started,
-                               extra={"summary": summary or [], **self.manifest_extra()})
+        fields = dict(stage=self.stage_name, family=self.task_family, key=self.key, **self.journal_fields())
+        try:
+            yield timing
+        except BaseException as err:
+            journal.record(config().data_root, started=started, finished=time.time(), body_s=timing.body_s,
+                           counts=timing.counts, status="failed", error=f"{type(err).__name__}: {err}"[:2000],
+                           **fields)
+            raise
+        journal.record(config().data_root, started=started, finished=time.time(), body_s=timing.body_s,
+                       counts=timing.counts, **fields)
 
     def manifest_extra(self) -> dict[str, Any]:
         """Further fields for the manifest (for example which catalog scan it covers)."""
@@ -127,15 +180,27 @@ class ShardStage(Stage):
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(str(self.marker))
 
+    def temporary_patterns(self) -> list[str]:
+        """Globs (relative to the stage folder) of the temporaries this shard's writers leave
+        when killed; removed before the shard runs again.  Other shards' are left alone."""
+        return [f"shards/.{self.shard_key}.*"]
+
+    def journal_fields(self) -> dict[str, Any]:
+        return {"shard": self.shard, "shard_key": self.shard_key}
+
     def run(self) -> None:
-        started = time.time()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        counts = self.build(self.folder) or {}
-        storage.write_json_atomic(self.marker, {
-            "stage": self.stage_name, "key": self.key, "shard": self.shard, "shard_key": self.shard_key,
-            "params": self.key_params(), "inputs": self.input_keys(), "counts": counts,
-            "code_version": storage.code_version(), "wall_s": round(time.time() - started, 3),
-        })
+        if self.complete():  # another worker finished it between scheduling and now
+            return
+        with self._journaled() as timing:
+            started = time.time()
+            self.folder.mkdir(parents=True, exist_ok=True)
+            storage.clean_temporaries_matching(self.folder, self.temporary_patterns())
+            counts = timing.body(self.build, self.folder)
+            storage.write_json_atomic(self.marker, {
+                "stage": self.stage_name, "key": self.key, "shard": self.shard, "shard_key": self.shard_key,
+                "params": self.key_params(), "inputs": self.input_keys(), "counts": counts,
+                "code_version": storage.code_version(), "wall_s": round(time.time() - started, 3),
+            })
 
 
 class CatalogStage(Stage):
@@ -156,3 +221,21 @@ class CatalogStage(Stage):
 
     def complete(self) -> bool:
         return super().complete() and self.manifest.get("scan") == self.scan_task().key
+
+    def shard_jobs(self) -> list[ShardStage]:
+        """The per-shard tasks of the current scan that this stage gathers (none by default)."""
+        return []
+
+    def deps(self) -> list[luigi.Task]:
+        """``requires()`` plus, once the scan is complete, every shard task: so that all
+        workers sharing a scheduler schedule (and split) the shards, not only the one that
+        runs this stage and meets them as dynamic dependencies."""
+        # Luigi asks for deps() when it schedules the task and again right before run(); the
+        # answer must not change in between (the scan may finish in between), so the first
+        # answer is kept.  run() still yields the shards of the scan it finds (dynamic deps).
+        if "_deps" not in self.__dict__:
+            deps = super().deps()
+            if self.scan_task().complete():
+                deps += self.shard_jobs()
+            self.__dict__["_deps"] = deps
+        return list(self.__dict__["_deps"])

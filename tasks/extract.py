@@ -30,6 +30,11 @@ class ExtractShard(ShardStage):
         keys.pop("detect")  # fixed by the detector's key: every shard shares Extract's run folder
         return keys
 
+    def temporary_patterns(self):
+        tracks = [f"audio/*/{tid[:2]}/.{tid}-*" for tid in self.shard_tracks()["track_id"]]
+        return [*super().temporary_patterns(), f"index/source=*/.part-{self.shard_key}.*",
+                f"rejects/.part-{self.shard_key}.*", *tracks]
+
     def build(self, folder):
         calibration, detector = self.requires()["calibration"], self.requires()["detector"]
         thresholds = thresholds_from_table(pd.read_parquet(calibration.thresholds))
