@@ -1,20 +1,21 @@
 """Per-frame silence probabilities of one track from its scattering features.
 
-:func:`predict` runs the conv stack in time chunks and the BiLSTM over the whole sequence,
-which gives the same result as one full-sequence forward pass (up to float rounding): the
-conv stack is local (output frame ``k`` reads input frames ``4k .. 4k + 36``), so chunks of
-input frames starting at multiples of 4, overlapping by 36 frames, produce exactly the
-matching slices of its output.  The input is read chunk by chunk (a memory-mapped shard view
-is never copied whole), and only the conv stack's activations (the large ones: 128w channels
-x 50 frequencies per frame) are chunked.
+The conv stack is local (output frame ``k`` reads input frames ``4k .. 4k + 36``), so it runs
+in time chunks of ``chunk_windows`` output frames whose input starts at multiples of 4 and
+overlap by 36 frames: each chunk gives exactly the matching slice of the whole-sequence
+output.  The input is read chunk by chunk (a memory-mapped shard view is never copied whole).
 
-What still grows with the track's length: the conv stack's output (``1024w`` floats per
-64 ms frame), the BiLSTM's input projections (computed for the whole sequence at once by
-torch's CPU LSTM), its outputs (``2048w``) and the head's hidden layer (``1024w``).  Measured
-by ``benchmarks/memory.py`` (whole detection stage, w = 0.125): peak RSS 467 MiB for a
-10-minute track, 991 MiB for 60 minutes, i.e. about 10.5 MiB per minute of audio (about
-19 x 1024w floats per frame) above a fixed ~0.36 GB; if it scales with w, the paper's
-width (w = 1) needs about 5 GB for one hour.
+The BiLSTM is not local.  A track of at most ``sequence_windows + 2 * context_windows`` frames
+(9,216 frames = 9.8 min by default) goes through it in one pass: the result is that of one
+full-sequence forward pass, up to float rounding.  A longer track goes through in passes of
+``sequence_windows`` frames (8.7 min), each with ``context_windows`` frames (33 s) of real
+neighbouring frames on both sides that are dropped afterwards, so working memory is that of
+one pass whatever the length.  The detector is trained on 5 s crops (78 frames): 33 s of
+context is six crop lengths, and the gates forget long before that: with the demo's trained
+detector on 23 minutes of test-split features, passes of 1,000 frames differ from one whole
+pass by at most 1.2e-7 in probability with 512 frames of context (4.6e-6 with 128, 0.016 with
+32, 0.30 with none); ``tests/test_detector.py`` checks passes against one whole pass.  What still grows with length is the output, 16 bytes
+per 64 ms frame.  Peak RSS of the whole detection stage: ``benchmarks/memory.py``.
 """
 
 from __future__ import annotations
@@ -28,48 +29,66 @@ from pipeline.dataset_index import PROBABILITY_SCHEMA
 from pipeline.sources import HOP_S, SOURCES
 
 CHUNK_WINDOWS = 512  # output frames per conv-stack chunk (33 s of audio)
+SEQUENCE_WINDOWS = 8192  # output frames per BiLSTM pass of a long track (8.7 min)
+CONTEXT_WINDOWS = 512  # frames of context on each side of a BiLSTM pass (33 s)
+
+
+def _embed(model: SilentSourceDetector, x, first: int, stop: int, chunk_windows: int) -> torch.Tensor:
+    """Conv-stack output ``(1, 1024w, stop - first)`` for output frames ``first .. stop - 1``."""
+    device = model.feature_mean.device
+    embedded = None
+    for lo in range(first, stop, chunk_windows):
+        count = min(chunk_windows, stop - lo)
+        start = lo * FRAMES_PER_HOP
+        piece = x[:, :, start:start + FRAMES_PER_WINDOW + FRAMES_PER_HOP * (count - 1)]
+        piece = piece.float() if torch.is_tensor(piece) else torch.from_numpy(
+            np.ascontiguousarray(piece, dtype=np.float32))
+        out = model.embed(piece[None].to(device))[..., :count]
+        if embedded is None:
+            embedded = out.new_empty(out.shape[:-1] + (stop - first,))
+        embedded[..., lo - first:lo - first + count] = out
+    return embedded
 
 
 @torch.inference_mode()
 def predict_logits(model: SilentSourceDetector, features: np.ndarray | torch.Tensor,
-                   chunk_windows: int = CHUNK_WINDOWS) -> torch.Tensor:
-    """Logits ``(4, n_frames)`` for features ``(7, 54, T)``, conv stack chunked in time.
+                   chunk_windows: int = CHUNK_WINDOWS, sequence_windows: int = SEQUENCE_WINDOWS,
+                   context_windows: int = CONTEXT_WINDOWS) -> torch.Tensor:
+    """Logits ``(4, n_frames)`` for features ``(7, 54, T)`` (see the module docstring).
 
-    ``features`` may be any array-like with numpy slicing, e.g. the memory-mapped float16
-    view of :meth:`pipeline.feature_store.FeatureShard.view`: only one chunk of input
-    frames is read and converted to float32 at a time.
+    ``features`` may be any array-like with numpy slicing in time, e.g. the reader of
+    :meth:`pipeline.feature_store.FeatureShard.reader`: only one chunk of input frames is read
+    and converted to float32 at a time.
     """
-    if chunk_windows < 1:
-        raise ValueError("chunk_windows must be >= 1")
+    if chunk_windows < 1 or sequence_windows < 1 or context_windows < 0:
+        raise ValueError("chunk_windows and sequence_windows must be >= 1, context_windows >= 0")
     model.eval()
-    x = features if torch.is_tensor(features) else np.asarray(features)  # no copy for arrays and memmaps
+    # tensors, arrays, memory maps and FeatureShard readers are sliced as they are (no copy)
+    x = features if torch.is_tensor(features) or hasattr(features, "shape") else np.asarray(features)
     if x.ndim != 3:
         raise ValueError(f"features must be (C, F, T), got {tuple(x.shape)}")
-    device = model.feature_mean.device
     total = n_output_frames(x.shape[-1])
     if total == 0:
         raise ValueError("features have no frames")
-    span = FRAMES_PER_WINDOW + FRAMES_PER_HOP * (chunk_windows - 1)  # input frames per chunk
-    embedded = None
-    for first in range(0, total, chunk_windows):
-        start = first * FRAMES_PER_HOP
-        piece = x[:, :, start:start + span]
-        piece = piece.float() if torch.is_tensor(piece) else torch.from_numpy(
-            np.ascontiguousarray(piece, dtype=np.float32))
-        out = model.embed(piece[None].to(device))[..., :min(chunk_windows, total - first)]
-        if embedded is None:
-            embedded = out.new_empty(out.shape[:-1] + (total,))
-        embedded[..., first:first + out.shape[-1]] = out
-    return model.sequence(embedded)[0].cpu()
+    if total <= sequence_windows + 2 * context_windows:
+        return model.sequence(_embed(model, x, 0, total, chunk_windows))[0].cpu()
+    logits = torch.empty(len(SOURCES), total)
+    for first in range(0, total, sequence_windows):
+        stop = min(first + sequence_windows, total)
+        lo, hi = max(0, first - context_windows), min(total, stop + context_windows)
+        window = model.sequence(_embed(model, x, lo, hi, chunk_windows))[0].cpu()
+        logits[:, first:stop] = window[:, first - lo:stop - lo]
+    return logits
 
 
 def predict(model: SilentSourceDetector, features: np.ndarray | torch.Tensor,
-            chunk_windows: int = CHUNK_WINDOWS) -> np.ndarray:
+            chunk_windows: int = CHUNK_WINDOWS, sequence_windows: int = SEQUENCE_WINDOWS,
+            context_windows: int = CONTEXT_WINDOWS) -> np.ndarray:
     """Probabilities that each source is silent, float32 ``(n_frames, 4)`` in [0, 1].
 
     Frame ``k`` is grid window ``k`` (starts at ``k * 0.064`` s); columns follow ``SOURCES``.
     """
-    logits = predict_logits(model, features, chunk_windows)
+    logits = predict_logits(model, features, chunk_windows, sequence_windows, context_windows)
     return torch.sigmoid(logits).T.contiguous().numpy().astype(np.float32)
 
 

@@ -68,8 +68,8 @@ def detect(checkpoint: Path, store: Path, out: Path, num_threads: int | None = N
         torch.set_num_threads(num_threads)
     model, _, _ = load_checkpoint(checkpoint)
     shard = FeatureShard(store)
-    # shard.view: the track's memory-mapped float16 frames, read by predict one chunk at a time
-    frames = [probabilities_frame(track, predict(model, shard.view(track)))
+    # shard.reader: the track's float16 frames, read from the file by predict one chunk at a time
+    frames = [probabilities_frame(track, predict(model, shard.reader(track)))
               for track in tqdm(shard.track_ids, total=len(shard), desc=f"detect {store.stem}", leave=False)]
     table = (pd.concat(frames, ignore_index=True) if frames
              else PROBABILITY_SCHEMA.empty_table().to_pandas())

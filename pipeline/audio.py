@@ -108,6 +108,9 @@ def load(
                      start=start, frames=frames) as audio_stream:
         blocks = list(audio_stream)
         rate = audio_stream.sample_rate
+        if not blocks:  # e.g. one sample at 96 kHz resampled to 16 kHz
+            raise AudioError(f"no samples left at {rate} Hz: the file holds {audio_stream.samples_read} "
+                             f"at {audio_stream.file_rate} Hz")
     audio = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
     return np.ascontiguousarray(audio), int(rate)
 

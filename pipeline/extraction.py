@@ -20,7 +20,9 @@ written unclipped up to the end of the stream, then the duration rule below is a
 the decoded length, the kept excerpts are renamed into place (``atomic_path``) and the others
 deleted.  If decoding fails anywhere (NaN/Inf samples, a corrupt block, ffmpeg's error), every
 temporary of the track is deleted: no excerpt of a rejected track becomes visible.  Writing a
-FLAC in blocks gives the same bytes as writing it at once.  Sample offsets are
+FLAC in blocks gives the same bytes as writing it at once.  An excerpt whose samples are all
+0 after quantisation (digital silence: a dead file, the gap before a hidden track) is not
+written: it holds nothing for the remix step to learn from.  Sample offsets are
 ``start_sample = round(start_s * sr)`` and ``end_sample = min(round(end_s * sr), n_samples)``;
 ``start_s``/``end_s`` in the index are the grid times of the rule above.  Each excerpt is a FLAC
 file at ``<run_dir>/audio/<source>/<track_id[:2]>/<excerpt_id>.flac``:
@@ -175,6 +177,7 @@ class _Excerpt:
     tmp: Path
     writer: sf.SoundFile | None = None
     written: int = 0
+    audible: bool = False  # some written sample is not 0
 
 
 def _write_excerpts(path: Path, excerpts: list[_Excerpt], subtype: str,
@@ -200,7 +203,9 @@ def _write_excerpts(path: Path, excerpts: list[_Excerpt], subtype: str,
                         excerpt.tmp.parent.mkdir(parents=True, exist_ok=True)
                         excerpt.writer = sf.SoundFile(str(excerpt.tmp), "w", samplerate=rate, channels=channels,
                                                       format="FLAC", subtype=subtype)
-                    excerpt.writer.write(quantise(block[:, lo - position:hi - position], subtype))
+                    samples = quantise(block[:, lo - position:hi - position], subtype)
+                    excerpt.audible = excerpt.audible or bool(samples.any())
+                    excerpt.writer.write(samples)
                     excerpt.written += hi - lo
                     if hi == excerpt.end_sample:
                         excerpt.writer.close()
@@ -287,6 +292,8 @@ def extract_track(
             runs, spans = select_runs(column >= calibrated[source], duration_s, min_seconds)
             for (first, stop), (start_s, end_s) in zip(runs.tolist(), spans.tolist()):
                 excerpt = written[(first, stop)]
+                if not excerpt.audible:
+                    continue  # digital silence throughout: nothing for the remix step to learn
                 start_sample = int(round(start_s * rate))
                 end_sample = min(int(round(end_s * rate)), n_samples)
                 if (start_sample, end_sample) != (excerpt.start_sample, excerpt.start_sample + excerpt.written):

@@ -210,7 +210,44 @@ class FeatureShard:
             raise KeyError(f"track {track_id!r} is not in {self.npy_path}") from None
         return np.moveaxis(self.data[offset:offset + count], 0, -1)
 
+    def reader(self, track_id: str) -> "TrackFrames":
+        """Features of ``track_id`` as a ``(C, F, T)`` array-like that reads the file only for
+        the time slice asked (``reader[:, :, a:b]``), without mapping it: what a long track's
+        reader holds in memory is the slices it is given, not the pages it has read."""
+        try:
+            offset, count = self._rows[track_id]
+        except KeyError:
+            raise KeyError(f"track {track_id!r} is not in {self.npy_path}") from None
+        return TrackFrames(self.npy_path, self.data.offset, self.data.dtype, self.data.shape[1:], offset, count)
+
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         for track_id in self._rows:
             yield track_id, self.get(track_id)
 
+
+
+class TrackFrames:
+    """One track's frames of a shard ``.npy``, read by time slice: ``frames[:, :, a:b]`` ->
+    ``(C, F, b - a)`` array of the stored dtype, read with one ``np.fromfile`` call."""
+
+    ndim = 3
+
+    def __init__(self, npy_path: Path, data_offset: int, dtype: np.dtype, row_shape: tuple[int, ...],
+                 first_frame: int, n_frames: int):
+        self.npy_path, self.data_offset, self.dtype = npy_path, data_offset, np.dtype(dtype)
+        self.row_shape, self.first_frame, self.n_frames = tuple(row_shape), first_frame, n_frames
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (*self.row_shape, self.n_frames)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not (isinstance(key, tuple) and len(key) == 3 and key[0] == slice(None) and key[1] == slice(None)
+                and isinstance(key[2], slice) and key[2].step in (None, 1)):
+            raise IndexError("TrackFrames supports [:, :, start:stop] only")
+        start, stop, _ = key[2].indices(self.n_frames)
+        count = max(stop - start, 0)
+        row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape))
+        rows = np.fromfile(self.npy_path, dtype=self.dtype, count=count * int(np.prod(self.row_shape)),
+                           offset=self.data_offset + (self.first_frame + start) * row_bytes)
+        return np.moveaxis(rows.reshape(count, *self.row_shape), 0, -1)

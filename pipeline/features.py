@@ -167,16 +167,11 @@ def log_compress(scattering: np.ndarray, eps: float = LOG_EPS) -> np.ndarray:
 
 
 def _check_signal(mono16k: np.ndarray) -> np.ndarray:
-    signal = np.asarray(mono16k)
-    if signal.ndim == 2 and signal.shape[0] == 1:
-        signal = signal[0]
-    if signal.ndim != 1:
-        raise AudioError(f"expected mono audio of shape (samples,) or (1, samples), got {signal.shape}")
+    """A whole signal as float32 ``(n,)``, n >= 1; raises :class:`AudioError` otherwise."""
+    signal = _check_block(mono16k)
     if signal.shape[0] == 0:
         raise AudioError("audio has no samples")
-    if not np.isfinite(signal).all():
-        raise AudioError("audio contains NaN or Inf samples")
-    return signal.astype(np.float32, copy=False)
+    return signal
 
 
 class FeatureExtractor:
@@ -346,7 +341,7 @@ def _check_block(block: np.ndarray) -> np.ndarray:
     if block.ndim == 2 and block.shape[0] == 1:
         block = block[0]
     if block.ndim != 1:
-        raise AudioError(f"expected mono audio blocks of shape (samples,) or (1, samples), got {block.shape}")
+        raise AudioError(f"expected mono audio of shape (samples,) or (1, samples), got {block.shape}")
     if not np.isfinite(block).all():
         raise AudioError("audio contains NaN or Inf samples")
     return block.astype(np.float32, copy=False)

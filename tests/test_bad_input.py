@@ -17,7 +17,7 @@ stage and kind.  Decisions this file pins down:
   the track with its duration in the reason.
 * Digital silence (all zeros) is not an error: scanned, featurised (features are all 0) and
   detected like any track, but it yields no excerpt, since a run of exact zeros carries no
-  audio for D_i (xfail until extraction skips all-zero excerpts).
+  audio for D_i (``pipeline.extraction`` skips excerpts whose samples are all 0).
 * Unusual but valid UTF-8 names are processed and recorded exactly; a name that is not valid
   UTF-8 cannot be stored in Parquet and is rejected at scan with its bytes shown as escapes.
 * Unreadable files are rejected with "permission denied" (scan, or features when a file
@@ -168,9 +168,7 @@ CASES = [
     Case("8 channels", "eight channels.flac", write_audio(5.5, 44100, 8, "PCM_16"), rate=44100, channels=8),
     Case("8 kHz", "rate 8k.wav", write_audio(5.5, 8000, 1, "PCM_16"), rate=8000, channels=1),
     Case("96 kHz", "rate 96k.flac", write_audio(5.5, 96000, 2, "PCM_24"), rate=96000, channels=2),
-    Case("all zeros", "all zeros.wav", write_zeros, rate=44100, channels=2, excerpts=0,
-         marks=(pytest.mark.xfail(strict=True, reason="needs extraction.extract_track to skip excerpts whose "
-                                  "samples are all exactly 0"),)),
+    Case("all zeros", "all zeros.wav", write_zeros, rate=44100, channels=2, excerpts=0),
     Case("NaN and Inf samples", "nan inf.wav", write_float(_nan_inf), "features", ("nan or inf",)),
     Case("huge float samples", "huge values.wav", write_float(_huge, 2.0), "features", ("overflow", "nan or inf")),
     Case("3 s", "short 3s.wav", write_audio(3.0, 44100, 2, "PCM_16"), "extract",

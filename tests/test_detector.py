@@ -111,6 +111,17 @@ def test_chunked_inference_equals_the_full_sequence():
     assert np.all((probs >= 0) & (probs <= 1))
 
 
+def test_long_tracks_go_through_the_bilstm_in_passes_with_context():
+    model = _model(width=0.125)
+    feats = np.random.default_rng(1).normal(3.0, 1.0, (7, 54, 40 + 4 * 1999)).astype(np.float32)
+    whole = predict(model, feats, sequence_windows=4000)  # one pass
+    passes = predict(model, feats, chunk_windows=97, sequence_windows=300, context_windows=100)
+    assert passes.shape == whole.shape == (2000, 4)
+    np.testing.assert_allclose(passes, whole, atol=1e-5)
+    cut = predict(model, feats, sequence_windows=300, context_windows=0)  # no context: edges differ
+    assert np.abs(cut - whole).max() > 10 * np.abs(passes - whole).max()
+
+
 def test_probabilities_frame_follows_the_schema():
     probs = np.random.default_rng(0).uniform(size=(7, 4)).astype(np.float32)
     frame = probabilities_frame("track", probs)

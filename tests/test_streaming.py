@@ -219,7 +219,7 @@ def test_add_pieces_cuts_a_failed_track_back_out(tmp_path):
 # --------------------------------------------------------------------------- detection
 
 
-def test_predict_on_the_memory_map_equals_predict_on_a_copy(tmp_path):
+def test_predict_on_the_memory_map_and_the_file_reader_equals_predict_on_a_copy(tmp_path):
     feats = np.random.default_rng(1).uniform(0, 10, (7, 54, 40 + 4 * 150)).astype(np.float32)
     with FeatureShardWriter(tmp_path / "s.npy") as writer:
         writer.add("t", feats)
@@ -228,9 +228,14 @@ def test_predict_on_the_memory_map_equals_predict_on_a_copy(tmp_path):
     model = SilentSourceDetector(DetectorConfig(width=0.0625)).eval()
     view = shard.view("t")
     assert isinstance(view.base, np.memmap) or isinstance(view, np.memmap)
+    reader = shard.reader("t")
+    assert reader.shape == (7, 54, 40 + 4 * 150)
+    np.testing.assert_array_equal(reader[:, :, 13:77], np.asarray(view[:, :, 13:77]))
+    np.testing.assert_array_equal(reader[:, :, 590:700], np.asarray(view[:, :, 590:]))
     for chunk in (7, 64):
-        np.testing.assert_array_equal(predict(model, view, chunk_windows=chunk),
-                                      predict(model, shard.get("t"), chunk_windows=chunk))
+        expected = predict(model, shard.get("t"), chunk_windows=chunk)
+        np.testing.assert_array_equal(predict(model, view, chunk_windows=chunk), expected)
+        np.testing.assert_array_equal(predict(model, reader, chunk_windows=chunk), expected)
 
 
 # --------------------------------------------------------------------------- extraction
