@@ -22,7 +22,7 @@ def _demo_data(args: argparse.Namespace) -> int:
 
     config = DemoConfig.tiny(seed=args.seed) if args.tiny else DemoConfig(seed=args.seed)
     started = time.time()
-    summary = generate(Path(args.out), config)
+    summary = generate(Path(args.out), config, force=args.force)
     print(f"demo data in {args.out} ({time.time() - started:.0f} s): {json.dumps(summary, default=str)}")
     return 0
 
@@ -280,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     demo_data.add_argument("--out", default="data/demo")
     demo_data.add_argument("--seed", type=int, default=0)
     demo_data.add_argument("--tiny", action="store_true", help="a few short tracks, for smoke tests")
+    demo_data.add_argument("--force", action="store_true",
+                           help="write the corpus again even if a complete one of the same config is there")
     demo_data.set_defaults(func=_demo_data)
 
     run = commands.add_parser("run", help="run a pipeline task and its dependencies (default: All)")

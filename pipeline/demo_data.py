@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -986,7 +987,26 @@ def _remove_stale(root: Path, keep: set[Path]) -> None:
             path.rmdir()
 
 
-def generate(out: str | os.PathLike, config: DemoConfig = DemoConfig(), workers: int = 1) -> dict[str, Any]:
+def existing_corpus(out: str | os.PathLike, config: DemoConfig) -> dict[str, Any] | None:
+    """The summary of a complete corpus that this generator version wrote under ``out`` with
+    ``config``, or None.  ``demo.json`` is written last, so its presence with the same version
+    and config, and every file it lists still there, mean the corpus is complete."""
+    out = Path(out)
+    try:
+        summary = json.loads((out / "demo.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if summary.get("generator_version") != GENERATOR_VERSION or summary.get("config") != config.to_dict():
+        return None
+    expected = [out / "catalog_truth.parquet"]
+    expected += [out / "stems" / split / name / f"{part}.wav" for split, info in summary["splits"].items()
+                 for name in info["track_durations_s"] for part in ("mixture", *SOURCES)]
+    expected += [out / "catalog" / name for name in (*summary["catalog"]["files"], *summary["catalog"]["bad_files"])]
+    return summary if all(path.is_file() for path in expected) else None
+
+
+def generate(out: str | os.PathLike, config: DemoConfig = DemoConfig(), workers: int = 1,
+             force: bool = False) -> dict[str, Any]:
     """Write the demo corpus under ``out`` and return the summary also written to ``demo.json``.
 
     Layout: ``stems/{train,valid,test}/demo-<split>-NNN/{mixture,drums,bass,other,vocals}.wav``
@@ -996,8 +1016,13 @@ def generate(out: str | os.PathLike, config: DemoConfig = DemoConfig(), workers:
     ``demo.json``.  Every file is written atomically; re-running rewrites identical content
     (ogg files differ only in their random stream serial number) and removes files of an
     earlier run that this config does not produce.  ``workers`` > 1 synthesises tracks in
-    that many processes; the output does not depend on it.
+    that many processes; the output does not depend on it.  A complete corpus of the same
+    config already under ``out`` (:func:`existing_corpus`) is kept as it is, unless ``force``:
+    Ogg files get a new random stream serial number each time they are written, so rewriting
+    them would give the catalog new checksums, track ids and shards for the same audio.
     """
+    if not force and (summary := existing_corpus(out, config)) is not None:
+        return summary
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stem_jobs = [(str(out), split, i, config.seed, config.stem_duration_s, config.sample_rate)

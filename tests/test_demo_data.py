@@ -240,6 +240,16 @@ def test_rerun_into_same_folder_is_idempotent_and_prunes(tmp_path):
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".ogg"}
     assert after == before
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]
+    # the same config again: the complete corpus is kept as it is (ogg files included)
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    assert generate(tmp_path, small) == json.loads((tmp_path / "demo.json").read_text())
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == stamps
+    (tmp_path / "stems/train/demo-train-001/bass.wav").unlink()  # incomplete: written again
+    generate(tmp_path, small)
+    assert (tmp_path / "stems/train/demo-train-001/bass.wav").read_bytes() == before[
+        tmp_path / "stems/train/demo-train-001/bass.wav"]
+    generate(tmp_path, small, force=True)
+    assert any(p.stat().st_mtime_ns != stamps[p] for p in stamps if p.exists())
 
 
 def test_parallel_workers_give_the_same_files(tmp_path):
