@@ -45,6 +45,13 @@ from pipeline.sources import SOURCES
 DECODERS = ("paper", "additive")
 
 
+def require_known_fields(cls: type, values: dict[str, Any]) -> None:
+    """Raise ``ValueError`` when ``values`` (a stored config) names a field ``cls`` lacks."""
+    unknown = set(values) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+
+
 @dataclass(frozen=True)
 class DemucsConfig:
     """Hyper-parameters of :class:`Demucs`; defaults are the paper's (C_1 = 48, L = 6).
@@ -85,10 +92,7 @@ class DemucsConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "DemucsConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown DemucsConfig fields: {sorted(unknown)}")
+        require_known_fields(cls, values)
         return cls(**values)
 
 

@@ -30,7 +30,7 @@ import os
 import re
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from pipeline import distributed
 from pipeline.augment import Augment, mixture_of
-from pipeline.demucs import Demucs, DemucsConfig
+from pipeline.demucs import Demucs, DemucsConfig, require_known_fields
 from pipeline.remix import RemixSampler, l1_loss, remix_step
 from pipeline.separator_data import DEFAULT_MEMORY_LIMIT, StemWindows
 from pipeline.sources import SOURCES
@@ -96,10 +96,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
+        require_known_fields(cls, values)
         values = dict(values)
         if isinstance(values.get("model"), dict):
             values["model"] = DemucsConfig.from_dict(values["model"])

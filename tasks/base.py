@@ -22,11 +22,10 @@ output already complete when it starts does nothing (another worker finished it 
 
 from __future__ import annotations
 
-import contextlib
 import time
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import luigi
 
@@ -55,21 +54,8 @@ def config() -> silentmine:
     return silentmine()
 
 
-class _Timing:
-    """Seconds spent inside a stage's ``build()`` and the counts it returned."""
-
-    def __init__(self) -> None:
-        self.body_s = 0.0
-        self.counts: dict[str, Any] = {}
-
-    def body(self, build: Callable[[Path], dict | None], folder: Path) -> dict[str, Any]:
-        started = time.perf_counter()
-        try:
-            counts = dict(build(folder) or {})
-            self.counts = {k: v for k, v in counts.items() if k != "summary"}
-        finally:
-            self.body_s += time.perf_counter() - started
-        return counts
+def _without_summary(counts: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in counts.items() if k != "summary"}
 
 
 class Stage(luigi.Task):
@@ -114,35 +100,39 @@ class Stage(luigi.Task):
     def run(self) -> None:
         if self.complete():  # another worker finished it between scheduling and now
             return
-        with self._journaled() as timing:
-            started = time.time()
+        started = time.time()
+        fields = dict(stage=self.stage_name, family=self.task_family, key=self.key, **self.journal_fields())
+        body_s, counts = 0.0, {}
+        try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            storage.clean_temporaries(self.folder)
-            counts = timing.body(self.build, self.folder)
-            summary = counts.pop("summary", None)
-            storage.write_manifest(self.folder, self.stage_name, self.key, self.key_params(), self.input_keys(),
-                                   counts=counts, seed=config().seed, started=started,
-                                   extra={"summary": summary or [], **self.manifest_extra()})
+            self.clean_temporaries()
+            body_started = time.perf_counter()
+            try:
+                counts = dict(self.build(self.folder) or {})
+            finally:
+                body_s = time.perf_counter() - body_started
+            self.write_completion(counts, started)
+        except BaseException as err:
+            journal.record(config().data_root, started=started, finished=time.time(), body_s=body_s,
+                           counts=_without_summary(counts), status="failed",
+                           error=f"{type(err).__name__}: {err}"[:2000], **fields)
+            raise
+        journal.record(config().data_root, started=started, finished=time.time(), body_s=body_s,
+                       counts=_without_summary(counts), **fields)
+
+    def clean_temporaries(self) -> None:
+        """Remove what killed writers left in the folder (a keyed stage owns its whole folder)."""
+        storage.clean_temporaries(self.folder)
+
+    def write_completion(self, counts: dict[str, Any], started: float) -> None:
+        """Write the completion marker, last: ``manifest.json``."""
+        storage.write_manifest(self.folder, self.stage_name, self.key, self.key_params(), self.input_keys(),
+                               counts=_without_summary(counts), seed=config().seed, started=started,
+                               extra={"summary": counts.get("summary") or [], **self.manifest_extra()})
 
     def journal_fields(self) -> dict[str, Any]:
         """What identifies this run in the journal besides stage, family and key."""
         return {}
-
-    @contextlib.contextmanager
-    def _journaled(self) -> Iterator["_Timing"]:
-        """Time the run and its ``build()``; append the journal line (done or failed) at the end."""
-        timing = _Timing()
-        started = time.time()
-        fields = dict(stage=self.stage_name, family=self.task_family, key=self.key, **self.journal_fields())
-        try:
-            yield timing
-        except BaseException as err:
-            journal.record(config().data_root, started=started, finished=time.time(), body_s=timing.body_s,
-                           counts=timing.counts, status="failed", error=f"{type(err).__name__}: {err}"[:2000],
-                           **fields)
-            raise
-        journal.record(config().data_root, started=started, finished=time.time(), body_s=timing.body_s,
-                       counts=timing.counts, **fields)
 
     def manifest_extra(self) -> dict[str, Any]:
         """Further fields for the manifest (for example which catalog scan it covers)."""
@@ -170,8 +160,8 @@ class ShardStage(Stage):
         """The shard's rows of the catalog scan: ``path, size, mtime_ns, checksum, track_id, shard``."""
         import pandas as pd
 
-        tracks = pd.read_parquet(self.tracks_file)
-        return tracks[tracks["shard"] == self.shard].reset_index(drop=True)
+        # filtered while reading: a scan of 100,000 tracks is read once per shard and stage
+        return pd.read_parquet(self.tracks_file, filters=[("shard", "==", self.shard)]).reset_index(drop=True)
 
     @property
     def marker(self) -> Path:
@@ -188,19 +178,15 @@ class ShardStage(Stage):
     def journal_fields(self) -> dict[str, Any]:
         return {"shard": self.shard, "shard_key": self.shard_key}
 
-    def run(self) -> None:
-        if self.complete():  # another worker finished it between scheduling and now
-            return
-        with self._journaled() as timing:
-            started = time.time()
-            self.folder.mkdir(parents=True, exist_ok=True)
-            storage.clean_temporaries_matching(self.folder, self.temporary_patterns())
-            counts = timing.body(self.build, self.folder)
-            storage.write_json_atomic(self.marker, {
-                "stage": self.stage_name, "key": self.key, "shard": self.shard, "shard_key": self.shard_key,
-                "params": self.key_params(), "inputs": self.input_keys(), "counts": counts,
-                "code_version": storage.code_version(), "wall_s": round(time.time() - started, 3),
-            })
+    def clean_temporaries(self) -> None:
+        storage.clean_temporaries_matching(self.folder, self.temporary_patterns())
+
+    def write_completion(self, counts: dict[str, Any], started: float) -> None:
+        storage.write_json_atomic(self.marker, {
+            "stage": self.stage_name, "key": self.key, "shard": self.shard, "shard_key": self.shard_key,
+            "params": self.key_params(), "inputs": self.input_keys(), "counts": counts,
+            "code_version": storage.code_version(), "wall_s": round(time.time() - started, 3),
+        })
 
 
 class CatalogStage(Stage):

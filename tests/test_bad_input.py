@@ -393,15 +393,28 @@ from pipeline.features import FeatureExtractor
 from pipeline.featurize import featurize_catalog_shard
 from pipeline.storage import write_parquet_atomic
 
+import tempfile
+import soundfile as sf
 for seconds in (1, 7):  # build what features need (lazy imports, filter banks) while still root
     FeatureExtractor(num_threads=1)(np.zeros(16000 * seconds, np.float32))
+# The same work once on a readable file while still root: every lazily imported module (parquet
+# engine, decoders) is loaded now, since `nobody` may not be able to read the checkout or the venv.
+with tempfile.TemporaryDirectory() as warm:
+    warm = Path(warm)
+    (warm / "c").mkdir()
+    sf.write(warm / "c" / "a.wav", np.zeros((8000, 1), np.float32), 8000)
+    warm_tracks, _ = scan(listing(warm / "c"), 8)
+    write_parquet_atomic(warm_tracks, warm / "tracks.parquet")
+    pd.read_parquet(warm / "tracks.parquet")
+    for _, key, shard_tracks in shards(warm_tracks):
+        featurize_catalog_shard(shard_tracks, warm / f"{key}.npy", num_threads=1)
+catalog, out, previous = Path(sys.argv[1]), Path(sys.argv[2]), pd.read_parquet(sys.argv[3])
 if os.getuid() == 0:
     nobody = pwd.getpwnam("nobody")
     os.setgroups([])
     os.setgid(nobody.pw_gid)
     os.setuid(nobody.pw_uid)
-catalog, out, previous = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-tracks, rejects = scan(listing(catalog), 8, pd.read_parquet(previous))
+tracks, rejects = scan(listing(catalog), 8, previous)
 write_parquet_atomic(tracks, out / "tracks.parquet")
 write_parquet_atomic(rejects, out / "rejects.parquet")
 for _, key, shard_tracks in shards(tracks):
