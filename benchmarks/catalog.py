@@ -9,7 +9,7 @@ FLAC tracks (44.1 kHz stereo, ``--seconds`` long: a pool of synthesised demo son
 at its own gain so every file is a distinct track), trains a detector for one epoch (throughput
 does not depend on its quality) and calibrates it, then times ``silentmine run Extract`` (scan,
 features, detection, extraction of the whole catalog) in this process with the local scheduler,
-and prints, from the wall clock and the run journal (``pipeline.journal``):
+and prints, from the wall clock and the run journal (``pipeline.storage.journal``):
 
 - end to end: catalog audio seconds per wall second of the whole ``Extract`` run;
 - the features stage's own throughput: audio seconds per second inside its bodies;
@@ -31,8 +31,8 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.demo_data import DemoConfig, generate, mix, synthesize_song  # noqa: E402
-from pipeline.journal import read_journal  # noqa: E402
+from pipeline.corpora.demo import DemoConfig, generate, mix, synthesize_song  # noqa: E402
+from pipeline.storage.journal import read_journal  # noqa: E402
 
 RATE = 44_100
 
@@ -73,7 +73,7 @@ def set_options(options: dict[str, dict]) -> None:
 
 def run(task: str, workers: int, log: Path) -> float:
     """``silentmine run TASK`` in this process (output to ``log``); return its wall seconds."""
-    from pipeline.cli import run_tasks
+    from tasks.cli import run_tasks
 
     started = time.perf_counter()
     with open(log, "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):

@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from pipeline.demucs import Demucs, DemucsConfig
-from pipeline.distributed import default_device
-from pipeline.remix import l1_loss
+from pipeline.separation.demucs import Demucs, DemucsConfig
+from pipeline.separation.distributed import default_device
+from pipeline.separation.remix import l1_loss
 
 SIZES = {"paper": dict(channels=48, depth=6), "cpu": dict(channels=16, depth=5)}
 

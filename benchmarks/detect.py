@@ -22,7 +22,7 @@ def main() -> None:
 
     from classifiers.detector import DetectorConfig, SilentSourceDetector
     from classifiers.inference import predict
-    from pipeline.features import n_feature_frames, scattering_layout
+    from pipeline.features.scattering import n_feature_frames, scattering_layout
     from pipeline.sources import FEATURE_RATE
 
     layout = scattering_layout()

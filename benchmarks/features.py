@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/features.py [--seconds 120] [--tracks 2] [--threads 2] [--repeats 3]
 
 Both are measured in this run on the same audio.  "stage" is what the Features stage does
-per track (``pipeline.featurize.featurize``): decode a 44.1 kHz stereo wav, downmix and
-resample to 16 kHz (``pipeline.audio.load``), chunked scattering and log
-(``pipeline.features.FeatureExtractor``), one float16 shard (``pipeline.feature_store``).
+per track (``pipeline.features.featurize.featurize``): decode a 44.1 kHz stereo wav, downmix and
+resample to 16 kHz (``pipeline.audio.io.load``), chunked scattering and log
+(``pipeline.features.scattering.FeatureExtractor``), one float16 shard (``pipeline.features.store``).
 "bare" is Kymatio's ``Scattering1D`` (torch frontend, J=8, Q=8, T=256) applied to each
 already-16 kHz mono track in one call, filter bank built beforehand for that length.  The
 two alternate ``--repeats`` times and medians are compared, so a busy machine slows both
@@ -51,10 +51,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from pipeline import audio
-    from pipeline.feature_store import FeatureShard
-    from pipeline.features import SCATTERING, extract_features, log_compress, n_feature_frames, raw_to_layout
-    from pipeline.featurize import featurize
+    from pipeline.audio import io as audio
+    from pipeline.features.store import FeatureShard
+    from pipeline.features.scattering import SCATTERING, extract_features, log_compress, n_feature_frames, raw_to_layout
+    from pipeline.features.featurize import featurize
     from pipeline.sources import FEATURE_RATE
 
     with tempfile.TemporaryDirectory() as tmp:

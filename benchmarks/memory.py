@@ -71,11 +71,11 @@ def run_stage(stage: str, track: Path, work: Path, old: bool) -> None:
     from classifiers.detector import DetectorConfig, SilentSourceDetector, save_checkpoint
     from classifiers.inference import predict, probabilities_frame
     from classifiers.runs import detect
-    from pipeline import audio
-    from pipeline.extraction import extract_track
-    from pipeline.feature_store import FeatureShard, FeatureShardWriter
-    from pipeline.features import FeatureExtractor, fit_normalisation
-    from pipeline.featurize import featurize_catalog_shard
+    from pipeline.audio import io as audio
+    from pipeline.mining.extraction import extract_track
+    from pipeline.features.store import FeatureShard, FeatureShardWriter
+    from pipeline.features.scattering import FeatureExtractor, fit_normalisation
+    from pipeline.features.featurize import featurize_catalog_shard
     from pipeline.sources import FEATURE_RATE, n_windows
 
     shard_path = work / "features.npy"

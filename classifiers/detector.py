@@ -1,8 +1,8 @@
 """The silent-source detector of the paper's appendix A, and its checkpoints.
 
-Input: un-normalised scattering features ``(batch, 7, 54, T)`` (``pipeline.features``, one
+Input: un-normalised scattering features ``(batch, 7, 54, T)`` (``pipeline.features.scattering``, one
 frame per 16 ms).  The per-``(C, F)`` normalisation mean/std fitted on the training features
-(``pipeline.features.fit_normalisation``) are buffers of the model, applied first, so a
+(``pipeline.features.scattering.fit_normalisation``) are buffers of the model, applied first, so a
 checkpoint is self-contained.  Output: logits ``(batch, 4, n_frames)`` of "source i is
 silent" (sources in ``pipeline.sources.SOURCES`` order), ``n_frames = floor((T - 40) / 4) + 1``.
 
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.storage import atomic_path
+from pipeline.storage.outputs import atomic_path
 
 FRAMES_PER_WINDOW = 40  # scattering frames per 0.64 s grid window
 FRAMES_PER_HOP = 4  # scattering frames per 64 ms grid hop

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from classifiers.detector import FRAMES_PER_HOP, FRAMES_PER_WINDOW, SilentSourceDetector, n_output_frames
-from pipeline.dataset_index import PROBABILITY_SCHEMA
+from pipeline.mining.schema import PROBABILITY_SCHEMA
 from pipeline.sources import HOP_S, SOURCES
 
 CHUNK_WINDOWS = 512  # output frames per conv-stack chunk (33 s of audio)
@@ -57,7 +57,7 @@ def predict_logits(model: SilentSourceDetector, features: np.ndarray | torch.Ten
     """Logits ``(4, n_frames)`` for features ``(7, 54, T)`` (see the module docstring).
 
     ``features`` may be any array-like with numpy slicing in time, e.g. the reader of
-    :meth:`pipeline.feature_store.FeatureShard.reader`: only one chunk of input frames is read
+    :meth:`pipeline.features.store.FeatureShard.reader`: only one chunk of input frames is read
     and converted to float32 at a time.
     """
     if chunk_windows < 1 or sequence_windows < 1 or context_windows < 0:

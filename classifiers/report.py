@@ -118,7 +118,7 @@ def plot_volume_vs_probability(probs: np.ndarray, volumes: np.ndarray, path: str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.storage import atomic_path
+    from pipeline.storage.outputs import atomic_path
 
     probs = np.asarray(probs, dtype=np.float64)
     volumes = np.maximum(np.asarray(volumes, dtype=np.float64), PLOT_FLOOR_DB)

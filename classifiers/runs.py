@@ -1,6 +1,6 @@
 """The detector's stage bodies over stored features: train, detect, report.
 
-Inputs are feature shards (:mod:`pipeline.feature_store`) and the labels table of the
+Inputs are feature shards (:mod:`pipeline.features.store`) and the labels table of the
 Labels stage (``track_id, window, V_drums .. V_vocals`` in dB); outputs are files in the
 stage's folder.
 """
@@ -20,10 +20,10 @@ from classifiers.detector import load_checkpoint, save_checkpoint
 from classifiers.inference import predict, probabilities_frame
 from classifiers.report import detector_report
 from classifiers.training import TrainConfig, train_config_dict, train_detector
-from pipeline.dataset_index import PROBABILITY_SCHEMA
-from pipeline.feature_store import FeatureShard
+from pipeline.mining.schema import PROBABILITY_SCHEMA
+from pipeline.features.store import FeatureShard
 from pipeline.sources import SOURCES
-from pipeline.storage import write_json_atomic, write_parquet_atomic
+from pipeline.storage.outputs import write_json_atomic, write_parquet_atomic
 
 VOLUME_COLUMNS = [f"V_{name}" for name in SOURCES]
 

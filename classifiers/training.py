@@ -39,8 +39,8 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from classifiers.detector import FRAMES_PER_HOP, FRAMES_PER_WINDOW, DetectorConfig, SilentSourceDetector, n_output_frames
-from pipeline.features import fit_normalisation, scattering_layout
-from pipeline.labels import SILENT_DB, silent_labels
+from pipeline.features.scattering import fit_normalisation, scattering_layout
+from pipeline.corpora.labels import SILENT_DB, silent_labels
 from pipeline.sources import HOP_S, SOURCES, WINDOW_S
 
 log = logging.getLogger(__name__)

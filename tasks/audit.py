@@ -4,7 +4,7 @@ from pathlib import Path
 
 import luigi
 
-from pipeline.audit import write_audit
+from pipeline.mining.audit import write_audit
 from tasks.base import CatalogStage, config
 from tasks.extract import Extract
 from tasks.measure import MeasureExtraction

@@ -8,10 +8,10 @@ catalog's contents), and each shard's completion marker is ``shards/<shard_key>.
 so adding tracks to a catalog runs only the new shards.
 
 Every run of a ``Stage`` or ``ShardStage`` appends one line to the run journal
-(:mod:`pipeline.journal`): ``<data_root>/journal/<host>-<pid>-<start>.jsonl``, one file per
+(:mod:`pipeline.storage.journal`): ``<data_root>/journal/<host>-<pid>-<start>.jsonl``, one file per
 process, with the stage, task family, key, shard, host, pid, start and end times, the time
 spent inside ``build()`` and the stage's counts (failed runs too, with ``status = failed``).
-``pipeline.journal.read_journal(data_root)`` loads all of it into a DataFrame.
+``pipeline.storage.journal.read_journal(data_root)`` loads all of it into a DataFrame.
 
 A ``CatalogStage`` whose scan is complete lists its shard tasks among its dependencies
 (``deps()``), so every worker that schedules it, on this machine or another one attached to
@@ -29,7 +29,9 @@ from typing import Any, ClassVar
 
 import luigi
 
-from pipeline import journal, storage
+from pipeline.storage import journal
+
+from pipeline.storage import outputs as storage
 
 
 def _plain(value: Any) -> Any:

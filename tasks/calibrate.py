@@ -2,7 +2,7 @@
 
 import luigi
 
-from pipeline.calibration import calibrate_stage
+from pipeline.mining.calibration import calibrate_stage
 from tasks.base import Stage
 from tasks.detector import DetectStems
 from tasks.labels import Labels

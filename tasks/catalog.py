@@ -2,8 +2,8 @@
 
 import luigi
 
-from pipeline.catalog import scan_catalog
-from pipeline.storage import completed_outputs
+from pipeline.corpora.catalog import scan_catalog
+from pipeline.storage.outputs import completed_outputs
 from tasks.base import Stage, config
 from tasks.inputs import catalog_fingerprint, resolved
 

@@ -3,11 +3,11 @@
 import luigi
 import pandas as pd
 
-from pipeline.calibration import thresholds_from_table
-from pipeline.catalog import shards
-from pipeline.datasets import finalize_run
-from pipeline.featurize import read_feature_rejects
-from pipeline.extraction import extract_stage_shard
+from pipeline.mining.calibration import thresholds_from_table
+from pipeline.corpora.catalog import shards
+from pipeline.mining.datasets import finalize_run
+from pipeline.features.featurize import read_feature_rejects
+from pipeline.mining.extraction import extract_stage_shard
 from tasks.base import CatalogStage, ShardStage
 from tasks.calibrate import Calibrate
 from tasks.catalog import ScanCatalog

@@ -2,9 +2,9 @@
 
 import luigi
 
-from pipeline import features
-from pipeline.featurize import featurize_catalog_shard, featurize_stem_split
-from pipeline.storage import stable_hash
+from pipeline.features import scattering as features
+from pipeline.features.featurize import featurize_catalog_shard, featurize_stem_split
+from pipeline.storage.outputs import stable_hash
 from tasks.base import ShardStage, Stage, config
 from tasks.inputs import stem_set_fingerprint
 

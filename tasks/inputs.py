@@ -5,7 +5,9 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pipeline import catalog, stemset
+from pipeline.corpora import catalog
+
+from pipeline.corpora import stemset
 
 
 @lru_cache(maxsize=None)

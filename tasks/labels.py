@@ -2,7 +2,7 @@
 
 import luigi
 
-from pipeline.labels import label_stem_set
+from pipeline.corpora.labels import label_stem_set
 from tasks.base import Stage, config
 from tasks.inputs import stem_set_fingerprint
 

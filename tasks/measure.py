@@ -2,7 +2,7 @@
 
 import luigi
 
-from pipeline.ground_truth import measure_stage
+from pipeline.mining.ground_truth import measure_stage
 from tasks.base import CatalogStage, config
 from tasks.extract import Extract
 from tasks.inputs import resolved

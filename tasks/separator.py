@@ -2,9 +2,9 @@
 
 import luigi
 
-from pipeline.demucs import DemucsConfig
-from pipeline.evaluation import evaluate_runs
-from pipeline.separator_training import TrainConfig, train_separator
+from pipeline.separation.demucs import DemucsConfig
+from pipeline.separation.evaluation import evaluate_runs
+from pipeline.separation.training import TrainConfig, train_separator
 from tasks.base import Stage, config
 from tasks.extract import Extract
 from tasks.inputs import stem_set_fingerprint

@@ -4,7 +4,7 @@ Used by ``tests/test_crash.py``::
 
     python tests/crash_run.py TASK [--kill-at GLOB --nth N]
 
-Every output of the pipeline is written through ``pipeline.storage.atomic_path`` (a hidden
+Every output of the pipeline is written through ``pipeline.storage.outputs.atomic_path`` (a hidden
 temporary, then a rename).  With ``--kill-at``, the ``N``-th write whose final path (relative to
 the data root, posix) matches ``GLOB`` is fully written to its temporary and then the process
 kills itself with SIGKILL before the rename: the state a power cut or an OOM kill leaves in the
@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import storage  # noqa: E402  (patched before anything imports atomic_path)
+from pipeline.storage import outputs as storage  # noqa: E402  (patched before anything imports atomic_path)
 
 
 def install_kill(pattern: str, nth: int, data_root: Path) -> None:

@@ -19,10 +19,10 @@ import pyarrow as pa
 import soundfile as sf
 from matplotlib.figure import Figure
 
-from pipeline.audio import file_checksum
-from pipeline.dataset_index import INDEX_SCHEMA, REJECTS_SCHEMA
+from pipeline.audio.io import file_checksum
+from pipeline.mining.schema import INDEX_SCHEMA, REJECTS_SCHEMA
 from pipeline.sources import HOP_S, SOURCES, WINDOW_S, n_windows
-from pipeline.storage import stable_hash, write_manifest, write_parquet_atomic
+from pipeline.storage.outputs import stable_hash, write_manifest, write_parquet_atomic
 
 TRACK_SECONDS = 6.0
 # (source, first grid frame, frames): each excerpt spans [k * HOP_S, (k + n - 1) * HOP_S + WINDOW_S).

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline import audio
+from pipeline.audio import io as audio
 
 
 def tone(rate, seconds=1.0, channels=2):

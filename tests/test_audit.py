@@ -16,11 +16,11 @@ import pytest
 import soundfile as sf
 
 from fixtures_extraction import make_extraction_run
-from pipeline.audit import (CLIP_RATE, MAX_REJECT_ROWS, SPECTROGRAM_SHAPE, sample_excerpts, truth_inside_excerpts,
+from pipeline.mining.audit import (CLIP_RATE, MAX_REJECT_ROWS, SPECTROGRAM_SHAPE, sample_excerpts, truth_inside_excerpts,
                             write_audit)
-from pipeline.dataset_index import INDEX_SCHEMA, REJECTS_SCHEMA, read_index
+from pipeline.mining.schema import INDEX_SCHEMA, REJECTS_SCHEMA, read_index
 from pipeline.sources import SOURCES, WINDOW_S
-from pipeline.storage import write_parquet_atomic
+from pipeline.storage.outputs import write_parquet_atomic
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

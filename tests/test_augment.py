@@ -2,7 +2,7 @@
 
 import torch
 
-from pipeline.augment import Augment, FlipChannels, FlipSign, ShuffleSources, TimeShift, mixture_of
+from pipeline.separation.augment import Augment, FlipChannels, FlipSign, ShuffleSources, TimeShift, mixture_of
 
 B, S, C, T = 6, 4, 2, 64
 

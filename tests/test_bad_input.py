@@ -17,7 +17,7 @@ stage and kind.  Decisions this file pins down:
   the track with its duration in the reason.
 * Digital silence (all zeros) is not an error: scanned, featurised (features are all 0) and
   detected like any track, but it yields no excerpt, since a run of exact zeros carries no
-  audio for D_i (``pipeline.extraction`` skips excerpts whose samples are all 0).
+  audio for D_i (``pipeline.mining.extraction`` skips excerpts whose samples are all 0).
 * Unusual but valid UTF-8 names are processed and recorded exactly; a name that is not valid
   UTF-8 cannot be stored in Parquet and is rejected at scan with its bytes shown as escapes.
 * Unreadable files are rejected with "permission denied" (scan, or features when a file
@@ -45,14 +45,14 @@ import torch
 
 from classifiers import runs
 from classifiers.detector import DetectorConfig, SilentSourceDetector, save_checkpoint
-from pipeline import audio
-from pipeline.catalog import escaped_path, listing, scan, shards
-from pipeline.dataset_index import read_index, read_rejects
-from pipeline.datasets import finalize_run, reject_kind
-from pipeline.extraction import extract_stage_shard
-from pipeline.feature_store import FeatureShard
-from pipeline.features import n_feature_frames
-from pipeline.featurize import featurize_catalog_shard, read_feature_rejects
+from pipeline.audio import io as audio
+from pipeline.corpora.catalog import escaped_path, listing, scan, shards
+from pipeline.mining.schema import read_index, read_rejects
+from pipeline.mining.datasets import finalize_run, reject_kind
+from pipeline.mining.extraction import extract_stage_shard
+from pipeline.features.store import FeatureShard
+from pipeline.features.scattering import n_feature_frames
+from pipeline.features.featurize import featurize_catalog_shard, read_feature_rejects
 from pipeline.sources import FEATURE_RATE, SOURCES, n_windows
 
 THRESHOLDS = {"drums": 0.0, "bass": None, "other": None, "vocals": None}  # every frame qualifies for drums
@@ -388,10 +388,10 @@ import os, pwd, sys
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from pipeline.catalog import listing, scan, shards
-from pipeline.features import FeatureExtractor
-from pipeline.featurize import featurize_catalog_shard
-from pipeline.storage import write_parquet_atomic
+from pipeline.corpora.catalog import listing, scan, shards
+from pipeline.features.scattering import FeatureExtractor
+from pipeline.features.featurize import featurize_catalog_shard
+from pipeline.storage.outputs import write_parquet_atomic
 
 import tempfile
 import soundfile as sf

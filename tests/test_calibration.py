@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.calibration import (
+from pipeline.mining.calibration import (
     CURVE_COLUMNS,
     THRESHOLD_COLUMNS,
     calibrate,

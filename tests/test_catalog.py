@@ -5,7 +5,7 @@ import os
 import numpy as np
 import soundfile as sf
 
-from pipeline import catalog
+from pipeline.corpora import catalog
 
 
 def write(path, seed, seconds=0.2):

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.demo_data import DemoConfig, generate
+from pipeline.corpora.demo import DemoConfig, generate
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Tests of the synthetic demo corpus (pipeline/demo_data.py).
+"""Tests of the synthetic demo corpus (pipeline/corpora/demo.py).
 
 "Absent" here means ``V_i <= -40 dB`` on the shared 0.64 s / 64 ms grid, which includes the
 windows where the source is exactly zero (``V_i = -inf``).
@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from pipeline import audio
-from pipeline.demo_data import (
+from pipeline.audio import io as audio
+from pipeline.corpora.demo import (
     CATALOG_CHANNELS,
     CATALOG_FORMATS,
     CATALOG_RATES,
@@ -27,9 +27,9 @@ from pipeline.demo_data import (
     song_with_silence,
     synthesize_song,
 )
-from pipeline.labels import relative_volumes
+from pipeline.corpora.labels import relative_volumes
 from pipeline.sources import SOURCES, n_windows, window_samples
-from pipeline.stemset import list_tracks
+from pipeline.corpora.stemset import list_tracks
 
 ABSENT_DB = -40.0
 MUSDB_ABSENCE = {"drums": 0.11, "bass": 0.13, "other": 0.03, "vocals": 0.30}

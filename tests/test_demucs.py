@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.demucs import Demucs, DemucsConfig, Rescaled, load_model, pad_to_valid, separate, trim, valid_length
+from pipeline.separation.demucs import Demucs, DemucsConfig, Rescaled, load_model, pad_to_valid, separate, trim, valid_length
 
 SMALL = DemucsConfig(channels=4, depth=3, lstm_layers=1, sample_rate=8000)
 

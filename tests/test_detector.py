@@ -15,9 +15,9 @@ from classifiers.detector import (DetectorConfig, SilentSourceDetector, load_che
 from classifiers.inference import predict, predict_logits, probabilities_frame
 from classifiers.report import average_precision, detector_report, quality_table, rankdata, roc_auc, spearman
 from classifiers.training import TrainConfig, align_labels, random_gain, random_shift, recalibrate_batchnorm, train_detector
-from pipeline.dataset_index import PROBABILITY_SCHEMA
-from pipeline.features import CHUNK_TOLERANCE, extract_features, scattering_layout
-from pipeline.labels import labels_frame, relative_volumes
+from pipeline.mining.schema import PROBABILITY_SCHEMA
+from pipeline.features.scattering import CHUNK_TOLERANCE, extract_features, scattering_layout
+from pipeline.corpora.labels import labels_frame, relative_volumes
 from pipeline.sources import HOP_S, n_windows
 
 RATE = 16_000

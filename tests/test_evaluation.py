@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.demucs import Demucs, DemucsConfig
-from pipeline.evaluation import (compare_runs, crossfade_weights, evaluate_separator, overlap_add, score_track,
+from pipeline.separation.demucs import Demucs, DemucsConfig
+from pipeline.separation.evaluation import (compare_runs, crossfade_weights, evaluate_separator, overlap_add, score_track,
                                  separate_track, summarize, track_sdr)
 from pipeline.sources import SOURCES
 from test_remix import write_stem_set

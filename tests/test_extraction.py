@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from pipeline.audio import file_checksum
-from pipeline.dataset_index import INDEX_SCHEMA, PROBABILITY_SCHEMA, REJECTS_SCHEMA, read_index
-from pipeline.extraction import (
+from pipeline.audio.io import file_checksum
+from pipeline.mining.schema import INDEX_SCHEMA, PROBABILITY_SCHEMA, REJECTS_SCHEMA, read_index
+from pipeline.mining.extraction import (
     PART_SCHEMA,
     ExtractionError,
     extract_shard,
@@ -23,7 +23,7 @@ from pipeline.extraction import (
     run_spans,
     select_runs,
 )
-from pipeline.ground_truth import covered_seconds, measure_extraction, merge_intervals
+from pipeline.mining.ground_truth import covered_seconds, measure_extraction, merge_intervals
 from pipeline.sources import FEATURE_RATE, HOP_S, SOURCES, WINDOW_S, n_windows
 
 THRESHOLDS = {"drums": 0.5, "bass": 0.5, "other": None, "vocals": 0.7}

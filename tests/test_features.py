@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import features as feat
-from pipeline.audio import AudioError
-from pipeline.feature_store import FeatureShard, FeatureShardWriter, index_path_for, write_feature_shard
+from pipeline.features import scattering as feat
+from pipeline.audio.io import AudioError
+from pipeline.features.store import FeatureShard, FeatureShardWriter, index_path_for, write_feature_shard
 from pipeline.sources import n_windows
 
 RATE = 16_000

@@ -9,7 +9,7 @@ import time
 import luigi
 import pytest
 
-from pipeline import journal
+from pipeline.storage import journal
 from tasks.base import ShardStage, Stage
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from pipeline.labels import relative_volumes, silent_labels, window_energy
+from pipeline.corpora.labels import relative_volumes, silent_labels, window_energy
 from pipeline.sources import n_windows, window_samples
 
 

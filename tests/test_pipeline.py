@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from pipeline.audio import file_checksum
-from pipeline.dataset_index import read_index
-from pipeline.demo_data import DemoConfig, generate
+from pipeline.audio.io import file_checksum
+from pipeline.mining.schema import read_index
+from pipeline.corpora.demo import DemoConfig, generate
 from tests.conftest import luigi_options
 
 pytestmark = pytest.mark.slow
@@ -62,7 +62,7 @@ def test_all_runs_and_every_output_says_what_made_it(demo, run_pipeline):
 
 def test_bad_catalog_files_are_recorded_rejections(demo, run_pipeline):
     import tasks
-    from pipeline.dataset_index import read_rejects
+    from pipeline.mining.schema import read_rejects
 
     run_pipeline("Extract")
     rejects = read_rejects(tasks.Extract().folder)

@@ -1,7 +1,7 @@
 """Remix step: loss (3) by hand, reading D_i excerpts, and which state one remix step changes.
 
 Also home of the small data builders that the separator tests share: a stem set of several
-splits and a D_i index following ``pipeline.dataset_index.INDEX_SCHEMA``.
+splits and a D_i index following ``pipeline.mining.schema.INDEX_SCHEMA``.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import soundfile as sf
 import torch
 
 from conftest import write_stem_track
-from pipeline.dataset_index import INDEX_SCHEMA
-from pipeline.demucs import Demucs, DemucsConfig
-from pipeline.remix import RemixSampler, l1_loss, remix_loss, remix_step
+from pipeline.mining.schema import INDEX_SCHEMA
+from pipeline.separation.demucs import Demucs, DemucsConfig
+from pipeline.separation.remix import RemixSampler, l1_loss, remix_loss, remix_step
 from pipeline.sources import SOURCES
 
 RATE = 44_100

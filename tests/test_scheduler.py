@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.cli import effective_threads
-from pipeline.dataset_index import read_index
-from pipeline.demo_data import DemoConfig, generate
-from pipeline.journal import read_journal
+from tasks.cli import effective_threads
+from pipeline.mining.schema import read_index
+from pipeline.corpora.demo import DemoConfig, generate
+from pipeline.storage.journal import read_journal
 from tests.conftest import luigi_options
 
 pytestmark = pytest.mark.slow

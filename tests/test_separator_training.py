@@ -15,11 +15,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from pipeline import separator_training
-from pipeline.demucs import DemucsConfig, load_model
-from pipeline.separator_data import StemWindows
-from pipeline.separator_training import SeparatorTrainer, TrainConfig, train_separator
-from pipeline.stemset import list_tracks, load_stems
+from pipeline.separation import training as separator_training
+from pipeline.separation.demucs import DemucsConfig, load_model
+from pipeline.separation.data import StemWindows
+from pipeline.separation.training import SeparatorTrainer, TrainConfig, train_separator
+from pipeline.corpora.stemset import list_tracks, load_stems
 from test_remix import RATE, noise, write_excerpt_index, write_stem_set
 
 MODEL = DemucsConfig(channels=4, depth=3, lstm_layers=1, sample_rate=8000)
@@ -160,7 +160,7 @@ def _free_port() -> int:
 def _ddp_worker(rank: int, world: int, port: int, stems: str, run: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
-    from pipeline import distributed
+    from pipeline.separation import distributed
 
     try:
         trainer = SeparatorTrainer(_config(epochs=1, batches_per_epoch=2, batch_size=4, remix_probability=1.0),

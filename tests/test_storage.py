@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pipeline import storage
+from pipeline.storage import outputs as storage
 
 
 def test_keys_are_stable_and_sensitive():

@@ -19,11 +19,11 @@ import torch
 
 from classifiers.detector import DetectorConfig, SilentSourceDetector
 from classifiers.inference import predict
-from pipeline import audio
-from pipeline.extraction import extract_track, quantise
-from pipeline.feature_store import FeatureShard, FeatureShardWriter
-from pipeline.features import FeatureExtractor, n_feature_frames
-from pipeline.featurize import catalog_blocks, featurize, read_feature_rejects
+from pipeline.audio import io as audio
+from pipeline.mining.extraction import extract_track, quantise
+from pipeline.features.store import FeatureShard, FeatureShardWriter
+from pipeline.features.scattering import FeatureExtractor, n_feature_frames
+from pipeline.features.featurize import catalog_blocks, featurize, read_feature_rejects
 from pipeline.sources import FEATURE_RATE, HOP_S, WINDOW_S, n_windows
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")

@@ -12,10 +12,10 @@ import pytest
 import soundfile as sf
 
 from fixtures_extraction import make_extraction_run
-from pipeline.dataset_index import INDEX_SCHEMA, REJECTS_SCHEMA, read_index
-from pipeline.storage import write_parquet_atomic
-from pipeline.dataset_index import read_rejects
-from pipeline.verify import Problem, list_audio_files, verify_cli, verify_run
+from pipeline.mining.schema import INDEX_SCHEMA, REJECTS_SCHEMA, read_index
+from pipeline.storage.outputs import write_parquet_atomic
+from pipeline.mining.schema import read_rejects
+from pipeline.mining.verify import Problem, list_audio_files, verify_cli, verify_run
 
 
 @pytest.fixture

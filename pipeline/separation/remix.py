@@ -12,7 +12,7 @@ Both L1 terms are the mean absolute error per element (over batch, channels and 
 the same normalisation as the main loss (:func:`l1_loss`, mean over batch, sources,
 channels and samples).
 
-Excerpts come from the D_i index (``pipeline.dataset_index``, ``<run_dir>/index``); only
+Excerpts come from the D_i index (``pipeline.mining.schema``, ``<run_dir>/index``); only
 the crop is read from each FLAC (soundfile partial read), then resampled to the model's rate
 and given the model's channel count.  An excerpt shorter than the window is zero-padded at
 its end.  The remix batch carries one source ``i`` for all its items (one decision per step);
@@ -30,8 +30,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pipeline import audio
-from pipeline.dataset_index import read_index
+from pipeline.audio import io as audio
+from pipeline.mining.schema import read_index
 from pipeline.sources import SOURCES
 
 

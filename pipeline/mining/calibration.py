@@ -1,7 +1,7 @@
 """Per-source probability thresholds ``p_i`` from labelled windows (paper section 4.2, SPEC.md).
 
 Inputs are aligned per window of the shared grid: detector probabilities ``P_i`` (0..1) and
-relative volumes ``V_i`` in dB (``pipeline.labels.relative_volumes``), both ``(n, 4)`` in
+relative volumes ``V_i`` in dB (``pipeline.corpora.labels.relative_volumes``), both ``(n, 4)`` in
 :data:`pipeline.sources.SOURCES` order.
 
 The rule, per source i, taken literally:
@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.sources import SOURCES
-from pipeline.storage import atomic_path
+from pipeline.storage.outputs import atomic_path
 
 TARGET_DB = -20.0  # dB: a selected window counts as silent when V_i <= this
 TARGET_FRACTION = 0.95  # fraction of selected windows that must be silent
@@ -174,7 +174,7 @@ def calibration_arrays(probabilities: pd.DataFrame, labels: pd.DataFrame) -> tup
     """Align a probability table with a labels table into ``(probs, volumes)``, both ``(n, 4)``.
 
     ``probabilities`` follows ``PROBABILITY_SCHEMA`` (track_id, frame, p_*); ``labels`` follows
-    ``pipeline.labels.labels_frame`` (track_id, window, V_*).  Rows are matched on
+    ``pipeline.corpora.labels.labels_frame`` (track_id, window, V_*).  Rows are matched on
     ``(track_id, frame == window)`` (inner join: a frame present in only one table, e.g. the
     last one when two sample rates round differently, is dropped).  Raises ``ValueError`` when
     both tables have rows but none match, or when a (track_id, frame) is repeated.
@@ -238,7 +238,7 @@ def calibrate_stage(probability_files: list[str | os.PathLike], labels_path: str
     """
     from pathlib import Path
 
-    from pipeline.storage import write_parquet_atomic
+    from pipeline.storage.outputs import write_parquet_atomic
 
     out = Path(out)
     probabilities = pd.concat([pd.read_parquet(p) for p in probability_files], ignore_index=True)

@@ -34,7 +34,7 @@ plus the signal and the output when a whole signal is given (10 minutes: 0.67 GB
 0.1 GB signal and features).
 
 Streaming: :meth:`FeatureExtractor.stream` takes the signal as consecutive blocks (e.g. from
-``pipeline.audio.stream``) and yields the features as ``(C, F, t)`` pieces; it runs the very
+``pipeline.audio.io.stream``) and yields the features as ``(C, F, t)`` pieces; it runs the very
 same chunks, batches and Kymatio calls as the whole-signal call, so the result is bit-identical
 (not merely within :data:`CHUNK_TOLERANCE`), including the last frames and tracks shorter
 than one chunk.  The frame count ``n_feature_frames(N)`` needs the total length ``N``: chunks
@@ -67,7 +67,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from pipeline.audio import AudioError
+from pipeline.audio.io import AudioError
 from pipeline.sources import FEATURE_RATE, n_windows
 
 SCATTERING: dict[str, int] = dict(J=8, Q=8, T=256)

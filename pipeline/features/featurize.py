@@ -1,12 +1,12 @@
 """The Features stage body: decode, downmix, resample to 16 kHz, scatter, store per shard.
 
 A shard's features go to one ``<name>.npy`` plus ``<name>.index.parquet``
-(:mod:`pipeline.feature_store`); tracks that cannot be decoded go to
+(:mod:`pipeline.features.store`); tracks that cannot be decoded go to
 ``<name>.rejects.parquet`` with the reason, and the shard goes on.
 
-Catalog tracks are streamed: ``pipeline.audio.stream`` decodes, downmixes and resamples the
+Catalog tracks are streamed: ``pipeline.audio.io.stream`` decodes, downmixes and resamples the
 file in blocks of :data:`STREAM_BLOCK_FRAMES` samples (at the file's rate), the extractor turns
-the 16 kHz blocks into feature pieces (:meth:`pipeline.features.FeatureExtractor.stream`) and
+the 16 kHz blocks into feature pieces (:meth:`pipeline.features.scattering.FeatureExtractor.stream`) and
 the writer appends the pieces to the shard as they come, so memory does not grow with a
 track's length (the features are bit-identical to the whole-signal transform of
 ``audio.load(path, 16000, mono=True)``).  Stem-set mixtures (short, loaded from several stem
@@ -22,18 +22,20 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline import audio, stemset
-from pipeline.dataset_index import REJECTS_SCHEMA
-from pipeline.feature_store import FeatureShardWriter
-from pipeline.features import FeatureExtractor
+from pipeline.audio import io as audio
+
+from pipeline.corpora import stemset
+from pipeline.mining.schema import REJECTS_SCHEMA
+from pipeline.features.store import FeatureShardWriter
+from pipeline.features.scattering import FeatureExtractor
 from pipeline.sources import FEATURE_RATE
-from pipeline.storage import write_parquet_atomic
+from pipeline.storage.outputs import write_parquet_atomic
 
 STAGE = "features"
 STREAM_BLOCK_FRAMES = 1 << 17  # samples per channel decoded per block (3 s at 44.1 kHz)
 
 # One item per track: (track_id, path shown in rejects, source -> 16 kHz mono blocks (samples,)).
-# The source may raise pipeline.audio.AudioError, when called or while iterating.
+# The source may raise pipeline.audio.io.AudioError, when called or while iterating.
 Item = tuple[str, str, Callable[[], Iterable[np.ndarray]]]
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import audio
+from pipeline.audio import io as audio
 from pipeline.sources import SOURCES
-from pipeline.storage import stable_hash
+from pipeline.storage.outputs import stable_hash
 
 SPLITS = ("train", "valid", "test")
 

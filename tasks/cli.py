@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 def _demo_data(args: argparse.Namespace) -> int:
-    from pipeline.demo_data import DemoConfig, generate
+    from pipeline.corpora.demo import DemoConfig, generate
 
     config = DemoConfig.tiny(seed=args.seed) if args.tiny else DemoConfig(seed=args.seed)
     started = time.time()
@@ -223,7 +223,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from pipeline.demo_data import DemoConfig, generate
+    from pipeline.corpora.demo import DemoConfig, generate
     from tasks.base import config
 
     stems = Path(config().stem_root)
@@ -235,7 +235,7 @@ def _demo(args: argparse.Namespace) -> int:
         print("demo: the pipeline failed; see the log above", file=sys.stderr)
         return 1
     print_summary(time.time() - started)
-    from pipeline.verify import verify_cli
+    from pipeline.mining.verify import verify_cli
 
     status = verify_cli(_current("Extract").folder)
     print(f"\naudit report: {_current('Audit').report.resolve()}")
@@ -253,7 +253,7 @@ def _current(task_name: str):
 
 def _audit(args: argparse.Namespace) -> int:
     if args.run_dir:
-        from pipeline.audit import write_audit
+        from pipeline.mining.audit import write_audit
 
         report = write_audit(args.run_dir, args.calibration, args.out, per_source=args.per_source)
     else:
@@ -265,7 +265,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from pipeline.verify import verify_cli
+    from pipeline.mining.verify import verify_cli
 
     run_dir = args.run_dir or _current("Extract").folder
     return verify_cli(run_dir, check_catalog=not args.no_catalog)

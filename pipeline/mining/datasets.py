@@ -1,6 +1,6 @@
 """The D_i datasets of one extraction run, as a whole.
 
-Shards write their parts into one run folder (:mod:`pipeline.extraction`); once every shard
+Shards write their parts into one run folder (:mod:`pipeline.mining.extraction`); once every shard
 of the current catalog scan is done, :func:`finalize_run` gathers the rejects of the earlier
 stages beside the extraction's own, removes the parts and audio of shards that are no longer
 in the catalog (a changed or removed file), and counts what the run holds.
@@ -14,15 +14,15 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.dataset_index import REJECTS_SCHEMA, read_index, read_rejects
+from pipeline.mining.schema import REJECTS_SCHEMA, read_index, read_rejects
 from pipeline.sources import SOURCES
-from pipeline.storage import write_parquet_atomic
+from pipeline.storage.outputs import write_parquet_atomic
 
 SCAN_REJECTS = "part-scan.parquet"
 STAGE_ORDER = ("scan", "features", "extract")  # the stages that reject files, in pipeline order
 
-# Kinds of reject, read from the wording of the reasons that pipeline.catalog, pipeline.audio,
-# pipeline.features and pipeline.extraction write (lower-cased phrases; first match wins).
+# Kinds of reject, read from the wording of the reasons that pipeline.corpora.catalog, pipeline.audio.io,
+# pipeline.features.scattering and pipeline.mining.extraction write (lower-cased phrases; first match wins).
 # A reason that matches none is counted as "other", so the kinds always add up to the total.
 REJECT_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("file name not UTF-8", ("not valid utf-8",)),

@@ -4,16 +4,16 @@ Layout: ``<name>.npy`` holds every track's features concatenated along time, tim
 ``(total_frames, C, F)`` (so one track is one contiguous block), float16 by default;
 ``<name>.index.parquet`` has one row per track: ``track_id``, ``offset`` (first frame in the
 ``.npy``) and ``n_frames``.  Features are the un-normalised log1p scattering values of
-``pipeline.features`` (0 .. about 14), for which float16's spacing (at most 2**-7 = 0.008 at
+``pipeline.features.scattering`` (0 .. about 14), for which float16's spacing (at most 2**-7 = 0.008 at
 8..16) gives an absolute error of at most 0.004, i.e. < 1 % of a feature's std.
 
 The writer streams tracks to a hidden temporary ``.npy`` (its header reserves room for the
 final shape and is rewritten at the end), then renames it and the index into place with
-:func:`pipeline.storage.atomic_path`; the index is renamed last.  The reader memory-maps the
+:func:`pipeline.storage.outputs.atomic_path`; the index is renamed last.  The reader memory-maps the
 ``.npy``; :meth:`FeatureShard.get` returns one track as float32 ``(C, F, T)`` (a copy),
 :meth:`FeatureShard.view` the same frames as a view of the memory map (nothing read until
 sliced).  :meth:`FeatureShardWriter.add_pieces` takes a track as a stream of ``(C, F, t)``
-pieces (from :meth:`pipeline.features.FeatureExtractor.stream`), so neither side ever holds a
+pieces (from :meth:`pipeline.features.scattering.FeatureExtractor.stream`), so neither side ever holds a
 whole long track.
 """
 
@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.storage import atomic_path, write_parquet_atomic
+from pipeline.storage.outputs import atomic_path, write_parquet_atomic
 
 INDEX_SUFFIX = ".index.parquet"
 _HEADER_BYTES = 128  # fixed .npy (version 1.0) header size, so the shape can be rewritten
@@ -92,7 +92,7 @@ class FeatureShardWriter:
         """Append one track given as consecutive ``(C, F, t)`` pieces; return its frame count.
 
         Each piece is written as it arrives, so memory holds one piece, not the track.  If
-        the iterable raises (e.g. :class:`pipeline.audio.AudioError` from a decoder) or a
+        the iterable raises (e.g. :class:`pipeline.audio.io.AudioError` from a decoder) or a
         piece is bad, the track's frames are cut off the temporary file again and the
         exception propagates: the shard stays valid without this track.
         """

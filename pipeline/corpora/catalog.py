@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.audio import file_checksum
-from pipeline.storage import stable_hash
+from pipeline.audio.io import file_checksum
+from pipeline.storage.outputs import stable_hash
 
 # Extensions listed from a folder tree (lower case, without the dot).  Anything else in the
 # tree (cover images, playlists, text) is not a candidate and is not listed.
@@ -202,7 +202,7 @@ def scan_catalog(catalog: str | os.PathLike, shard_size: int, out: Path,
     ``previous_tracks`` is the ``tracks.parquet`` of the latest earlier scan of the same
     catalog and shard size, whose checksums and shard assignment are reused.
     """
-    from pipeline.storage import write_parquet_atomic
+    from pipeline.storage.outputs import write_parquet_atomic
 
     previous = pd.read_parquet(previous_tracks) if previous_tracks else None
     tracks, rejects = scan(listing(catalog), shard_size, previous)

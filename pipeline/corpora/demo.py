@@ -41,10 +41,10 @@ import pandas as pd
 import soundfile as sf
 from scipy import signal
 
-from pipeline.audio import match_channels, resample
-from pipeline.labels import relative_volumes
+from pipeline.audio.io import match_channels, resample
+from pipeline.corpora.labels import relative_volumes
 from pipeline.sources import SOURCES, window_start_s
-from pipeline.storage import atomic_path, is_temporary, write_json_atomic, write_parquet_atomic
+from pipeline.storage.outputs import atomic_path, is_temporary, write_json_atomic, write_parquet_atomic
 
 GENERATOR_VERSION = 1  # bump when the synthesis changes what a seed produces
 SAMPLE_RATE = 44_100

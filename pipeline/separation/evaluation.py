@@ -37,10 +37,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import audio
-from pipeline.demucs import Demucs, separate
+from pipeline.audio import io as audio
+from pipeline.separation.demucs import Demucs, separate
 from pipeline.sources import SOURCES
-from pipeline.stemset import StemTrack, list_tracks, load_mixture, load_stems
+from pipeline.corpora.stemset import StemTrack, list_tracks, load_mixture, load_stems
 
 SUMMARY_COLUMNS = (*SOURCES, "all")
 
@@ -216,8 +216,8 @@ def evaluate_runs(checkpoints: dict[str, str | os.PathLike], stem_root: str | os
     """
     from pathlib import Path
 
-    from pipeline.demucs import load_model
-    from pipeline.storage import write_parquet_atomic
+    from pipeline.separation.demucs import load_model
+    from pipeline.storage.outputs import write_parquet_atomic
 
     out = Path(out)
     summaries, tables = {}, []

@@ -2,7 +2,7 @@
 
 The truth table (``catalog_truth.parquet``) has one row per grid window of each catalog file:
 ``file`` (posix path relative to the catalog root), ``window``, ``start_s`` and ``V_<source>``
-in dB.  The index is the D_i index (``pipeline.dataset_index.INDEX_SCHEMA``).  Per source:
+in dB.  The index is the D_i index (``pipeline.mining.schema.INDEX_SCHEMA``).  Per source:
 
 * **Precision side.**  A truth window counts as *inside* the excerpts when its whole span
   ``[start_s, start_s + WINDOW_S)`` lies inside the union of the excerpts of the same source and
@@ -12,7 +12,7 @@ in dB.  The index is the D_i index (``pipeline.dataset_index.INDEX_SCHEMA``).  P
   ``V_i <= inaudible_db`` (-30 dB), ``v95_db`` the 95th percentile (inverted CDF, no
   interpolation) of ``V_i`` over inside windows.  ``-inf`` counts as silent.
 * **Recall side.**  A *truly silent run* is a run of truth windows with ``V_i <= inaudible_db``
-  kept by the extraction's duration rule (``pipeline.extraction.select_runs``, ``min_seconds``;
+  kept by the extraction's duration rule (``pipeline.mining.extraction.select_runs``, ``min_seconds``;
   a file's length is taken as the end of its last window).  It is *recovered* when the union of
   the excerpts of the same source and file overlaps at least half of its span in seconds.
 
@@ -28,8 +28,8 @@ import os
 import numpy as np
 import pandas as pd
 
-from pipeline.calibration import inverted_cdf_quantile
-from pipeline.extraction import MIN_SECONDS, select_runs
+from pipeline.mining.calibration import inverted_cdf_quantile
+from pipeline.mining.extraction import MIN_SECONDS, select_runs
 from pipeline.sources import SOURCES, WINDOW_S
 
 SILENT_DB = -20.0  # dB: the calibration target
@@ -149,8 +149,8 @@ def measure_stage(run_dir: str | os.PathLike, truth_path: str | os.PathLike, cat
     file, written to ``measure.parquet`` / ``measure.csv``; returns counts and summary lines."""
     from pathlib import Path
 
-    from pipeline.dataset_index import read_index
-    from pipeline.storage import write_parquet_atomic
+    from pipeline.mining.schema import read_index
+    from pipeline.storage.outputs import write_parquet_atomic
 
     out = Path(out)
     table = measure_extraction(read_index(Path(run_dir) / "index"), pd.read_parquet(truth_path), catalog_root)

@@ -12,9 +12,9 @@ qualify (70 frames = 5.056 s for 5 s; 69 frames span 4.992 s), and clipping at t
 can only remove runs, never add them.
 
 **Audio.**  Excerpts are cut from the original file at its own rate and channel count in one
-streaming pass (``pipeline.audio.open_stream``, blocks of ``BLOCK_FRAMES`` samples, float32):
+streaming pass (``pipeline.audio.io.open_stream``, blocks of ``BLOCK_FRAMES`` samples, float32):
 every candidate run (source runs may overlap) gets a FLAC writer under a hidden temporary name
-(:func:`pipeline.storage.tmp_name`) that receives its samples block by block, so memory does
+(:func:`pipeline.storage.outputs.tmp_name`) that receives its samples block by block, so memory does
 not grow with the track.  The track's length is only known at the end of the pass; runs are
 written unclipped up to the end of the stream, then the duration rule below is applied with
 the decoded length, the kept excerpts are renamed into place (``atomic_path``) and the others
@@ -36,7 +36,7 @@ file at ``<run_dir>/audio/<source>/<track_id[:2]>/<excerpt_id>.flac``:
 Quantisation is done here (not by libsndfile), so the bytes are a function of the inputs only
 and re-running a shard rewrites identical files.
 
-**Index and rejects.**  One index row per excerpt (``pipeline.dataset_index.INDEX_SCHEMA``),
+**Index and rejects.**  One index row per excerpt (``pipeline.mining.schema.INDEX_SCHEMA``),
 written as hive partitions ``<run_dir>/index/source=<source>/part-<shard_key>.parquet`` (the
 partition column is not stored in the files); rejected tracks go to
 ``<run_dir>/rejects/part-<shard_key>.parquet`` (``REJECTS_SCHEMA``, stage ``"extract"``).
@@ -56,10 +56,10 @@ import pandas as pd
 import pyarrow as pa
 import soundfile as sf
 
-from pipeline.audio import BLOCK_FRAMES, AudioError, file_checksum, open_stream, probe
-from pipeline.dataset_index import INDEX_SCHEMA, REJECTS_SCHEMA
+from pipeline.audio.io import BLOCK_FRAMES, AudioError, file_checksum, open_stream, probe
+from pipeline.mining.schema import INDEX_SCHEMA, REJECTS_SCHEMA
 from pipeline.sources import HOP_S, SOURCES, WINDOW_S
-from pipeline.storage import atomic_path, tmp_name, write_parquet_atomic
+from pipeline.storage.outputs import atomic_path, tmp_name, write_parquet_atomic
 
 MIN_SECONDS = 5.0  # shortest excerpt kept, seconds
 STAGE = "extract"
@@ -236,7 +236,7 @@ def extract_track(
     still have it; the index records the file's SHA-256 read now.  Decodes the file (once, as a
     stream of ``block_frames`` samples) only when some run can qualify; excerpts appear under
     their final names only after the whole file decoded cleanly.  Raises
-    :class:`pipeline.audio.AudioError` (undecodable) or :class:`ExtractionError` (any other reason).
+    :class:`pipeline.audio.io.AudioError` (undecodable) or :class:`ExtractionError` (any other reason).
     """
     path = Path(path)
     run_dir = Path(run_dir)

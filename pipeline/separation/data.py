@@ -1,7 +1,7 @@
 """Windows of stem-set tracks for training and validating the separator.
 
 :class:`StemWindows` serves windows of ``(4, channels, window)`` float32 source stems at
-the model's rate (Hz) from one split of a stem set (:mod:`pipeline.stemset`):
+the model's rate (Hz) from one split of a stem set (:mod:`pipeline.corpora.stemset`):
 
 - random windows (:meth:`StemWindows.sample`) with an explicit ``numpy.random.Generator``:
   a track is drawn with probability proportional to its number of window positions, then a
@@ -12,7 +12,7 @@ the model's rate (Hz) from one split of a stem set (:mod:`pipeline.stemset`):
 
 Storage: the whole split in memory (float32) when it fits ``memory_limit_bytes``, else, for
 the folder layout, *lazy*: each window is read from the per-source wav files with partial
-reads (``pipeline.audio.load(path, start=, frames=)``), so a full MUSDB18-HQ (~10 GB as
+reads (``pipeline.audio.io.load(path, start=, frames=)``), so a full MUSDB18-HQ (~10 GB as
 float32) never has to be loaded.  ``.stem.mp4`` sets are always loaded whole.
 """
 
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline import audio
+from pipeline.audio import io as audio
 from pipeline.sources import SOURCES
-from pipeline.stemset import StemTrack, list_tracks, load_stems
+from pipeline.corpora.stemset import StemTrack, list_tracks, load_stems
 
 DEFAULT_MEMORY_LIMIT = 2 << 30  # bytes of float32 stems kept in memory before going lazy
 

@@ -1,10 +1,10 @@
 """Training the Demucs separator with the paper's recipe and the unlabelled-data remix step.
 
 Per batch (section 5.2): random train windows of ``window_s`` (plus ``max_shift_s`` for the
-time shift), augmentation (:mod:`pipeline.augment`), mixture = sum of the augmented sources,
+time shift), augmentation (:mod:`pipeline.separation.augment`), mixture = sum of the augmented sources,
 L1 loss over the four sources (mean absolute error per element), one Adam step (lr 5e-4,
 divided by ``lr_decay`` every ``lr_decay_every`` epochs).  Then, with probability
-``remix_probability``, one remix step (:mod:`pipeline.remix`) with its own Adam at
+``remix_probability``, one remix step (:mod:`pipeline.separation.remix`) with its own Adam at
 ``lr * remix_lr_factor`` (decayed on the same schedule).  Without any D_i excerpt the remix
 step never runs: the plain supervised recipe, logged as such.
 
@@ -19,7 +19,7 @@ Outputs in ``out_dir`` (rank 0 only, each written atomically):
 - ``summary.json``: whether the remix step was enabled, the D_i sizes, the best epoch.
 
 Checkpoints hold only tensors and plain Python values, so ``torch.load(weights_only=True)``
-reads them; configs are stored as dicts.  Distributed runs: see :mod:`pipeline.distributed`.
+reads them; configs are stored as dicts.  Distributed runs: see :mod:`pipeline.separation.distributed`.
 """
 
 from __future__ import annotations
@@ -39,13 +39,13 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from pipeline import distributed
-from pipeline.augment import Augment, mixture_of
-from pipeline.demucs import Demucs, DemucsConfig, require_known_fields
-from pipeline.remix import RemixSampler, l1_loss, remix_step
-from pipeline.separator_data import DEFAULT_MEMORY_LIMIT, StemWindows
+from pipeline.separation import distributed
+from pipeline.separation.augment import Augment, mixture_of
+from pipeline.separation.demucs import Demucs, DemucsConfig, require_known_fields
+from pipeline.separation.remix import RemixSampler, l1_loss, remix_step
+from pipeline.separation.data import DEFAULT_MEMORY_LIMIT, StemWindows
 from pipeline.sources import SOURCES
-from pipeline.storage import atomic_path, write_bytes_atomic, write_json_atomic
+from pipeline.storage.outputs import atomic_path, write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -414,12 +414,12 @@ def _json_row(row: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Command line for ``torchrun`` (one process per GPU): train one separator into ``--out``.
 
-    ``torchrun --nproc_per_node 4 -m pipeline.separator_training --stem-root S --datasets D --out O``
+    ``torchrun --nproc_per_node 4 -m pipeline.separation.training --stem-root S --datasets D --out O``
     """
     import argparse
     import json
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.separator_training", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pipeline.separation.training", description=main.__doc__)
     parser.add_argument("--stem-root", required=True, help="stem set (MUSDB18-HQ layout or .stem.mp4 folder)")
     parser.add_argument("--datasets", default=None, help="an Extract run folder (D_i); omit for no remix")
     parser.add_argument("--out", required=True, help="output folder (checkpoints, logs); resumed if it holds one")

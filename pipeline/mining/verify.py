@@ -26,7 +26,7 @@ Problem kinds (``Problem.kind``):
   is missing or differs from the index or the rejects table.
 
 Temporary files of interrupted writers (names starting with ``.`` that contain ``.tmp-``, see
-``pipeline.storage``) and anything inside a temporary folder are ignored.
+``pipeline.storage.outputs``) and anything inside a temporary folder are ignored.
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 import soundfile as sf
 
-from pipeline.audio import file_checksum
-from pipeline.dataset_index import REJECTS_SCHEMA, read_index, read_rejects
+from pipeline.audio.io import file_checksum
+from pipeline.mining.schema import REJECTS_SCHEMA, read_index, read_rejects
 from pipeline.sources import SOURCES
-from pipeline.storage import MANIFEST, TMP_MARK, read_manifest
+from pipeline.storage.outputs import MANIFEST, TMP_MARK, read_manifest
 
 AUDIO_DIR = "audio"
 INDEX_DIR = "index"
@@ -77,7 +77,7 @@ class _Stats:
 
 
 def is_temporary_name(name: str) -> bool:
-    """True for the hidden temporaries of ``pipeline.storage`` (``.<name>.tmp-<pid>-<rand>``)."""
+    """True for the hidden temporaries of ``pipeline.storage.outputs`` (``.<name>.tmp-<pid>-<rand>``)."""
     return name.startswith(".") and TMP_MARK in name
 
 

@@ -69,9 +69,9 @@ def label_stem_set(stem_root, splits: list[str], out) -> dict[str, int]:
     Columns: ``split, name, track_id, window, start_s, V_drums .. V_vocals`` (dB, float32).
     Returns counts for the stage manifest.
     """
-    from pipeline import stemset
+    from pipeline.corpora import stemset
     from pipeline.sources import HOP_S
-    from pipeline.storage import write_parquet_atomic
+    from pipeline.storage.outputs import write_parquet_atomic
 
     frames = []
     for split in splits:

@@ -146,7 +146,7 @@ def code_version() -> str:
     Read once per process (two ``git`` calls), not once per shard marker."""
     from pipeline import __version__
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                                 text=True, timeout=5, check=True).stdout.strip()

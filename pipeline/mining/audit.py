@@ -45,12 +45,12 @@ from matplotlib.figure import Figure
 from matplotlib import colormaps
 from PIL import Image
 
-from pipeline.audio import AudioError, load
-from pipeline.dataset_index import read_index
+from pipeline.audio.io import AudioError, load
+from pipeline.mining.schema import read_index
 from pipeline.sources import SOURCES, WINDOW_S
-from pipeline.storage import MANIFEST, atomic_path, read_manifest, stable_hash
-from pipeline.dataset_index import read_rejects
-from pipeline.verify import normal_audio_path
+from pipeline.storage.outputs import MANIFEST, atomic_path, read_manifest, stable_hash
+from pipeline.mining.schema import read_rejects
+from pipeline.mining.verify import normal_audio_path
 
 CLIP_RATE = 22_050  # Hz, preview clips (mono)
 SPECTROGRAM_SHAPE = (60, 160)  # pixels (rows = log-frequency, columns = time)
@@ -167,7 +167,7 @@ def write_clip(audio_file: str | os.PathLike, out_path: str | os.PathLike, clip_
     """Write the first ``clip_seconds`` s of ``audio_file`` (original rate ``sample_rate`` Hz) as a
     mono ``CLIP_RATE`` Hz clip in ``fmt`` (default :func:`clip_format`); return it ``(samples,)``.
 
-    Raises :class:`pipeline.audio.AudioError` when the excerpt cannot be decoded.
+    Raises :class:`pipeline.audio.io.AudioError` when the excerpt cannot be decoded.
     """
     fmt = fmt or clip_format()
     audio, _ = load(audio_file, sample_rate=CLIP_RATE, mono=True, frames=max(1, int(round(clip_seconds * sample_rate))))

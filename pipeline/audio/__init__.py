@@ -1,0 +1,1 @@
+"""Audio files: decoding, streaming, probing and writing."""

@@ -1,0 +1,1 @@
+"""Scattering features of tracks and their on-disk store."""

@@ -1,0 +1,1 @@
+"""Separators, their training (with the remix step), augmentations and evaluation."""

@@ -1,0 +1,1 @@
+"""Keyed atomic stage outputs, manifests and the run journal."""
