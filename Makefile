@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(BIN)/silentmine demo
 
 test: $(STAMP)
+	$(BIN)/ruff check pipeline classifiers tasks tests benchmarks
 	$(BIN)/python -m pytest -q
 
 clean-demo:

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/catalog.py [--tracks 1000] [--seconds 8] [--shard-size 50]
                                            [--width 0.125] [--workers 1] [--threads 0]
-                                           [--work /tmp/silentmine-bench]
+                                           [--work /tmp/silentmine-bench] [--smoke]
 
 Builds (once, cached under ``--work``) a tiny labelled stem set and a catalog of ``--tracks``
 FLAC tracks (44.1 kHz stereo, ``--seconds`` long: a pool of synthesised demo songs, each copy
@@ -15,7 +15,10 @@ and prints, from the wall clock and the run journal (``pipeline.storage.journal`
 - the features stage's own throughput: audio seconds per second inside its bodies;
 - their ratio (the goal: at least 0.6 at the demo width 0.125);
 - the Luigi / bookkeeping overhead: wall time minus the time inside task bodies;
-- a rerun with nothing to do, and adding 10 tracks and rerunning.
+- a rerun with nothing to do, and adding ``--add`` (10) tracks and rerunning.
+
+``--smoke`` runs it all on a handful of short tracks and a smaller stem set, in a temporary
+folder (removed at the end) unless ``--work`` is given.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,10 +35,14 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _common import figure, parse_args  # noqa: E402
+
 from pipeline.corpora.demo import DemoConfig, generate, mix, synthesize_song  # noqa: E402
 from pipeline.storage.journal import read_journal  # noqa: E402
 
 RATE = 44_100
+SMOKE = {"tracks": 4, "seconds": 3.0, "shard_size": 2, "pool": 2, "add": 2, "work": None, "threads": 1,
+         "stem_tracks": [2, 1, 1], "stem_seconds": [4.0, 5.0], "crop_seconds": 2.0}
 
 
 def song_pool(count: int, seconds: float, seed: int = 7) -> list[np.ndarray]:
@@ -93,10 +101,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="[silentmine] threads (0: cores / workers)")
     parser.add_argument("--pool", type=int, default=40, help="distinct synthesised songs behind the catalog")
-    parser.add_argument("--work", default="/tmp/silentmine-bench")
-    args = parser.parse_args(argv)
+    parser.add_argument("--add", type=int, default=10, help="tracks added before the last rerun")
+    parser.add_argument("--stem-tracks", type=int, nargs=3, default=[3, 1, 2], metavar=("TRAIN", "VALID", "TEST"),
+                        help="stem-set tracks per split (the detector's training and calibration data)")
+    parser.add_argument("--stem-seconds", type=float, nargs=2, default=[8.0, 12.0], metavar=("LOW", "HIGH"))
+    parser.add_argument("--crop-seconds", type=float, default=3.0, help="detector training crops (s)")
+    parser.add_argument("--work", default="/tmp/silentmine-bench", help="cache of the corpus and the runs")
+    args = parse_args(parser, SMOKE, argv)
+    if args.work is None:
+        with tempfile.TemporaryDirectory(prefix="silentmine-catalog-") as work:
+            benchmark(args, Path(work))
+    else:
+        benchmark(args, Path(args.work))
 
-    work = Path(args.work)
+
+def benchmark(args: argparse.Namespace, work: Path) -> None:
+    """Build (or reuse) the corpus under ``work``, time the runs, print the figures."""
     tag = f"{args.tracks}x{args.seconds:g}s-shard{args.shard_size}-w{args.width:g}-{args.workers}workers"
     data_root = work / f"data-{tag}-{int(time.time())}"
     log = work / f"{data_root.name}.log"
@@ -104,9 +124,9 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
-    if not (work / "stems" / "demo.json").exists():
-        generate(work / "stems", DemoConfig(seed=5, n_train=3, n_valid=1, n_test=2, n_catalog=0,
-                                            stem_duration_s=(8.0, 12.0)))
+    train, valid, test = args.stem_tracks  # kept when a complete stem set of this config is there
+    generate(work / "stems", DemoConfig(seed=5, n_train=train, n_valid=valid, n_test=test, n_catalog=0,
+                                        stem_duration_s=tuple(args.stem_seconds)))
     pool = song_pool(args.pool, args.seconds)
     synth_s = time.perf_counter() - started
     write_s = write_tracks(catalog, pool, 0, args.tracks)
@@ -117,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         "silentmine": {"data_root": data_root, "stem_root": work / "stems" / "stems", "catalog": catalog,
                        "threads": args.threads},
         "ScanCatalog": {"shard_size": args.shard_size},
-        "TrainDetector": {"width": args.width, "epochs": 1, "patience": 1, "crop_seconds": 3.0},
+        "TrainDetector": {"width": args.width, "epochs": 1, "patience": 1, "crop_seconds": args.crop_seconds},
         "Calibrate": {"min_windows": 5, "target_fraction": 0.5, "target_db": -10, "splits": '["valid", "test"]'},
     })
     setup_s = run("Calibrate", args.workers, log)
@@ -137,26 +157,27 @@ def main(argv: list[str] | None = None) -> None:
           f"{len(this_run)} tasks, {args.workers} worker(s)):")
     for family, seconds in this_run.groupby("family")["body_s"].sum().sort_values(ascending=False).items():
         print(f"  {family:<16} body {seconds:8.1f} s")
-    print(f"  end to end                {end_to_end:8.1f} audio s / wall s   (wall {wall:.1f} s)")
-    print(f"  features stage alone      {feature_rate:8.1f} audio s / body s")
-    print(f"  end to end / features     {end_to_end / feature_rate:8.2f}")
-    print(f"  Luigi + bookkeeping       {wall - body:8.1f} s  (wall {wall:.1f} s - bodies {body:.1f} s; "
-          f"{(wall - body) / max(len(this_run), 1) * 1000:.0f} ms per task)")
+    figure("end to end", end_to_end, "audio s per wall s", f"wall {wall:.1f} s")
+    figure("features stage alone", feature_rate, "audio s per body s")
+    figure("end to end / features", end_to_end / feature_rate, "x", digits=2)
+    figure("Luigi + bookkeeping", wall - body, "s", f"wall {wall:.1f} s - bodies {body:.1f} s; "
+           f"{(wall - body) / max(len(this_run), 1) * 1000:.0f} ms per task")
 
     noop = run("Extract", args.workers, log)
-    print(f"  rerun with nothing to do  {noop:8.2f} s")
-    write_tracks(catalog, pool, args.tracks, 10)
+    figure("rerun with nothing to do", noop, "s", digits=2)
+    write_tracks(catalog, pool, args.tracks, args.add)
     try:
         t1 = time.time()
         grown = run("Extract", args.workers, log)
         ran = read_journal(data_root)
         ran = ran[ran["started"] >= t1]
-        print(f"  add 10 tracks, rerun      {grown:8.2f} s  (tasks run: "
-              f"{', '.join(f'{k} {v}' for k, v in ran['family'].value_counts().sort_index().items())})")
+        figure(f"add {args.add} tracks, rerun", grown, "s", "tasks run: " + ", ".join(
+            f"{k} {v}" for k, v in ran["family"].value_counts().sort_index().items()), digits=2)
     finally:
-        for index in range(args.tracks, args.tracks + 10):  # leave the cached catalog as it was
+        for index in range(args.tracks, args.tracks + args.add):  # leave the cached catalog as it was
             (catalog / f"{index // 100:03d}" / f"track_{index:05d}.flac").unlink(missing_ok=True)
-    print(f"\nlog: {log}; journal: {data_root / 'journal'}")
+    if args.work is not None:  # else a temporary folder, removed at the end
+        print(f"\nlog: {log}; journal: {data_root / 'journal'}")
 
 
 if __name__ == "__main__":

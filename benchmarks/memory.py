@@ -11,13 +11,14 @@ fresh Python process and reads that process's peak RSS (``os.wait4``'s ``ru_maxr
 - ``detect``: ``classifiers.runs.detect`` on that shard with a width-0.125 detector (random
   init, normalisation fitted on the first 5000 frames of the shard);
 - ``extract``: ``extract_track`` with probabilities that give four long excerpts (one per
-  source, each 1/8 of the track, overlapping).
+  source, each 3/16 of the track, overlapping; kept when at least ``--min-seconds`` long).
 
 ``--old`` also runs the whole-track code paths this issue replaced (features: ``audio.load``
 of the whole track then one feature array; detect: ``FeatureShard.get`` copy; extract: the
 whole file decoded as one block), to show what grew with the length.
 
-Run: ``.venv/bin/python benchmarks/memory.py [--minutes 10 60] [--old] [--workdir DIR]``.
+Run: ``.venv/bin/python benchmarks/memory.py [--minutes 10 60] [--old] [--workdir DIR] [--smoke]``
+(without ``--workdir`` the tracks go to a temporary folder, removed at the end).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import figure, parse_args
 
+SMOKE = {"minutes": [0.2, 0.4], "min_seconds": 1.0}
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 44_100
 STAGES = ("baseline", "scan", "features", "detect", "extract")
@@ -64,7 +67,7 @@ def _probabilities(n_frames: int) -> np.ndarray:
     return probs
 
 
-def run_stage(stage: str, track: Path, work: Path, old: bool) -> None:
+def run_stage(stage: str, track: Path, work: Path, old: bool, min_seconds: float) -> None:
     """The body of one stage, run inside the measured child process."""
     import pandas as pd
 
@@ -72,10 +75,10 @@ def run_stage(stage: str, track: Path, work: Path, old: bool) -> None:
     from classifiers.inference import predict, probabilities_frame
     from classifiers.runs import detect
     from pipeline.audio import io as audio
-    from pipeline.mining.extraction import extract_track
-    from pipeline.features.store import FeatureShard, FeatureShardWriter
-    from pipeline.features.scattering import FeatureExtractor, fit_normalisation
     from pipeline.features.featurize import featurize_catalog_shard
+    from pipeline.features.scattering import FeatureExtractor, fit_normalisation
+    from pipeline.features.store import FeatureShard, FeatureShardWriter
+    from pipeline.mining.extraction import extract_track
     from pipeline.sources import FEATURE_RATE, n_windows
 
     shard_path = work / "features.npy"
@@ -108,7 +111,7 @@ def run_stage(stage: str, track: Path, work: Path, old: bool) -> None:
         info = audio.probe(track)
         probs = _probabilities(n_windows(info.frames, info.sample_rate))
         thresholds = {"drums": 0.5, "bass": 0.5, "other": 0.5, "vocals": 0.5}
-        rows = extract_track(track, "tt01", None, probs, thresholds, 5.0, work / "extract", "d", "c",
+        rows = extract_track(track, "tt01", None, probs, thresholds, min_seconds, work / "extract", "d", "c",
                              **({"block_frames": 1 << 40} if old else {}))
         if len(rows) != 4:
             raise RuntimeError(f"expected 4 excerpts, got {len(rows)}")
@@ -116,9 +119,10 @@ def run_stage(stage: str, track: Path, work: Path, old: bool) -> None:
         raise ValueError(f"unknown stage {stage!r}")
 
 
-def measure(stage: str, track: Path, work: Path, old: bool) -> tuple[float, float]:
+def measure(stage: str, track: Path, work: Path, old: bool, min_seconds: float) -> tuple[float, float]:
     """Peak RSS in MiB and wall seconds of one stage body in a fresh process."""
-    cmd = [sys.executable, __file__, "--child", stage, str(track), str(work)] + (["--old"] if old else [])
+    cmd = [sys.executable, __file__, "--child", stage, str(track), str(work), "--min-seconds", str(min_seconds)]
+    cmd += ["--old"] if old else []
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     _, status, usage = os.wait4(proc.pid, 0)
@@ -132,15 +136,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, nargs=2, default=[10.0, 60.0])
     parser.add_argument("--old", action="store_true", help="also run the whole-track code paths")
-    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--workdir", type=Path, default=None, help="keeps the tracks for the next run")
+    parser.add_argument("--min-seconds", type=float, default=5.0, help="shortest excerpt the extract stage keeps")
     parser.add_argument("--child", nargs=3, metavar=("STAGE", "TRACK", "WORK"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
     if args.child:
         stage, track, work = args.child
-        run_stage(stage, Path(track), Path(work), args.old)
+        run_stage(stage, Path(track), Path(work), args.old, args.min_seconds)
         return
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        report(args, args.workdir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="silentmine-memory-") as base:
+            report(args, Path(base))
 
-    base = args.workdir or Path(tempfile.mkdtemp(prefix="silentmine-memory-"))
+
+def report(args: argparse.Namespace, base: Path) -> None:
+    """Measure every stage on a track of each of ``args.minutes`` (written into ``base``) and print."""
     modes = [False, True] if args.old else [False]
     results: dict[tuple[bool, str, float], tuple[float, float]] = {}
     for minutes in args.minutes:
@@ -148,24 +161,40 @@ def main() -> None:
         if not track.exists():
             started = time.perf_counter()
             write_track(track, minutes)
-            print(f"wrote {track.name}: {track.stat().st_size / 2**20:.0f} MiB in {time.perf_counter() - started:.0f} s",
-                  flush=True)
+            print(
+                f"wrote {track.name}: {track.stat().st_size / 2**20:.0f} MiB in {time.perf_counter() - started:.0f} s",
+                flush=True,
+            )
         for old in modes:
             work = base / f"work-{minutes:g}min-{'old' if old else 'new'}"
             work.mkdir(exist_ok=True)
             for stage in STAGES:
-                results[old, stage, minutes] = measure(stage, track, work, old)
+                results[old, stage, minutes] = measure(stage, track, work, old, args.min_seconds)
                 rss, sec = results[old, stage, minutes]
-                print(f"  {'old' if old else 'new'} {stage:<9} {minutes:g} min: {rss:7.0f} MiB peak RSS, {sec:6.1f} s",
-                      flush=True)
+                figure(
+                    f"peak RSS, {'old' if old else 'new'} {stage}, {minutes:g} min",
+                    rss,
+                    "MiB",
+                    f"{sec:.1f} s",
+                    digits=0,
+                )
     short, long = args.minutes
-    print(f"\npeak RSS (MiB) of each stage body in a fresh process, {short:g} vs {long:g} minutes "
-          f"of 44.1 kHz stereo FLAC")
+    print(
+        f"\npeak RSS (MiB) of each stage body in a fresh process, {short:g} vs {long:g} minutes of 44.1 kHz stereo FLAC"
+    )
     print(f"{'code':<5} {'stage':<9} {short:>7g} min {long:>7g} min {'ratio':>6}  {'time s':>13}")
     for old in modes:
         for stage in STAGES:
             (a, ta), (b, tb) = results[old, stage, short], results[old, stage, long]
             print(f"{'old' if old else 'new':<5} {stage:<9} {a:11.0f} {b:11.0f} {b / a:6.2f}  {ta:6.0f} {tb:6.0f}")
+    for old in modes:
+        for stage in STAGES:
+            figure(
+                f"peak RSS ratio {long:g} / {short:g} min, {'old' if old else 'new'} {stage}",
+                results[old, stage, long][0] / results[old, stage, short][0],
+                "x",
+                digits=2,
+            )
     print(json.dumps({f"{'old' if o else 'new'}/{s}/{m:g}": round(v[0]) for (o, s, m), v in results.items()}))
 
 

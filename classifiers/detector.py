@@ -35,10 +35,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.sources import FRAMES_PER_HOP, FRAMES_PER_WINDOW
 from pipeline.storage.outputs import atomic_path
 
-FRAMES_PER_WINDOW = 40  # scattering frames per 0.64 s grid window
-FRAMES_PER_HOP = 4  # scattering frames per 64 ms grid hop
 RECEPTIVE_FRAMES = 37  # scattering frames seen by one output frame of the conv stack
 CHECKPOINT_FORMAT = 1
 
@@ -136,8 +135,9 @@ class SilentSourceDetector(nn.Module):
             features = F.pad(features, (0, FRAMES_PER_WINDOW - frames))
         x = (features - self.feature_mean) / self.feature_std
         # channels-last runs the CPU (oneDNN) convolutions and poolings about 1.4x faster
-        x = self.frontend(x.contiguous(memory_format=torch.channels_last)).squeeze(2)  # (B, 1024w, floor((T - 37) / 4) + 1)
-        return x[..., :n_output_frames(frames)]
+        # (B, 1024w, floor((T - 37) / 4) + 1)
+        x = self.frontend(x.contiguous(memory_format=torch.channels_last)).squeeze(2)
+        return x[..., : n_output_frames(frames)]
 
     def sequence(self, embedded: torch.Tensor) -> torch.Tensor:
         """BiLSTM and head: ``(B, 1024w, n)`` -> logits ``(B, 4, n)``."""
@@ -148,8 +148,9 @@ class SilentSourceDetector(nn.Module):
         return self.sequence(self.embed(features))
 
 
-def save_checkpoint(path: str | os.PathLike, model: SilentSourceDetector, config: DetectorConfig,
-                    extra: dict | None = None) -> None:
+def save_checkpoint(
+    path: str | os.PathLike, model: SilentSourceDetector, config: DetectorConfig, extra: dict | None = None
+) -> None:
     """Write ``{config, state_dict (with normalisation), extra}`` atomically with ``torch.save``.
 
     ``extra`` must hold plain Python values or tensors (loadable with ``weights_only=True``).

@@ -14,23 +14,96 @@ one pass whatever the length.  The detector is trained on 5 s crops (78 frames):
 context is six crop lengths, and the gates forget long before that: with the demo's trained
 detector on 23 minutes of test-split features, passes of 1,000 frames differ from one whole
 pass by at most 1.2e-7 in probability with 512 frames of context (4.6e-6 with 128, 0.016 with
-32, 0.30 with none); ``tests/test_detector.py`` checks passes against one whole pass.  What still grows with length is the output, 16 bytes
-per 64 ms frame.  Peak RSS of the whole detection stage: ``benchmarks/memory.py``.
+32, 0.30 with none); ``tests/test_detector.py`` checks passes against one whole pass.  What
+still grows with length is the output, 16 bytes per 64 ms frame.  Peak RSS of the whole
+detection stage: ``benchmarks/memory.py``.
+
+**Numeric paths** (:data:`NUMERIC_PATHS`, :func:`for_numeric_path`).  ``float32`` is the
+reference above.  ``fast`` is float32 too, but runs the BiLSTM in passes of ``PASS_WINDOWS``
+frames with ``PASS_CONTEXT`` frames of real context on each side, all passes of a track at once
+as one batch: the recurrence takes ``PASS_WINDOWS + 2 * PASS_CONTEXT`` steps instead of one per
+frame, and each step is a matrix product instead of a matrix-vector one.  On the demo's trained
+detector and 8 test-split songs (3.8 min) it differs from ``float32`` by 2e-6 in probability.
+bfloat16 was measured and rejected: the conv stack in bfloat16 moves that detector's
+probabilities by 0.068, the BiLSTM in bfloat16 moves a randomly initialised one with logits of
++-4 by 5e-3.  ``tests/test_inference.py`` holds ``fast`` within 1e-3 of ``float32``;
+``benchmarks/detect.py`` measures both side by side.  Tracks of at most ``PASS_WINDOWS + 2 *
+PASS_CONTEXT`` frames (33 s) take one pass either way.  :func:`default_numeric_path` is
+``fast``; the detection stages record the path they used in their counts.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pandas as pd
 import torch
 
-from classifiers.detector import FRAMES_PER_HOP, FRAMES_PER_WINDOW, SilentSourceDetector, n_output_frames
+from classifiers.detector import SilentSourceDetector, n_output_frames
 from pipeline.mining.schema import PROBABILITY_SCHEMA
-from pipeline.sources import HOP_S, SOURCES
+from pipeline.sources import FRAMES_PER_HOP, FRAMES_PER_WINDOW, HOP_S, SOURCES
 
 CHUNK_WINDOWS = 512  # output frames per conv-stack chunk (33 s of audio)
 SEQUENCE_WINDOWS = 8192  # output frames per BiLSTM pass of a long track (8.7 min)
 CONTEXT_WINDOWS = 512  # frames of context on each side of a BiLSTM pass (33 s)
+NUMERIC_PATHS = ("float32", "fast")
+PASS_WINDOWS = 256  # output frames each parallel BiLSTM pass of the fast path keeps (16 s)
+PASS_CONTEXT = 128  # frames of context on each side of a parallel pass (8 s)
+PASS_BATCH = 16  # parallel passes per batch (bounds the memory: 16 x 512 frames)
+
+
+def default_numeric_path() -> str:
+    """The path the detection stages use: ``fast`` (float32 everywhere, see the module docstring)."""
+    return "fast"
+
+
+def numeric_path_of(model: SilentSourceDetector) -> str:
+    """The numeric path a model was prepared for (:func:`for_numeric_path`); ``float32`` if none."""
+    return getattr(model, "numeric_path", "float32")
+
+
+def for_numeric_path(model: SilentSourceDetector, numeric_path: str) -> SilentSourceDetector:
+    """The model to run for ``numeric_path``: ``model`` itself for ``float32``; for ``fast`` a
+    shallow eval-mode copy (the same weights) marked so that :func:`predict_logits` runs the
+    BiLSTM in parallel passes."""
+    if numeric_path not in NUMERIC_PATHS:
+        raise ValueError(f"numeric_path must be one of {NUMERIC_PATHS}, got {numeric_path!r}")
+    if numeric_path == "float32":
+        return model
+    fast = copy.copy(model).eval()  # shares parameters and buffers; only the marker differs
+    fast.numeric_path = numeric_path
+    return fast
+
+
+def pass_bounds(total: int, keep: int, context: int) -> list[tuple[int, int, int, int]]:
+    """``(first, stop, lo, hi)`` of the parallel passes over ``total`` frames: each keeps frames
+    ``first .. stop - 1`` and runs over ``lo .. hi - 1``, all of one length ``min(total, keep +
+    2 context)``, with at least ``context`` real frames (or the track's edge) on each side."""
+    length = min(total, keep + 2 * context)
+    bounds = []
+    for first in range(0, total, keep):
+        stop = min(first + keep, total)
+        lo = max(0, first - context)
+        hi = min(total, lo + length)
+        lo = hi - length
+        bounds.append((first, stop, lo, hi))
+    return bounds
+
+
+def _parallel_sequence(model: SilentSourceDetector, x, total: int, chunk_windows: int) -> torch.Tensor:
+    """Logits ``(4, total)`` with the BiLSTM in batched passes (:func:`pass_bounds`)."""
+    bounds = pass_bounds(total, PASS_WINDOWS, PASS_CONTEXT)
+    logits = torch.empty(len(SOURCES), total)
+    for group in range(0, len(bounds), PASS_BATCH):
+        batch = bounds[group : group + PASS_BATCH]
+        lo, hi = batch[0][2], batch[-1][3]
+        embedded = _embed(model, x, lo, hi, chunk_windows)  # (1, D, hi - lo)
+        stacked = torch.cat([embedded[..., a - lo : b - lo] for _, _, a, b in batch])  # (B, D, length)
+        out = model.sequence(stacked).cpu()
+        for row, (first, stop, a, _) in zip(out, batch):
+            logits[:, first:stop] = row[:, first - a : stop - a]
+    return logits
 
 
 def _embed(model: SilentSourceDetector, x, first: int, stop: int, chunk_windows: int) -> torch.Tensor:
@@ -40,20 +113,25 @@ def _embed(model: SilentSourceDetector, x, first: int, stop: int, chunk_windows:
     for lo in range(first, stop, chunk_windows):
         count = min(chunk_windows, stop - lo)
         start = lo * FRAMES_PER_HOP
-        piece = x[:, :, start:start + FRAMES_PER_WINDOW + FRAMES_PER_HOP * (count - 1)]
-        piece = piece.float() if torch.is_tensor(piece) else torch.from_numpy(
-            np.ascontiguousarray(piece, dtype=np.float32))
+        piece = x[:, :, start : start + FRAMES_PER_WINDOW + FRAMES_PER_HOP * (count - 1)]
+        piece = (
+            piece.float() if torch.is_tensor(piece) else torch.from_numpy(np.ascontiguousarray(piece, dtype=np.float32))
+        )
         out = model.embed(piece[None].to(device))[..., :count]
         if embedded is None:
             embedded = out.new_empty(out.shape[:-1] + (stop - first,))
-        embedded[..., lo - first:lo - first + count] = out
+        embedded[..., lo - first : lo - first + count] = out
     return embedded
 
 
 @torch.inference_mode()
-def predict_logits(model: SilentSourceDetector, features: np.ndarray | torch.Tensor,
-                   chunk_windows: int = CHUNK_WINDOWS, sequence_windows: int = SEQUENCE_WINDOWS,
-                   context_windows: int = CONTEXT_WINDOWS) -> torch.Tensor:
+def predict_logits(
+    model: SilentSourceDetector,
+    features: np.ndarray | torch.Tensor,
+    chunk_windows: int = CHUNK_WINDOWS,
+    sequence_windows: int = SEQUENCE_WINDOWS,
+    context_windows: int = CONTEXT_WINDOWS,
+) -> torch.Tensor:
     """Logits ``(4, n_frames)`` for features ``(7, 54, T)`` (see the module docstring).
 
     ``features`` may be any array-like with numpy slicing in time, e.g. the reader of
@@ -70,6 +148,8 @@ def predict_logits(model: SilentSourceDetector, features: np.ndarray | torch.Ten
     total = n_output_frames(x.shape[-1])
     if total == 0:
         raise ValueError("features have no frames")
+    if numeric_path_of(model) == "fast":
+        return _parallel_sequence(model, x, total, chunk_windows)
     if total <= sequence_windows + 2 * context_windows:
         return model.sequence(_embed(model, x, 0, total, chunk_windows))[0].cpu()
     logits = torch.empty(len(SOURCES), total)
@@ -77,13 +157,17 @@ def predict_logits(model: SilentSourceDetector, features: np.ndarray | torch.Ten
         stop = min(first + sequence_windows, total)
         lo, hi = max(0, first - context_windows), min(total, stop + context_windows)
         window = model.sequence(_embed(model, x, lo, hi, chunk_windows))[0].cpu()
-        logits[:, first:stop] = window[:, first - lo:stop - lo]
+        logits[:, first:stop] = window[:, first - lo : stop - lo]
     return logits
 
 
-def predict(model: SilentSourceDetector, features: np.ndarray | torch.Tensor,
-            chunk_windows: int = CHUNK_WINDOWS, sequence_windows: int = SEQUENCE_WINDOWS,
-            context_windows: int = CONTEXT_WINDOWS) -> np.ndarray:
+def predict(
+    model: SilentSourceDetector,
+    features: np.ndarray | torch.Tensor,
+    chunk_windows: int = CHUNK_WINDOWS,
+    sequence_windows: int = SEQUENCE_WINDOWS,
+    context_windows: int = CONTEXT_WINDOWS,
+) -> np.ndarray:
     """Probabilities that each source is silent, float32 ``(n_frames, 4)`` in [0, 1].
 
     Frame ``k`` is grid window ``k`` (starts at ``k * 0.064`` s); columns follow ``SOURCES``.
@@ -98,11 +182,13 @@ def probabilities_frame(track_id: str, probs: np.ndarray) -> pd.DataFrame:
     if probs.ndim != 2 or probs.shape[1] != len(SOURCES):
         raise ValueError(f"probs must be (n_frames, {len(SOURCES)}), got {probs.shape}")
     count = probs.shape[0]
-    frame = pd.DataFrame({
-        "track_id": pd.Series([track_id] * count, dtype=object),
-        "frame": np.arange(count, dtype=np.int32),
-        "start_s": np.arange(count, dtype=np.float64) * HOP_S,
-    })
+    frame = pd.DataFrame(
+        {
+            "track_id": pd.Series([track_id] * count, dtype=object),
+            "frame": np.arange(count, dtype=np.int32),
+            "start_s": np.arange(count, dtype=np.float64) * HOP_S,
+        }
+    )
     for index, name in enumerate(SOURCES):
         frame[f"p_{name}"] = probs[:, index]
     return frame[[f.name for f in PROBABILITY_SCHEMA]]

@@ -84,27 +84,27 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 def quality_table(probs: np.ndarray, volumes: np.ndarray,
                   thresholds_db: Iterable[float] = THRESHOLDS_DB) -> pd.DataFrame:
-    """One row per source from pooled frames: ``probs`` ``(n, 4)`` and ``volumes`` ``(4, n)`` in dB.
+    """One row per source from pooled frames: ``probs`` ``(n, 4)`` and ``volumes`` ``(n, 4)`` in dB.
 
     Columns: ``source, n_frames, positive_rate_13, auc_13, ap_13, positive_rate_20, auc_20,
     ap_20, spearman_volume, volume_falls`` (threshold suffix = minus the dB value).
     """
     probs = np.asarray(probs, dtype=np.float64)
     volumes = np.asarray(volumes, dtype=np.float64)
-    if probs.shape != volumes.T.shape or probs.shape[1] != len(SOURCES):
-        raise ValueError(f"probs {probs.shape} must be (n, 4) and volumes {volumes.shape} (4, n)")
+    if probs.shape != volumes.shape or probs.ndim != 2 or probs.shape[1] != len(SOURCES):
+        raise ValueError(f"probs {probs.shape} and volumes {volumes.shape} must both be (n, 4)")
     if np.isnan(volumes).any():
         raise ValueError("volumes contain NaN")
     rows = []
     for index, name in enumerate(SOURCES):
         row: dict = {"source": name, "n_frames": probs.shape[0]}
         for threshold in thresholds_db:
-            labels = volumes[index] <= threshold
+            labels = volumes[:, index] <= threshold
             suffix = f"{-threshold:g}"
             row[f"positive_rate_{suffix}"] = float(labels.mean()) if labels.size else float("nan")
             row[f"auc_{suffix}"] = roc_auc(labels, probs[:, index])
             row[f"ap_{suffix}"] = average_precision(labels, probs[:, index])
-        row["spearman_volume"] = spearman(probs[:, index], np.maximum(volumes[index], -1e9))
+        row["spearman_volume"] = spearman(probs[:, index], np.maximum(volumes[:, index], -1e9))
         row["volume_falls"] = bool(row["spearman_volume"] < 0)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -112,7 +112,10 @@ def quality_table(probs: np.ndarray, volumes: np.ndarray,
 
 def plot_volume_vs_probability(probs: np.ndarray, volumes: np.ndarray, path: str | os.PathLike,
                                bins: int = 10) -> Path:
-    """PNG of median and quartiles of ``V_i`` (dB) per probability bin, one panel per source."""
+    """PNG of median and quartiles of ``V_i`` (dB) per probability bin, one panel per source.
+
+    ``probs`` and ``volumes`` (dB) are ``(n, 4)``, one row per frame.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,7 +133,7 @@ def plot_volume_vs_probability(probs: np.ndarray, volumes: np.ndarray, path: str
         stats = np.full((bins, 3), np.nan)
         counts = np.zeros(bins, dtype=int)
         for b in range(bins):
-            values = volumes[index, which == b]
+            values = volumes[which == b, index]
             counts[b] = values.size
             if values.size:
                 stats[b] = np.percentile(values, [25, 50, 75])
@@ -166,9 +169,9 @@ def detector_report(model, tracks: Iterable[tuple[np.ndarray, np.ndarray]], png_
         if abs(probs.shape[0] - volumes.shape[1]) > 1:
             raise ValueError(f"detector gives {probs.shape[0]} frames but labels have {volumes.shape[1]}")
         all_probs.append(probs[:count])
-        all_volumes.append(volumes[:, :count])
+        all_volumes.append(volumes[:, :count].T)
     if not all_probs:
         raise ValueError("detector_report needs at least one track")
     probs = np.concatenate(all_probs)
-    volumes = np.concatenate(all_volumes, axis=1)
+    volumes = np.concatenate(all_volumes)
     return quality_table(probs, volumes), plot_volume_vs_probability(probs, volumes, png_path)

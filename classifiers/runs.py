@@ -17,12 +17,13 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from classifiers.detector import load_checkpoint, save_checkpoint
-from classifiers.inference import predict, probabilities_frame
+from classifiers.inference import default_numeric_path, for_numeric_path, predict, probabilities_frame
 from classifiers.report import detector_report
-from classifiers.training import TrainConfig, train_config_dict, train_detector
-from pipeline.mining.schema import PROBABILITY_SCHEMA
+from classifiers.training import DetectorTrainConfig, train_config_dict, train_detector
 from pipeline.features.store import FeatureShard
-from pipeline.sources import SOURCES
+from pipeline.mining.schema import PROBABILITY_SCHEMA
+from pipeline.sources import HOP_S, SOURCES
+from pipeline.storage.journal import Progress
 from pipeline.storage.outputs import write_json_atomic, write_parquet_atomic
 
 VOLUME_COLUMNS = [f"V_{name}" for name in SOURCES]
@@ -41,10 +42,10 @@ def labelled_pairs(store: str | Path, volumes: dict[str, np.ndarray]) -> list[tu
     return [(shard.get(track), volumes[track]) for track in shard.track_ids]
 
 
-def train(train_store: Path, valid_store: Path, labels_path: Path, config: TrainConfig, seed: int,
+def train(train_store: Path, valid_store: Path, labels_path: Path, config: DetectorTrainConfig, seed: int,
           out: Path) -> dict:
     """Train on the train split, stop early on the valid split; write ``detector.pt``,
-    ``history.csv`` and ``history.json`` into ``out``; return counts."""
+    ``history.parquet`` and ``history.json`` into ``out``; return counts."""
     volumes = volumes_by_track(labels_path)
     train_pairs = labelled_pairs(train_store, volumes)
     valid_pairs = labelled_pairs(valid_store, volumes)
@@ -60,21 +61,34 @@ def train(train_store: Path, valid_store: Path, labels_path: Path, config: Train
             "best_epoch": best["epoch"], "best_valid_loss": round(float(best["valid_loss"]), 5)}
 
 
-def detect(checkpoint: Path, store: Path, out: Path, num_threads: int | None = None) -> dict:
-    """Per-frame probabilities for every track of a feature shard, to the Parquet file ``out``."""
+def detect(checkpoint: Path, store: Path, out: Path, num_threads: int | None = None,
+           progress: Progress | None = None) -> dict:
+    """Per-frame probabilities for every track of a feature shard, to the Parquet file ``out``.
+
+    ``progress(tracks done, total, track_id)`` is called before each track and once at the end.
+    Counts: ``tracks``, ``frames``, ``audio_seconds`` (the seconds the frames cover, frames x 64 ms)
+    and ``numeric_path`` (:func:`classifiers.inference.default_numeric_path`, the one used)."""
     import torch
 
     if num_threads:
         torch.set_num_threads(num_threads)
     model, _, _ = load_checkpoint(checkpoint)
+    numeric_path = default_numeric_path()  # recorded in the counts (the stage's manifest)
+    model = for_numeric_path(model, numeric_path)
     shard = FeatureShard(store)
     # shard.reader: the track's float16 frames, read from the file by predict one chunk at a time
-    frames = [probabilities_frame(track, predict(model, shard.reader(track)))
-              for track in tqdm(shard.track_ids, total=len(shard), desc=f"detect {store.stem}", leave=False)]
+    frames = []
+    for done, track in enumerate(tqdm(shard.track_ids, total=len(shard), desc=f"detect {store.stem}", leave=False)):
+        if progress:
+            progress(done, len(shard), track)
+        frames.append(probabilities_frame(track, predict(model, shard.reader(track))))
+    if progress:
+        progress(len(frames), len(shard), "")
     table = (pd.concat(frames, ignore_index=True) if frames
              else PROBABILITY_SCHEMA.empty_table().to_pandas())
     write_parquet_atomic(pa.Table.from_pandas(table, schema=PROBABILITY_SCHEMA, preserve_index=False), out)
-    return {"tracks": len(frames), "frames": len(table)}
+    return {"tracks": len(frames), "frames": len(table), "audio_seconds": round(len(table) * HOP_S, 1),
+            "numeric_path": numeric_path}
 
 
 def report(checkpoint: Path, store: Path, labels_path: Path, out: Path) -> dict:
@@ -91,9 +105,9 @@ def report(checkpoint: Path, store: Path, labels_path: Path, out: Path) -> dict:
 
 
 def train_config(width: float, epochs: int, patience: int, crop_seconds: float, gain_db: float,
-                 shift_rows: int, num_threads: int | None) -> TrainConfig:
+                 shift_rows: int, num_threads: int | None) -> DetectorTrainConfig:
     """The paper's recipe (Adam 5e-4, batch 64, -13 dB labels) at a given width and length,
     with optional augmentations: random gain of ``gain_db`` and pitch shift of ``shift_rows``
     order-1 rows (0 = off, as in the paper)."""
-    return replace(TrainConfig(), width=width, epochs=epochs, patience=patience, crop_seconds=crop_seconds,
+    return replace(DetectorTrainConfig(), width=width, epochs=epochs, patience=patience, crop_seconds=crop_seconds,
                    gain_db=gain_db, shift_rows=shift_rows, num_threads=num_threads)

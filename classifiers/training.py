@@ -19,7 +19,7 @@ improvement); the model with the best valid loss is returned.  Every random draw
 ``seed``: two runs with the same inputs and seed give identical weights.
 
 Label-preserving augmentations, off by default (the paper has none) and on in
-:meth:`TrainConfig.demo`: a random gain (``gain_db``) and a random pitch shift of whole
+:meth:`DetectorTrainConfig.demo`: a random gain (``gain_db``) and a random pitch shift of whole
 order-1 rows (``shift_rows``).  On the demo corpus (24 train tracks of 20-40 s) they raise the
 held-out ROC AUC of drums/bass/vocals from about 0.87 to about 0.92 at the same budget.
 """
@@ -38,10 +38,10 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from classifiers.detector import FRAMES_PER_HOP, FRAMES_PER_WINDOW, DetectorConfig, SilentSourceDetector, n_output_frames
+from classifiers.detector import DetectorConfig, SilentSourceDetector, n_output_frames
+from pipeline.corpora.labels import silent_labels
 from pipeline.features.scattering import fit_normalisation, scattering_layout
-from pipeline.corpora.labels import SILENT_DB, silent_labels
-from pipeline.sources import HOP_S, SOURCES, WINDOW_S
+from pipeline.sources import FRAMES_PER_HOP, FRAMES_PER_WINDOW, HOP_S, LABEL_SILENT_DB, SOURCES, WINDOW_S
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ BN_BATCHES = 8  # training batches that re-estimate BatchNorm statistics after e
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class DetectorTrainConfig:
     """Training hyper-parameters (paper: 40 epochs, batch 64, Adam lr 5e-4, -13 dB labels)."""
 
     epochs: int = 40
@@ -59,7 +59,7 @@ class TrainConfig:
     crop_seconds: float = 5.0
     crop_stride_seconds: float = 0.5
     patience: int = 5  # epochs without a better valid loss before stopping
-    silent_db: float = SILENT_DB
+    silent_db: float = LABEL_SILENT_DB
     width: float = 1.0
     dropout: float = 0.18
     gain_db: float = 0.0  # random gain augmentation range in dB (0: off, as in the paper)
@@ -67,7 +67,7 @@ class TrainConfig:
     num_threads: int | None = None  # torch intra-op threads during training (None: unchanged)
 
     @classmethod
-    def demo(cls, num_threads: int | None = 2) -> "TrainConfig":
+    def demo(cls, num_threads: int | None = 2) -> "DetectorTrainConfig":
         """The CPU demo recipe: width 0.125, 6 epochs (about 3 minutes on 2 cores for 24 x 30 s
         of audio), gain +-12 dB and +-2-row pitch-shift augmentation."""
         return cls(epochs=6, patience=3, width=0.125, gain_db=12.0, shift_rows=2, num_threads=num_threads)
@@ -228,7 +228,7 @@ def _evaluate(model: SilentSourceDetector, tracks: list[_Track], crop: int, batc
 
 
 def _train_epoch(model: SilentSourceDetector, optimizer: torch.optim.Optimizer, tracks: list[_Track],
-                 crops: list[tuple[int, int]], order: np.ndarray, config: TrainConfig, rng: np.random.Generator,
+                 crops: list[tuple[int, int]], order: np.ndarray, config: DetectorTrainConfig, rng: np.random.Generator,
                  desc: str, progress: bool) -> float:
     """One pass over ``crops`` in ``order``; returns the mean training loss per frame."""
     crop = config.crop_windows()
@@ -258,7 +258,7 @@ def _train_epoch(model: SilentSourceDetector, optimizer: torch.optim.Optimizer, 
 def train_detector(
     train: Sequence[tuple[np.ndarray, np.ndarray]],
     valid: Sequence[tuple[np.ndarray, np.ndarray]],
-    config: TrainConfig,
+    config: DetectorTrainConfig,
     seed: int,
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
@@ -321,6 +321,6 @@ def train_detector(
     return model, history
 
 
-def train_config_dict(config: TrainConfig) -> dict:
-    """Plain-dict form of a :class:`TrainConfig` (for checkpoints and manifests)."""
+def train_config_dict(config: DetectorTrainConfig) -> dict:
+    """Plain-dict form of a :class:`DetectorTrainConfig` (for checkpoints and manifests)."""
     return asdict(config)

@@ -1,11 +1,11 @@
-"""The four MUSDB18 sources and the time grid shared by labels and the detector.
+"""The four MUSDB18 sources, the time grid and the volume levels shared by every stage.
 
 Order everywhere is ``drums, bass, other, vocals`` (index 0..3).
 """
 
 SOURCES: tuple[str, ...] = ("drums", "bass", "other", "vocals")
 
-# Label windows and detector output frames share one grid (SPEC.md): a window of
+# Label windows and detector output frames share one grid (paper section 4.1): a window of
 # 0.64 s every 64 ms.  At the detector's 16 kHz input this is 10240 samples every
 # 1024 samples, i.e. 40 scattering frames of 256 samples every 4 frames.
 WINDOW_MS: int = 640
@@ -13,6 +13,15 @@ HOP_MS: int = 64
 WINDOW_S: float = WINDOW_MS / 1000
 HOP_S: float = HOP_MS / 1000
 FEATURE_RATE: int = 16_000  # Hz, detector input (mono)
+FEATURE_FRAME_SAMPLES: int = 256  # samples per scattering frame at FEATURE_RATE (16 ms; Kymatio's T)
+FRAMES_PER_WINDOW: int = WINDOW_MS * FEATURE_RATE // 1000 // FEATURE_FRAME_SAMPLES  # 40 frames per 0.64 s window
+FRAMES_PER_HOP: int = HOP_MS * FEATURE_RATE // 1000 // FEATURE_FRAME_SAMPLES  # 4 frames per 64 ms hop
+
+# Relative volume levels V_i in dB (paper section 4.1): 0..-10 clear, -10..-20 whisper,
+# -20..-30 almost silent, below -30 perceptually zero.
+LABEL_SILENT_DB: float = -13.0  # detector training label: silent when V_i <= -13 dB (the paper's sign is a typo)
+TRULY_SILENT_DB: float = -20.0  # calibration target and ground-truth "truly silent": V_i <= -20 dB
+INAUDIBLE_DB: float = -30.0  # "perceptually zero"
 
 
 def window_samples(sample_rate: int) -> tuple[int, int]:

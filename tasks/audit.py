@@ -1,32 +1,43 @@
-"""Audit: a self-contained HTML report of a run's D_i, to read and listen to."""
+"""Audit: a self-contained HTML report of a catalog's D_i, to read and listen to."""
 
 from pathlib import Path
 
 import luigi
 
 from pipeline.mining.audit import write_audit
-from tasks.base import CatalogStage, config
+from tasks.base import Stage, config
 from tasks.extract import Extract
+from tasks.inputs import resolved
 from tasks.measure import MeasureExtraction
 
 
-class Audit(CatalogStage):
+class Audit(Stage):
     """``audit/<key>/report/index.html``: counts, distributions, calibration, rejects, provenance,
-    and a page of excerpts per source (players, spectrograms, index rows)."""
+    and a page of excerpts per source (players, spectrograms, index rows).  Keyed by the D_i it
+    reports on, and by the ground truth it reads when there is one (the demo)."""
 
     stage_name = "audit"
+    decodes_audio = True
     per_source = luigi.IntParameter(default=50, description="excerpts with a player per source page")
     clip_seconds = luigi.FloatParameter(default=6.0)
 
     def requires(self):
-        return {"datasets": Extract(), "calibration": Extract().requires()["calibration"]}
+        needs = {"datasets": Extract(), "calibration": Extract().requires()["calibration"]}
+        if Path(MeasureExtraction().truth).exists():
+            needs["measure"] = MeasureExtraction()  # the yield-against-purity curve
+        return needs
+
+    def key_params(self):
+        truth = MeasureExtraction().truth
+        return {**super().key_params(), "truth": resolved(truth) if Path(truth).exists() else None}
 
     def build(self, folder):
         truth = MeasureExtraction().truth
         known = Path(truth).exists()
-        report = write_audit(self.input_folder("datasets"), self.input_folder("calibration"), folder / "report",
+        report = write_audit(self.requires()["datasets"].dataset, self.input_folder("calibration"), folder / "report",
                              truth=truth if known else None, catalog_root=config().catalog if known else None,
-                             per_source=self.per_source, clip_seconds=self.clip_seconds, seed=config().seed)
+                             per_source=self.per_source, clip_seconds=self.clip_seconds, seed=config().seed,
+                             measure_dir=self.input_folder("measure") if known else None)
         return {"summary": [f"report: {report}"]}
 
     @property

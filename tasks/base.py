@@ -13,10 +13,11 @@ process, with the stage, task family, key, shard, host, pid, start and end times
 spent inside ``build()`` and the stage's counts (failed runs too, with ``status = failed``).
 ``pipeline.storage.journal.read_journal(data_root)`` loads all of it into a DataFrame.
 
-A ``CatalogStage`` whose scan is complete lists its shard tasks among its dependencies
-(``deps()``), so every worker that schedules it, on this machine or another one attached to
-the same ``luigid``, sees every shard and the scheduler hands them out one at a time; before
-the scan exists they come as dynamic dependencies from ``run()``.  A task that finds its
+A ``CatalogStage`` gathers the shard tasks of one catalog scan (it requires the scan, so its
+key changes with the scan).  Once the scan is complete it lists its shard tasks among its
+dependencies (``deps()``), so every worker that schedules it, on this machine or another one
+attached to the same ``luigid``, sees every shard and the scheduler hands them out one at a
+time; before the scan exists they come as dynamic dependencies from ``run()``.  A task that finds its
 output already complete when it starts does nothing (another worker finished it first).
 """
 
@@ -25,21 +26,13 @@ from __future__ import annotations
 import time
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 import luigi
 
+from pipeline.audio.io import decoder_fingerprint
 from pipeline.storage import journal
-
 from pipeline.storage import outputs as storage
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict) or hasattr(value, "items"):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value
 
 
 class silentmine(luigi.Config):
@@ -56,8 +49,13 @@ def config() -> silentmine:
     return silentmine()
 
 
+# Entries of a build's counts that are not counts: ``summary`` (lines for people, in the manifest)
+# and ``files`` (what a shard wrote, in its marker).
+_NOT_COUNTS = ("summary", "files")
+
+
 def _without_summary(counts: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in counts.items() if k != "summary"}
+    return {k: v for k, v in counts.items() if k not in _NOT_COUNTS}
 
 
 class Stage(luigi.Task):
@@ -68,6 +66,9 @@ class Stage(luigi.Task):
     """
 
     stage_name: ClassVar[str] = ""
+    # True for stages that decode audio files: their key then holds the decoders' versions
+    # (pipeline.audio.io.decoder_fingerprint), so a new decoder gives new outputs.
+    decodes_audio: ClassVar[bool] = False
 
     def requires(self) -> dict[str, luigi.Task]:
         return {}
@@ -78,11 +79,13 @@ class Stage(luigi.Task):
 
     def key_params(self) -> dict[str, Any]:
         """The significant parameters, as plain JSON values (tuples become lists)."""
-        return {name: _plain(self.param_kwargs[name]) for name, param in self.get_params() if param.significant}
+        return {name: storage.plain(self.param_kwargs[name]) for name, param in self.get_params() if param.significant}
 
     def input_keys(self) -> dict[str, str]:
         keys = {name: task.key for name, task in self.requires().items()}
         keys.update(self.external_keys())
+        if self.decodes_audio:
+            keys["decoders"] = storage.stable_hash(decoder_fingerprint())
         return keys
 
     @cached_property
@@ -136,6 +139,25 @@ class Stage(luigi.Task):
         """What identifies this run in the journal besides stage, family and key."""
         return {}
 
+    def progress_callback(self, names: Mapping[str, str] | None = None,
+                          unit: str = "tracks") -> Callable[[int, int, str], None]:
+        """A plain callable for a long stage body (:data:`pipeline.storage.journal.Progress`):
+        ``(done, total, current)`` becomes the task's progress percentage and status message in
+        the scheduler (luigid's UI and API: ``task_list`` shows ``progress_percentage`` and
+        ``status_message``).  ``names`` maps ``current`` to what is shown (a track id to its file);
+        ``unit``: what is counted.
+        Outside a worker (no scheduler to tell) it does nothing."""
+        label = self.stage_name + (f" shard {self.shard}" if isinstance(self, ShardStage) else "")
+
+        def report(done: int, total: int, current: str) -> None:
+            if callable(self.set_progress_percentage):
+                self.set_progress_percentage(round(100.0 * done / total, 1) if total else 100.0)
+            if callable(self.set_status_message):
+                shown = (names or {}).get(current, current)
+                self.set_status_message(f"{label}: {done}/{total} {unit}" + (f"; now {shown}" if shown else ""))
+
+        return report
+
     def manifest_extra(self) -> dict[str, Any]:
         """Further fields for the manifest (for example which catalog scan it covers)."""
         return {}
@@ -160,10 +182,9 @@ class ShardStage(Stage):
 
     def shard_tracks(self):
         """The shard's rows of the catalog scan: ``path, size, mtime_ns, checksum, track_id, shard``."""
-        import pandas as pd
+        from pipeline.corpora.catalog import read_shard
 
-        # filtered while reading: a scan of 100,000 tracks is read once per shard and stage
-        return pd.read_parquet(self.tracks_file, filters=[("shard", "==", self.shard)]).reset_index(drop=True)
+        return read_shard(self.tracks_file, self.shard)
 
     @property
     def marker(self) -> Path:
@@ -184,31 +205,33 @@ class ShardStage(Stage):
         storage.clean_temporaries_matching(self.folder, self.temporary_patterns())
 
     def write_completion(self, counts: dict[str, Any], started: float) -> None:
-        storage.write_json_atomic(self.marker, {
-            "stage": self.stage_name, "key": self.key, "shard": self.shard, "shard_key": self.shard_key,
-            "params": self.key_params(), "inputs": self.input_keys(), "counts": counts,
-            "code_version": storage.code_version(), "wall_s": round(time.time() - started, 3),
-        })
+        """The marker, last: what made the shard, its counts and (when the build lists them,
+        ``counts["files"]``) the files it wrote, relative to the stage folder."""
+        marker = {
+            "stage": self.stage_name,
+            "key": self.key,
+            "shard": self.shard,
+            "shard_key": self.shard_key,
+            "params": self.key_params(),
+            "inputs": self.input_keys(),
+            "counts": _without_summary(counts),
+            "code_version": storage.code_version(),
+            "wall_s": round(time.time() - started, 3),
+        }
+        if "files" in counts:
+            marker["files"] = counts["files"]
+        if counts.get("summary"):
+            marker["summary"] = counts["summary"]
+        storage.write_json_atomic(self.marker, marker)
 
 
 class CatalogStage(Stage):
-    """A catalog-wide stage whose folder is keyed without the catalog's contents.
-
-    Its manifest records the catalog scan it covers; a new scan (files added, removed or
-    changed) makes it incomplete, so it runs again in the same folder and reuses every
-    finished shard.
-    """
+    """A stage that gathers the shards of one catalog scan; ``requires()`` must hold the scan
+    as ``"scan"``, so the stage's key (and folder) is the scan's own: each catalog, and each
+    version of one, gets its own output, and the shards' outputs are shared between them."""
 
     def scan_task(self) -> "Stage":
-        from tasks.catalog import ScanCatalog
-
-        return ScanCatalog()
-
-    def manifest_extra(self) -> dict[str, Any]:
-        return {"scan": self.scan_task().key}
-
-    def complete(self) -> bool:
-        return super().complete() and self.manifest.get("scan") == self.scan_task().key
+        return self.requires()["scan"]
 
     def shard_jobs(self) -> list[ShardStage]:
         """The per-shard tasks of the current scan that this stage gathers (none by default)."""

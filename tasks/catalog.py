@@ -23,10 +23,17 @@ class ScanCatalog(Stage):
     def external_keys(self):
         return {"listing": catalog_fingerprint(self.catalog_path)}
 
+    def reused_outputs(self):
+        """Earlier outputs that ``build()`` reads: the latest complete scan of the same catalog and
+        shard size, whose checksums and shard assignment it reuses (``silentmine gc`` keeps it)."""
+        earlier = [f for f, _ in completed_outputs(self.folder.parent, **self.key_params()) if f != self.folder]
+        return earlier[-1:]
+
     def build(self, folder):
-        earlier = [f for f, _ in completed_outputs(folder.parent, **self.key_params()) if f != folder]
-        previous = earlier[-1] / "tracks.parquet" if earlier else None
-        return scan_catalog(self.catalog_path, self.shard_size, folder, previous)
+        previous = self.reused_outputs()
+        return scan_catalog(
+            self.catalog_path, self.shard_size, folder, previous[0] / "tracks.parquet" if previous else None
+        )
 
     @property
     def tracks_file(self):

@@ -67,8 +67,10 @@ class DetectCatalog(ShardStage):
                 "features": CatalogFeatures(shard=self.shard, shard_key=self.shard_key, tracks_file=self.tracks_file)}
 
     def build(self, folder):
+        tracks = self.shard_tracks()
+        names = dict(zip(tracks["track_id"].astype(str), tracks["path"].astype(str)))
         return runs.detect(self.requires()["detector"].checkpoint, self.requires()["features"].store,
-                           self.probabilities, config().threads or None)
+                           self.probabilities, config().threads or None, progress=self.progress_callback(names))
 
     @property
     def probabilities(self):

@@ -1,33 +1,80 @@
-"""Extract: the D_i datasets, one Luigi task per catalog shard, gathered into one run."""
+"""Extract: the D_i datasets; one Luigi task per catalog shard into the shard store, then a view per scan."""
+
+from pathlib import Path
 
 import luigi
-import pandas as pd
 
-from pipeline.mining.calibration import thresholds_from_table
-from pipeline.corpora.catalog import shards
-from pipeline.mining.datasets import finalize_run
+from pipeline.corpora.catalog import read_scan_rejects, scan_shards
 from pipeline.features.featurize import read_feature_rejects
-from pipeline.mining.extraction import extract_stage_shard
-from tasks.base import CatalogStage, ShardStage
+from pipeline.mining.calibration import read_thresholds
+from pipeline.mining.datasets import DatasetRun, ShardStore, gather_view, view_manifest_fields
+from pipeline.mining.extraction import SecondOpinion, SeparatorScorer, extract_stage_shard
+from tasks.base import CatalogStage, ShardStage, config
 from tasks.calibrate import Calibrate
 from tasks.catalog import ScanCatalog
 from tasks.detector import DetectCatalog, TrainDetector
-from tasks.features import CatalogFeatures
+
+STORE_TEMPLATE_SHARD = -1  # shard number of the template task that names the store (see Extract.store_task)
+
+
+def run_rule_params(task) -> dict:
+    """The run rule and second-opinion parameters an Extract passes to its shards."""
+    return dict(min_seconds=task.min_seconds, max_gap=task.max_gap, separator=task.separator,
+                separator_max_db=task.separator_max_db)
+
+
+def paper_rule_keys(params: dict) -> dict:
+    """Key parameters without ``max_gap = 0`` and an empty ``separator``: the paper's rule keeps
+    the keys it had before these options existed."""
+    params = dict(params)
+    if not params.get("max_gap"):
+        params.pop("max_gap", None)
+    if not params.get("separator"):
+        params.pop("separator", None)
+        params.pop("separator_max_db", None)
+    return params
+
+
+def separator_task(params):
+    """The TrainSeparator of Extract's ``separator`` parameters (over ``[TrainSeparator]``); it
+    must not read the D_i (no remix step), or the DAG would be a cycle."""
+    from tasks.separator import TrainSeparator  # tasks.separator imports this module
+
+    task = TrainSeparator(**dict(params))
+    if "datasets" in task.requires():
+        raise ValueError(f"Extract's separator {dict(params)} trains on the D_i (remix): give a run without "
+                         "remix, e.g. {\"remix\": false}")
+    return task
 
 
 class ExtractShard(ShardStage):
-    """Excerpts of one shard, written into the run folder shared by all shards."""
+    """Excerpts of one shard, written into the shard store ``excerpts/<key>/`` shared by every
+    catalog: the key holds the detector, the calibration and ``min_seconds`` (not the catalog),
+    and nothing in the store is deleted by a run."""
 
-    stage_name = "datasets"
+    stage_name = "excerpts"
+    decodes_audio = True
     min_seconds = luigi.FloatParameter(default=5.0)
+    max_gap = luigi.IntParameter(default=0, description="longest dip below p_i inside a run, frames (0: the paper)")
+    separator = luigi.DictParameter(default={}, description="TrainSeparator parameters of the second opinion "
+                                    "({}: none)")
+    separator_max_db = luigi.OptionalFloatParameter(default=None, description="drop excerpts whose separator_db_mean "
+                                                    "is above this, dB (None: score only)")
 
     def requires(self):
         shard = dict(shard=self.shard, shard_key=self.shard_key, tracks_file=self.tracks_file)
-        return {"calibration": Calibrate(), "detector": TrainDetector(), "detect": DetectCatalog(**shard)}
+        needs = {"calibration": Calibrate(min_seconds=self.min_seconds, max_gap=self.max_gap),
+                 "detector": TrainDetector(), "detect": DetectCatalog(**shard)}
+        if self.separator:
+            needs["separator"] = separator_task(self.separator)
+        return needs
+
+    def key_params(self):
+        return paper_rule_keys(super().key_params())
 
     def input_keys(self):
         keys = super().input_keys()
-        keys.pop("detect")  # fixed by the detector's key: every shard shares Extract's run folder
+        keys.pop("detect")  # fixed by the detector's key: every shard shares the store
         return keys
 
     def temporary_patterns(self):
@@ -37,42 +84,107 @@ class ExtractShard(ShardStage):
 
     def build(self, folder):
         calibration, detector = self.requires()["calibration"], self.requires()["detector"]
-        thresholds = thresholds_from_table(pd.read_parquet(calibration.thresholds))
+        thresholds = read_thresholds(calibration.thresholds)
+        second_opinion = None
+        if self.separator:
+            from pipeline.separation.registry import load_model
+
+            second_opinion = SecondOpinion(SeparatorScorer(load_model(self.requires()["separator"].best)),
+                                           self.separator_max_db)
         return extract_stage_shard(self.shard_tracks(), self.requires()["detect"].probabilities, thresholds,
-                                   self.min_seconds, folder, self.shard_key, detector.key, calibration.key)
+                                   self.min_seconds, folder, self.shard_key, detector.key, calibration.key,
+                                   audio_base=config().data_root, max_gap=self.max_gap,
+                                   second_opinion=second_opinion, progress=self.progress_callback())
 
 
 class Extract(CatalogStage):
-    """Every shard of the current catalog scan, then the run's rejects and counts.
+    """A catalog scan's D_i: ``datasets/<key>/``, a view over the shard store.
 
-    The run folder is keyed by the detector, the calibration and ``min_seconds``, not by the
-    catalog, so a grown catalog reuses every finished shard; the manifest records which
-    scan it covers, and a new scan makes this task run again (only new shards do work).
+    Keyed by the store's key and the scan's, so each catalog (and each version of one) has its
+    own D_i folder; it links the index and rejects parts of exactly the scan's shards (see
+    :mod:`pipeline.mining.datasets`).  A new scan runs only its new shards; finished shards are
+    reused whichever catalog they were made for.  The counts (manifest and journal) say which
+    shards were reused (``reused_shard_keys``: finished before this run) and which finished
+    shards of the store the view does not list (``unlisted_shard_keys``).
     """
 
     stage_name = "datasets"
     min_seconds = luigi.FloatParameter(default=5.0)
+    max_gap = luigi.IntParameter(default=0, description="longest dip below p_i inside a run, frames (0: the paper)")
+    separator = luigi.DictParameter(default={}, description="TrainSeparator parameters of the second opinion "
+                                    "(a run without remix; {}: none)")
+    separator_max_db = luigi.OptionalFloatParameter(default=None, description="drop excerpts whose separator_db_mean "
+                                                    "is above this, dB (None: score only)")
 
     def requires(self):
-        return {"calibration": Calibrate(), "detector": TrainDetector(), "scan": ScanCatalog()}
+        return {"calibration": Calibrate(min_seconds=self.min_seconds, max_gap=self.max_gap),
+                "detector": TrainDetector(), "scan": ScanCatalog()}
+
+    def key_params(self):
+        return paper_rule_keys(super().key_params())
+
+    def store_task(self) -> ExtractShard:
+        """An ExtractShard that names the store (every shard's key and folder are the same)."""
+        return ExtractShard(
+            shard=STORE_TEMPLATE_SHARD,
+            shard_key="store",
+            tracks_file=self.requires()["scan"].tracks_file,
+            **run_rule_params(self),
+        )
 
     def input_keys(self):
-        keys = super().input_keys()
-        keys.pop("scan")
-        return keys
+        return {**super().input_keys(), "store": self.store_task().key}
 
     def shard_jobs(self):
         scan = self.requires()["scan"]
-        return [ExtractShard(shard=number, shard_key=key, tracks_file=scan.tracks_file, min_seconds=self.min_seconds)
-                for number, key, _ in shards(pd.read_parquet(scan.tracks_file))]
+        return [
+            ExtractShard(shard=number, shard_key=key, tracks_file=scan.tracks_file, **run_rule_params(self))
+            for number, key in scan_shards(scan.tracks_file)
+        ]
+
+    def deps(self):
+        deps = super().deps()
+        self._note_finished()
+        return deps
+
+    def _note_finished(self) -> None:
+        """Remember, once, which shards were finished before this run scheduled them."""
+        if "_finished_before" not in self.__dict__ and self.requires()["scan"].complete():
+            self.__dict__["_finished_before"] = {job.shard_key for job in self.shard_jobs() if job.complete()}
 
     def run(self):
+        self._note_finished()
         yield self.shard_jobs()  # dynamic dependencies: the shards exist once the scan has run
         super().run()
 
     def build(self, folder):
         jobs = self.shard_jobs()
-        feature_rejects = {job.shard_key: read_feature_rejects(job.requires()["detect"].requires()["features"].store)
-                           for job in jobs}
-        return finalize_run(folder, [job.shard_key for job in jobs],
-                            pd.read_parquet(self.requires()["scan"].folder / "rejects.parquet"), feature_rejects)
+        feature_rejects = {
+            job.shard_key: read_feature_rejects(job.requires()["detect"].requires()["features"].store) for job in jobs
+        }
+        keys = [job.shard_key for job in jobs]
+        counts = gather_view(
+            folder, self.store, keys, read_scan_rejects(self.requires()["scan"].folder), feature_rejects
+        )
+        finished = self.__dict__.get("_finished_before", set())
+        reused = [key for key in keys if key in finished]
+        counts.update(shards_reused=len(reused), shards_computed=len(keys) - len(reused), reused_shard_keys=reused)
+        return counts
+
+    def manifest_extra(self):
+        return view_manifest_fields(
+            self.store,
+            config().data_root,
+            self.store_task().key,
+            self.requires()["scan"].key,
+            [job.shard_key for job in self.shard_jobs()],
+        )
+
+    @property
+    def store(self) -> ShardStore:
+        return ShardStore(self.store_task().folder)
+
+    @property
+    def dataset(self) -> DatasetRun:
+        """The D_i of this scan (the view folder and its readers)."""
+        return DatasetRun(self.folder, Path(config().data_root))

@@ -16,6 +16,7 @@ class StemFeatures(Stage):
     """Features of the mixtures of one stem-set split, in ``<split>.npy``."""
 
     stage_name = "features"
+    decodes_audio = True
     split = luigi.Parameter()
 
     def external_keys(self):
@@ -34,12 +35,14 @@ class CatalogFeatures(ShardStage):
     """Features of one catalog shard, in ``shards/<shard_key>.npy``."""
 
     stage_name = "features"
+    decodes_audio = True
 
     def external_keys(self):
         return {"definition": DEFINITION}
 
     def build(self, folder):
-        return featurize_catalog_shard(self.shard_tracks(), self.store, num_threads=config().threads or None)
+        return featurize_catalog_shard(self.shard_tracks(), self.store, num_threads=config().threads or None,
+                                       progress=self.progress_callback())
 
     @property
     def store(self):

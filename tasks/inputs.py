@@ -5,9 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pipeline.corpora import catalog
-
-from pipeline.corpora import stemset
+from pipeline.corpora import catalog, stemset
 
 
 @lru_cache(maxsize=None)

@@ -3,14 +3,14 @@
 import luigi
 
 from pipeline.corpora.labels import label_stem_set
+from pipeline.corpora.stemset import SPLITS
 from tasks.base import Stage, config
 from tasks.inputs import stem_set_fingerprint
-
-SPLITS = ("train", "valid", "test")
 
 
 class Labels(Stage):
     stage_name = "labels"
+    decodes_audio = True
     splits = luigi.TupleParameter(default=SPLITS)
 
     def external_keys(self):

@@ -2,23 +2,44 @@
 
 import luigi
 
-from pipeline.mining.ground_truth import measure_stage
-from tasks.base import CatalogStage, config
+from pipeline.mining.calibration import RULES
+from pipeline.mining.ground_truth import measure_rules_from_files, measure_stage
+from tasks.base import Stage, config
+from tasks.calibrate import Calibrate
 from tasks.extract import Extract
 from tasks.inputs import resolved
 
 
-class MeasureExtraction(CatalogStage):
-    """Reads ``truth`` (never read by the pipeline itself) beside the D_i index."""
+class MeasureExtraction(Stage):
+    """Reads ``truth`` (never read by the pipeline itself) beside the D_i index; keyed by the D_i.
+
+    Measures the extracted D_i (``measure.csv``), and, from the catalog's detector
+    probabilities, the excerpts each calibration rule's thresholds would cut (``rules.csv``)
+    and the yield-against-purity curve as the threshold varies (``yield_curve.csv``/``.png``).
+    """
 
     stage_name = "measure"
     truth = luigi.Parameter(default="data/demo/catalog_truth.parquet")
 
     def requires(self):
-        return {"datasets": Extract()}
+        extract = Extract()
+        rule = dict(min_seconds=extract.min_seconds, max_gap=extract.max_gap)
+        return {"datasets": extract, **{f"calibration_{r}": Calibrate(rule=r, **rule) for r in RULES}}
 
     def key_params(self):
         return {"truth": resolved(self.truth), "catalog": resolved(config().catalog)}
 
     def build(self, folder):
-        return measure_stage(self.input_folder("datasets"), self.truth, config().catalog, folder)
+        extract = self.requires()["datasets"]
+        counts = measure_stage(extract.dataset, self.truth, config().catalog, folder)
+        jobs = extract.shard_jobs()
+        ruled = measure_rules_from_files([job.requires()["detect"].probabilities for job in jobs],
+                                         extract.requires()["scan"].tracks_file,
+                                         {r: self.requires()[f"calibration_{r}"].thresholds for r in RULES},
+                                         self.truth, config().catalog, folder, extract.dataset.index(),
+                                         extract.min_seconds, extract.max_gap)
+        counts["rules"] = ruled["rules"]
+        rule = extract.requires()["calibration"].rule
+        counts["summary"] = [f"extracted ({rule} rule): {line}" for line in counts["summary"]]
+        counts["summary"] += ruled["summary"]
+        return counts

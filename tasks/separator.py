@@ -1,51 +1,151 @@
-"""The separator: TrainSeparator (with or without the remix step) and Evaluate (SDR table)."""
+"""The separator: TrainSeparator (any registered model, with or without the remix step) and
+Evaluate (SDR and SI-SNR tables of any set of runs)."""
+
+from dataclasses import fields
 
 import luigi
 
-from pipeline.separation.demucs import DemucsConfig
 from pipeline.separation.evaluation import evaluate_runs
-from pipeline.separation.training import TrainConfig, train_separator
+from pipeline.separation.registry import get as registered_model
+from pipeline.separation.registry import make_config, model_names
+from pipeline.separation.training import SCHEMES, TrainConfig, canonical_scheme, scheme_parts, train_separator
 from tasks.base import Stage, config
+from tasks.catalog import ScanCatalog
 from tasks.extract import Extract
 from tasks.inputs import stem_set_fingerprint
+from tasks.pretrain import PretrainEncoder
 
 SPLITS = ("train", "valid")
 
 
 class TrainSeparator(Stage):
-    """Demucs trained on the stem set's train split; with ``remix`` it also feeds on the D_i."""
+    """A separator (``model``, a registered name, with ``model_config`` over its defaults) trained
+    on the stem set's train split with its paper's recipe; with ``remix`` it also feeds on the D_i.
+
+    ``channels``, ``depth`` and ``decoder`` are shorthands for the Demucs models' config fields
+    (``model_config`` wins); they do not enter the key of a model without those fields.
+    ``train_config`` overrides any other TrainConfig field (e.g. ``{"flip_channels": true}``).
+
+    ``scheme`` (README, "Training schemes"): empty, the scheme ``remix`` names (``remix`` with
+    the remix step, ``supervised`` without); else one of ``SCHEMES``, which then decides (``remix``
+    is ignored): a ``remix`` part requires Extract (the D_i), ``adversarial`` the catalog scan
+    (unlabelled mixtures), ``contrastive`` a PretrainEncoder of the same model, config and seed.
+    The key holds ``remix`` for the first two schemes and ``scheme`` for the others.
+    """
 
     stage_name = "separator"
+    decodes_audio = True
     resources = {"gpu": 1}
     remix = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING)
+    scheme = luigi.Parameter(default="", description=f"'': remix or supervised, as `remix` says; else one of {SCHEMES}")
     epochs = luigi.IntParameter(default=400)
-    batches_per_epoch = luigi.IntParameter(default=0, description="0: the paper's epoch (every 5 s window, 0.5 s stride)")
+    batches_per_epoch = luigi.IntParameter(
+        default=0, description="0: the paper's epoch (every 5 s window, 0.5 s stride)"
+    )
     batch_size = luigi.IntParameter(default=128)
-    window_s = luigi.FloatParameter(default=5.0)
-    lr_decay_every = luigi.IntParameter(default=160)
-    channels = luigi.IntParameter(default=48, description="C_1; the paper's 48, the 2019 code's 100")
-    depth = luigi.IntParameter(default=6)
-    decoder = luigi.ChoiceParameter(default="paper", choices=["paper", "additive"])
+    window_s = luigi.FloatParameter(default=0.0, description="0: the model's recipe (Demucs 5 s, TasNet 20 s)")
+    lr_decay_every = luigi.IntParameter(default=160, description="epochs, step schedule (Demucs)")
+    model = luigi.ChoiceParameter(default="demucs", choices=model_names())
+    model_config = luigi.DictParameter(default={}, description="the model's config fields over its defaults")
+    train_config = luigi.DictParameter(default={}, description="further TrainConfig fields over the recipe")
+    channels = luigi.IntParameter(default=48, description="C_1 (Demucs models); the paper's 48, the 2019 code's 100")
+    depth = luigi.IntParameter(default=6, description="L (Demucs models)")
+    decoder = luigi.ChoiceParameter(default="paper", choices=["paper", "additive"], description="demucs only")
+    seed = luigi.OptionalIntParameter(default=None, description="None: [silentmine] seed (the key holds the number)")
+    max_updates = luigi.IntParameter(default=0, description="budget: optimizer updates, main + remix; 0: none")
+    max_examples = luigi.IntParameter(default=0, description="budget: training examples, main + remix; 0: none")
+
+    SHORTHANDS = ("channels", "depth", "decoder")
+
+    @property
+    def effective_scheme(self) -> str:
+        """The scheme this run trains (:data:`~pipeline.separation.training.SCHEMES`)."""
+        if self.scheme:
+            return canonical_scheme(self.scheme)
+        return "remix" if self.remix else "supervised"
 
     def requires(self):
-        return {"datasets": Extract()} if self.remix else {}
+        parts = scheme_parts(self.effective_scheme)
+        needs = {"datasets": Extract()} if "remix" in parts else {}
+        if "adversarial" in parts:
+            needs["catalog"] = ScanCatalog()
+        if "contrastive" in parts:
+            model_config = make_config(self.model, {**self._shorthands(), **dict(self.model_config)}).to_dict()
+            needs["encoder"] = PretrainEncoder(model=self.model, model_config=model_config, seed=self.run_seed)
+        return needs
 
     def external_keys(self):
         return {"stem_set": stem_set_fingerprint(config().stem_root, SPLITS)}
 
+    def _shorthands(self):
+        """The shorthand parameters that are fields of this model's config."""
+        names = {f.name for f in fields(registered_model(self.model).config_class)}
+        return {k: getattr(self, k) for k in self.SHORTHANDS if k in names}
+
     def key_params(self):
-        return {**super().key_params(), "seed": config().seed}
+        params = {**super().key_params(), "seed": self.run_seed}
+        for name in set(self.SHORTHANDS) - set(self._shorthands()):
+            params.pop(name)
+        scheme = self.effective_scheme  # one key per run, however it was asked for
+        if scheme in ("remix", "supervised"):
+            params.pop("scheme")
+            params["remix"] = scheme == "remix"
+        else:
+            params.pop("remix")
+            params["scheme"] = scheme
+        return params
+
+    @property
+    def run_seed(self) -> int:
+        """The seed of this run: ``seed``, or ``[silentmine] seed`` when it is None."""
+        return config().seed if self.seed is None else self.seed
+
+    def train_settings(self) -> TrainConfig:
+        """The TrainConfig of this run: the model's recipe, then this task's parameters."""
+        overrides = dict(
+            epochs=self.epochs,
+            batches_per_epoch=self.batches_per_epoch or None,
+            batch_size=self.batch_size,
+            lr_decay_every=self.lr_decay_every,
+            seed=self.run_seed,
+            max_updates=self.max_updates or None,
+            max_examples=self.max_examples or None,
+            num_threads=config().threads or None,
+            model={**self._shorthands(), **dict(self.model_config)},
+        )
+        if self.window_s:
+            overrides["window_s"] = self.window_s
+        if "scheme" in self.train_config:
+            raise ValueError("give the scheme as TrainSeparator's `scheme`, not in train_config")
+        return TrainConfig.for_model(
+            self.model, **{**overrides, **dict(self.train_config), "scheme": self.effective_scheme}
+        )
 
     def build(self, folder):
-        settings = TrainConfig(
-            epochs=self.epochs, batches_per_epoch=self.batches_per_epoch or None, batch_size=self.batch_size,
-            window_s=self.window_s, lr_decay_every=self.lr_decay_every, seed=config().seed,
-            num_threads=config().threads or None,
-            model=DemucsConfig(channels=self.channels, depth=self.depth, decoder=self.decoder))
-        run_dir = self.input_folder("datasets") if self.remix else None
-        history = train_separator(settings, config().stem_root, run_dir, folder, resume=True)
-        return {"epochs": len(history), "remix_steps": int(sum(r.get("remix_steps", 0) for r in history)),
-                "final_train_loss": history[-1].get("train_loss"), "final_valid_loss": history[-1].get("valid_loss")}
+        settings = self.train_settings()
+        needs = self.requires()
+        run_dir = needs["datasets"].folder if "datasets" in needs else None
+        history = train_separator(
+            settings,
+            config().stem_root,
+            run_dir,
+            folder,
+            resume=True,
+            catalog_tracks=needs["catalog"].tracks_file if "catalog" in needs else None,
+            encoder=needs["encoder"].encoder_file if "encoder" in needs else None,
+        )
+        last = history[-1] if history else {}
+        return {
+            "model": self.model,
+            "scheme": settings.scheme,
+            "epochs": len(history),
+            "seed": self.run_seed,
+            "updates": last.get("updates", 0),
+            "examples": last.get("examples", 0),
+            "remix_steps": int(sum(r.get("remix_steps", 0) for r in history)),
+            "final_train_loss": history[-1].get("train_loss"),
+            "final_valid_loss": history[-1].get("valid_loss"),
+        }
 
     @property
     def best(self):
@@ -53,18 +153,64 @@ class TrainSeparator(Stage):
 
 
 class Evaluate(Stage):
-    """SDR (museval v4) of the runs with and without remix, side by side (the paper's table 1)."""
+    """SDR (museval v4) and SI-SNR of a set of runs and the two reference rows (trivial: every
+    source = mixture / 4; oracle: ideal ratio masks) side by side (the paper's table 1), with
+    paired contrasts (median difference, bootstrap 95 % interval, Wilcoxon p) and box plots.
+
+    ``runs`` maps a row label to the TrainSeparator parameters of that run (over luigi.cfg's
+    ``[TrainSeparator]``), e.g. ``{"with remix": {"remix": true}, "tasnet": {"model": "tasnet"}}``.
+    ``seeds`` trains every run under each seed (its rows average the seeds per track and show
+    their spread); ``contrasts`` lists ``[run, baseline]`` pairs (``run - baseline``).
+    """
 
     stage_name = "evaluate"
+    decodes_audio = True
     split = luigi.Parameter(default="test")
     max_tracks = luigi.IntParameter(default=0, description="0: every track of the split")
+    runs = luigi.DictParameter(
+        default={"with remix": {"remix": True}, "without remix": {"remix": False}},
+        description="row label -> TrainSeparator parameters",
+    )
+    seeds = luigi.ListParameter(default=[], description="[]: each run once, at its seed ([silentmine] seed)")
+    contrasts = luigi.ListParameter(default=[], description="[[run, baseline], ...]; []: every pair of runs")
+    # Not "workers": as the root task's flag it would clash with Luigi's own --workers.
+    score_workers = luigi.IntParameter(default=0, significant=False, description="scoring processes; 0: every core")
+
+    def run_tasks(self) -> dict[str, dict]:
+        """Row label -> {seed: TrainSeparator} (seed None: the run's own seed)."""
+        if not self.runs:
+            raise ValueError("Evaluate needs at least one run")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
+        seeds = [int(s) for s in self.seeds] or [None]
+        return {
+            label: {
+                seed: TrainSeparator(**{**dict(params), **({} if seed is None else {"seed": seed})}) for seed in seeds
+            }
+            for label, params in self.runs.items()
+        }
 
     def requires(self):
-        return {"with_remix": TrainSeparator(remix=True), "without_remix": TrainSeparator(remix=False)}
+        return {
+            label if seed is None else f"{label} @ seed {seed}": task
+            for label, tasks in self.run_tasks().items()
+            for seed, task in tasks.items()
+        }
 
     def external_keys(self):
         return {"stem_set": stem_set_fingerprint(config().stem_root, (self.split,))}
 
     def build(self, folder):
-        runs = {"with remix": self.requires()["with_remix"].best, "without remix": self.requires()["without_remix"].best}
-        return evaluate_runs(runs, config().stem_root, folder, self.split, self.max_tracks or None)
+        runs = {
+            label: {task.run_seed: task.best for task in tasks.values()} for label, tasks in self.run_tasks().items()
+        }
+        contrasts = [tuple(pair) for pair in self.contrasts] or None
+        return evaluate_runs(
+            runs,
+            config().stem_root,
+            folder,
+            self.split,
+            self.max_tracks or None,
+            workers=self.score_workers,
+            contrasts=contrasts,
+        )

@@ -1,11 +1,13 @@
-"""A small, realistic extraction run folder built by hand, for the audit and verify tests.
+"""A small, realistic D_i (shard store and view) built by hand, for the audit and verify tests.
 
 :func:`make_extraction_run` writes a catalog of short wav files (22.05 kHz mono and 44.1 kHz
 stereo, one in a folder whose name needs HTML escaping), cuts FLAC excerpts from them on the
-shared 64 ms grid exactly as the extraction contract describes (``run_dir/audio/<source>/<xx>/
-<excerpt_id>.flac``, hive-partitioned index, rejects, manifest written last), the calibration
-folder (``thresholds.parquet``, ``curves.parquet``, ``curves.png``) and the ground-truth table
-of relative volumes on the grid.  ``other`` is not calibratable and has no excerpts, so every
+shared 64 ms grid exactly as the extraction contract describes, into a shard store
+(``data/excerpts/<K>/``: ``audio/<source>/<xx>/<excerpt_id>.flac``, hive-partitioned index parts,
+rejects parts, one marker per shard with its counts and files) and gathers a view of both shards
+(``data/datasets/<V>/``, manifest written last) with the library's ``gather_view``; it also
+writes the calibration folder (``thresholds.parquet``, ``curves.parquet``, ``curves.png``) and
+the ground-truth table of relative volumes on the grid.  ``other`` is not calibratable and has no excerpts, so every
 report and check also meets an empty source.
 """
 
@@ -20,9 +22,17 @@ import soundfile as sf
 from matplotlib.figure import Figure
 
 from pipeline.audio.io import file_checksum
+from pipeline.mining.datasets import (
+    ShardStore,
+    excerpt_relpath,
+    gather_view,
+    rejects_part_relpath,
+    view_manifest_fields,
+)
+from pipeline.mining.extraction import write_index_parts
 from pipeline.mining.schema import INDEX_SCHEMA, REJECTS_SCHEMA
 from pipeline.sources import HOP_S, SOURCES, WINDOW_S, n_windows
-from pipeline.storage.outputs import stable_hash, write_manifest, write_parquet_atomic
+from pipeline.storage.outputs import stable_hash, write_json_atomic, write_manifest, write_parquet_atomic
 
 TRACK_SECONDS = 6.0
 # (source, first grid frame, frames): each excerpt spans [k * HOP_S, (k + n - 1) * HOP_S + WINDOW_S).
@@ -31,7 +41,8 @@ THRESHOLDS = {"drums": 0.62, "bass": 0.55, "other": None, "vocals": 0.7}
 DETECTOR_KEY = "0123456789abcdef"
 CALIBRATION_KEY = "fedcba9876543210"
 
-_INDEX_PART_SCHEMA = pa.schema([f for f in INDEX_SCHEMA if f.name != "source"])
+STORE_KEY = "5a0e5a0e5a0e5a0e"
+SCAN_KEY = "5ca75ca75ca75ca7"
 
 
 def _write_catalog(catalog_root: Path, n_tracks: int, rng: np.random.Generator) -> list[Path]:
@@ -98,7 +109,8 @@ def _truth_for_track(rel_file: str, n_samples: int, rate: int, excerpts: list[di
 
 
 def make_extraction_run(tmp_path: Path, n_tracks: int = 3) -> tuple[Path, Path, Path, pd.DataFrame]:
-    """Build ``(run_dir, calibration_dir, catalog_root, truth_df)`` under ``tmp_path``.
+    """Build ``(run_dir, calibration_dir, catalog_root, truth_df)`` under ``tmp_path``; ``run_dir``
+    is the view (``data/datasets/<V>``), its store is ``data/excerpts/<STORE_KEY>``.
 
     Each track gets the excerpts of ``EXCERPT_PLAN`` shifted by its number of grid frames
     (4 per track: 2 drums, 1 bass, 1 vocals; none for ``other``).  Tracks alternate between two
@@ -107,8 +119,10 @@ def make_extraction_run(tmp_path: Path, n_tracks: int = 3) -> tuple[Path, Path, 
     tmp_path = Path(tmp_path)
     rng = np.random.default_rng(1234)
     catalog_root = tmp_path / "catalog"
-    run_dir = tmp_path / "data" / "extract" / "a1b2c3d4e5f60718"
-    calibration_dir = tmp_path / "data" / "calibrate" / CALIBRATION_KEY
+    data_root = tmp_path / "data"
+    store = ShardStore(data_root / "excerpts" / STORE_KEY)
+    run_dir = data_root / "datasets" / "a1b2c3d4e5f60718"
+    calibration_dir = data_root / "calibrate" / CALIBRATION_KEY
     tracks = _write_catalog(catalog_root, n_tracks, rng)
     _write_calibration(calibration_dir, rng)
 
@@ -126,9 +140,9 @@ def make_extraction_run(tmp_path: Path, n_tracks: int = 3) -> tuple[Path, Path, 
             end_s = min(start_s + (frames - 1) * HOP_S + WINDOW_S, TRACK_SECONDS)
             start_sample, end_sample = int(round(start_s * rate)), min(int(round(end_s * rate)), audio.shape[1])
             excerpt_id = f"{track_id}-{source}-{start_sample}"
-            rel = f"audio/{source}/{track_id[:2]}/{excerpt_id}.flac"
-            (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            sf.write(run_dir / rel, audio[:, start_sample:end_sample].T, rate, format="FLAC", subtype="PCM_16")
+            file = store.folder / excerpt_relpath(source, track_id, excerpt_id)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(file, audio[:, start_sample:end_sample].T, rate, format="FLAC", subtype="PCM_16")
             threshold = THRESHOLDS[source]
             prob_min = float(rng.uniform(threshold, threshold + 0.1))
             excerpts.append({
@@ -137,40 +151,42 @@ def make_extraction_run(tmp_path: Path, n_tracks: int = 3) -> tuple[Path, Path, 
                 "start_sample": start_sample, "end_sample": end_sample, "duration_s": end_s - start_s,
                 "sample_rate": rate, "channels": audio.shape[0], "threshold": threshold,
                 "prob_mean": float(rng.uniform(prob_min, 1.0)), "prob_min": prob_min, "n_frames": frames,
-                "detector_key": DETECTOR_KEY, "calibration_key": CALIBRATION_KEY, "audio_path": rel,
-                "audio_format": "FLAC/PCM_16", "audio_checksum": file_checksum(run_dir / rel),
+                "detector_key": DETECTOR_KEY, "calibration_key": CALIBRATION_KEY,
+                "audio_path": file.relative_to(data_root).as_posix(),
+                "audio_format": "FLAC/PCM_16", "audio_checksum": file_checksum(file),
             })
         rows_by_shard[shard_keys[i % 2]].extend(excerpts)
         rel_file = path.relative_to(catalog_root).as_posix()
         truth.append(_truth_for_track(rel_file, audio.shape[1], rate, excerpts, rng))
 
-    index = pd.DataFrame([r for rows in rows_by_shard.values() for r in rows])
-    for shard_key, rows in rows_by_shard.items():
-        frame = pd.DataFrame(rows, columns=[f.name for f in INDEX_SCHEMA])
-        for source, part in frame.groupby("source"):
-            table = pa.Table.from_pandas(part.drop(columns="source"), schema=_INDEX_PART_SCHEMA, preserve_index=False)
-            write_parquet_atomic(table, run_dir / "index" / f"source={source}" / f"part-{shard_key}.parquet")
 
     broken = catalog_root / "artist_c" / "notes.wav"
     broken.write_bytes(b"this is not audio\n")
     short = catalog_root / "artist_c" / "short.wav"
     sf.write(short, np.zeros(22050), 22050, subtype="PCM_16")
     rejects = pd.DataFrame([
-        {"path": str(broken.resolve()), "track_id": "", "stage": "extract",
+        {"path": str(broken.resolve()), "track_id": "", "stage": "extract", "kind": "not audio",
          "reason": "not an audio file (no decoder recognises it, no audio stream)"},
-        {"path": str(short.resolve()), "track_id": file_checksum(short)[:16], "stage": "extract",
+        {"path": str(short.resolve()), "track_id": file_checksum(short)[:16], "stage": "extract", "kind": "too short",
          "reason": "track lasts 1.000 s, shorter than the 5 s minimum excerpt"},
     ])
-    write_parquet_atomic(pa.Table.from_pandas(rejects, schema=REJECTS_SCHEMA, preserve_index=False),
-                         run_dir / "rejects" / f"part-{shard_keys[0]}.parquet")
-    write_parquet_atomic(pa.Table.from_pandas(rejects.iloc[:0], schema=REJECTS_SCHEMA, preserve_index=False),
-                         run_dir / "rejects" / f"part-{shard_keys[1]}.parquet")
+    for number, (shard_key, rows) in enumerate(rows_by_shard.items()):
+        index_parts = write_index_parts(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), store.folder, shard_key)
+        shard_rejects = rejects if number == 0 else rejects.iloc[:0]
+        write_parquet_atomic(pa.Table.from_pandas(shard_rejects, schema=REJECTS_SCHEMA, preserve_index=False),
+                             store.folder / rejects_part_relpath(shard_key))
+        counts = {"tracks": len({r["track_id"] for r in rows}), "excerpts": len(rows), "rejects": len(shard_rejects)}
+        counts.update({f"excerpts_{s}": sum(r["source"] == s for r in rows) for s in SOURCES})
+        audio = sorted(excerpt_relpath(r["source"], r["track_id"], r["excerpt_id"]) for r in rows)
+        files = {"index": index_parts, "audio": audio, "rejects": rejects_part_relpath(shard_key)}
+        write_json_atomic(store.marker_path(shard_key), {"stage": "excerpts", "key": STORE_KEY, "shard": number,
+                                                         "shard_key": shard_key, "counts": counts, "files": files})
 
-    counts = {"excerpts": len(index), "rejects": len(rejects), "shards": len(shard_keys)}
-    counts.update({f"excerpts_{s}": int((index["source"] == s).sum()) for s in SOURCES})
-    write_manifest(run_dir, stage="extract", key=run_dir.name,
-                   params={"min_seconds": 1.0, "shard_size": 2},
-                   inputs={"catalog": stable_hash(str(catalog_root)), "detector": DETECTOR_KEY,
-                           "calibration": CALIBRATION_KEY},
-                   counts=counts)
+    counts = gather_view(run_dir, store, shard_keys, pd.DataFrame(columns=REJECTS_SCHEMA.names), {})
+    write_manifest(run_dir, stage="datasets", key=run_dir.name, params={"min_seconds": 1.0},
+                   inputs={"scan": SCAN_KEY, "detector": DETECTOR_KEY, "calibration": CALIBRATION_KEY,
+                           "store": STORE_KEY},
+                   counts={k: v for k, v in counts.items() if k != "summary"},
+                   extra={"summary": counts["summary"],
+                          **view_manifest_fields(store, data_root, STORE_KEY, SCAN_KEY, shard_keys)})
     return run_dir, calibration_dir, catalog_root, pd.concat(truth, ignore_index=True)

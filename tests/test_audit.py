@@ -14,10 +14,17 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import soundfile as sf
-
 from fixtures_extraction import make_extraction_run
-from pipeline.mining.audit import (CLIP_RATE, MAX_REJECT_ROWS, SPECTROGRAM_SHAPE, sample_excerpts, truth_inside_excerpts,
-                            write_audit)
+
+from pipeline.mining.audit import (
+    CLIP_RATE,
+    MAX_REJECT_ROWS,
+    SPECTROGRAM_SHAPE,
+    sample_excerpts,
+    truth_inside_excerpts,
+    write_audit,
+)
+from pipeline.mining.datasets import DatasetRun
 from pipeline.mining.schema import INDEX_SCHEMA, REJECTS_SCHEMA, read_index
 from pipeline.sources import SOURCES, WINDOW_S
 from pipeline.storage.outputs import write_parquet_atomic
@@ -81,6 +88,12 @@ def table_dict(parsed: _Parsed, table_id: str) -> dict[str, dict[str, str]]:
 
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def copy_run(run_dir: Path, to: Path) -> Path:
+    """Copy the data root of the view ``run_dir`` (view and shard store) to ``to``; return the copy's view."""
+    shutil.copytree(run_dir.parent.parent, to)
+    return to / run_dir.parent.name / run_dir.name
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +232,7 @@ def test_report_size_is_bounded(built, tmp_path):
     assert large_cap[0] == 12 and small_cap[0] == 3 and small_cap[1] < large_cap[1]
 
     # A run with 400x the rows (same audio files) and 1000 rejects: the report hardly grows.
-    big = tmp_path / "big"
+    big = run_dir.parent / "big"  # a view beside the fixture's, over the same store
     shutil.copytree(run_dir, big)
     index = read_index(run_dir / "index")
     copies = pd.concat([index.assign(excerpt_id=index["excerpt_id"] + f"-{k}") for k in range(400)], ignore_index=True)
@@ -229,9 +242,11 @@ def test_report_size_is_bounded(built, tmp_path):
         write_parquet_atomic(pa.Table.from_pandas(part.drop(columns="source"), schema=schema, preserve_index=False),
                              big / "index" / f"source={source}" / "part-big.parquet")
     rejects = pd.DataFrame({"path": [f"/catalog/bad{i:04d}.mp3" for i in range(1000)], "track_id": "",
-                            "stage": "extract", "reason": [f"truncated at {i} bytes" for i in range(1000)]})
-    write_parquet_atomic(pa.Table.from_pandas(rejects, schema=REJECTS_SCHEMA, preserve_index=False),
-                         big / "rejects" / "part-big.parquet")
+                            "stage": "extract", "kind": "truncated or corrupt",
+                            "reason": [f"truncated at {i} bytes" for i in range(1000)]})
+    write_parquet_atomic(
+        pa.Table.from_pandas(rejects, schema=REJECTS_SCHEMA, preserve_index=False), big / "rejects" / "part-big.parquet"
+    )
     big_html = write_audit(big, calibration_dir, tmp_path / "big-report", per_source=1)
     big_size = folder_bytes(big_html.parent)
     assert len(list((big_html.parent / "clips").iterdir())) == 3
@@ -244,14 +259,24 @@ def test_report_size_is_bounded(built, tmp_path):
 
 
 def test_empty_index_and_hostile_text(built, tmp_path):
-    run_dir = tmp_path / "run"
-    shutil.copytree(built[0], run_dir)
+    run_dir = copy_run(built[0], tmp_path / "data")
     shutil.rmtree(run_dir / "index")
-    shutil.rmtree(run_dir / "audio")
-    hostile = pd.DataFrame([{"path": "/catalog/<b>x</b>.wav", "track_id": "", "stage": "extract",
-                             "reason": "<script>alert('x')</script> & more"}])
-    write_parquet_atomic(pa.Table.from_pandas(hostile, schema=REJECTS_SCHEMA, preserve_index=False),
-                         run_dir / "rejects" / "part-hostile.parquet")
+    shutil.rmtree(DatasetRun(run_dir).store.folder / "audio")
+    hostile = pd.DataFrame(
+        [
+            {
+                "path": "/catalog/<b>x</b>.wav",
+                "track_id": "",
+                "stage": "extract",
+                "kind": "other",
+                "reason": "<script>alert('x')</script> & more",
+            }
+        ]
+    )
+    write_parquet_atomic(
+        pa.Table.from_pandas(hostile, schema=REJECTS_SCHEMA, preserve_index=False),
+        run_dir / "rejects" / "part-hostile.parquet",
+    )
     index_html = write_audit(run_dir, None, tmp_path / "report")
     html = index_html.read_text()
     assert "The index is empty" in html and "No calibration thresholds found" in html
@@ -264,10 +289,9 @@ def test_empty_index_and_hostile_text(built, tmp_path):
 
 
 def test_unplayable_excerpt_is_reported_not_fatal(built, tmp_path):
-    run_dir = tmp_path / "run"
-    shutil.copytree(built[0], run_dir)
+    run_dir = copy_run(built[0], tmp_path / "data")
     weakest = read_index(run_dir / "index").sort_values("prob_mean").iloc[0]
-    (run_dir / weakest.audio_path).unlink()
+    DatasetRun(run_dir).audio_file(weakest).unlink()
     index_html = write_audit(run_dir, built[1], tmp_path / "report", per_source=2)
     assert "clip-failures" in parse(index_html).ids
     assert "audio unavailable" in (index_html.parent / f"{weakest.source}.html").read_text()
@@ -288,14 +312,17 @@ def test_bad_arguments(built, tmp_path):
 
 
 def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _page_errors(stderr: str, url: str) -> list[str]:
     """Console messages of the page (Chromium logs them as ``CONSOLE...] "message", source: URL``)."""
-    return [line for line in stderr.splitlines()
-            if "Uncaught" in line or ("CONSOLE" in line and url in line)]
+    return [line for line in stderr.splitlines() if "Uncaught" in line or ("CONSOLE" in line and url in line)]
 
 
 def test_report_renders_in_headless_chromium(built, tmp_path):
@@ -322,10 +349,12 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
 
     # Clicking headers sorts: a copy of the drums page clicks duration_s, then prob_mean twice.
     page = (report / "drums.html").read_text()
-    clicks = ("<script>var th = document.querySelectorAll('#excerpts-drums th');"
-              "var names = Array.prototype.map.call(th, function(h){ return h.textContent; });"
-              "th[names.indexOf('duration_s')].click(); th[names.indexOf('prob_mean')].click();"
-              "th[names.indexOf('prob_mean')].click();</script></body>")
+    clicks = (
+        "<script>var th = document.querySelectorAll('#excerpts-drums th');"
+        "var names = Array.prototype.map.call(th, function(h){ return h.textContent; });"
+        "th[names.indexOf('duration_s')].click(); th[names.indexOf('prob_mean')].click();"
+        "th[names.indexOf('prob_mean')].click();</script></body>"
+    )
     (report / "drums-clicked.html").write_text(page.replace("</body>", clicks))
     try:
         clicked_url = (report / "drums-clicked.html").resolve().as_uri()

@@ -88,3 +88,24 @@ def test_without_shuffle_each_item_keeps_its_own_sources():
     candidates = torch.stack([x, -x, x.flip(2), -x.flip(2)])
     match = (candidates == out).all(dim=-1).all(dim=-1).any(dim=0)
     assert match.all()
+
+
+def test_augmented_windows_feed_every_registered_model():
+    # The trainer's windows: the model's valid length plus the shift range; after TimeShift the
+    # mixture is a valid input for every model and the targets trim to its output.
+    from pipeline.separation.contract import center_trim
+    from pipeline.separation.losses import LOSSES
+    from pipeline.separation.registry import build_model, model_names
+
+    tiny = {"demucs": dict(channels=4, depth=2, lstm_layers=1), "demucs2019": dict(channels=4, depth=2, lstm_layers=1),
+            "tasnet": dict(filters=8, hidden=8, lstm_layers=1)}
+    for name in model_names():
+        torch.manual_seed(0)
+        model = build_model(name, tiny[name])
+        window, shift = model.valid_length(3000), 40
+        sources = torch.randn(3, 4, 2, window + shift)
+        augmented = Augment(_gen(1), shift)(sources)
+        assert augmented.shape[-1] == window
+        estimates = model(mixture_of(augmented))
+        for loss in LOSSES.values():
+            assert torch.isfinite(loss.fn(estimates, center_trim(augmented, estimates.shape[-1]))), name

@@ -188,3 +188,121 @@ def test_plot_curves_writes_a_png(tmp_path):
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert [p.name for p in path.parent.iterdir()] == ["calibration.png"]  # no temporary left
+
+
+# --------------------------------------------------------------------------- rule "excerpts"
+
+from pipeline.mining.calibration import (  # noqa: E402
+    EXCERPT_COLUMNS,
+    calibrate_excerpts,
+    excerpt_statistics,
+    rules_table,
+    track_breaks,
+)
+from pipeline.mining.extraction import min_frames_for  # noqa: E402
+from pipeline.sources import HOP_S, WINDOW_S  # noqa: E402
+
+SHORT = WINDOW_S + 4 * HOP_S  # min_seconds of 5 frames, so that hand-made tables stay small
+SILENT, LOUD = -40.0, 0.0
+
+
+def _tracks(*tracks: tuple[list[float], list[float]]):
+    """(probs, volumes, breaks, table) of drums-only tracks given as (P list, V list)."""
+    p = np.concatenate([np.asarray(t[0], float) for t in tracks])
+    v = np.concatenate([np.asarray(t[1], float) for t in tracks])
+    ids = np.concatenate([[f"t{k}"] * len(t[0]) for k, t in enumerate(tracks)])
+    frames = np.concatenate([np.arange(len(t[0])) for t in tracks])
+    probs, volumes = _one_source(list(p), list(v), fill_v=LOUD)
+    table = pd.DataFrame({"track_id": ids, "frame": frames,
+                          **{f"p_{s}": probs[:, i] for i, s in enumerate(SOURCES)},
+                          **{f"V_{s}": volumes[:, i] for i, s in enumerate(SOURCES)}})
+    return probs, volumes, track_breaks(ids, frames), table
+
+
+# A: 10 sure frames (silent), then 10 at 0.6 of which the last 2 are loud; B: 10 at 0.6, the
+# last loud; C: loud, P = 0.6 / 0.8 in bursts of 3 frames that never make a 5-frame run.
+TRACK_A = ([0.9] * 10 + [0.6] * 10, [SILENT] * 18 + [LOUD] * 2)
+TRACK_B = ([0.6] * 10, [SILENT] * 9 + [LOUD])
+TRACK_C = ([0.6, 0.8, 0.6, 0.0] * 10, [LOUD] * 40)
+
+
+def test_min_seconds_of_the_hand_made_tables():
+    assert min_frames_for(SHORT) == 5
+
+
+def test_excerpts_rule_on_a_hand_made_table():
+    probs, volumes, breaks, _ = _tracks(TRACK_A, TRACK_B, TRACK_C)
+    # 95 %: at 0.6 the excerpts hold 27 silent windows of 30 (90 %): only 0.9 (and 0.8, which cuts
+    # the same excerpts: a tie, resolved to the higher threshold) reach it.
+    strict = calibrate_excerpts(probs, volumes, breaks, target_fraction=0.95, min_windows=1, min_seconds=SHORT)
+    row = _row(strict, "drums")
+    assert list(strict.thresholds.columns) == list(EXCERPT_COLUMNS)
+    assert bool(row["calibratable"]) and row["threshold"] == pytest.approx(0.9)
+    assert (row["n_excerpts"], row["n_windows_inside"], row["achieved_fraction"]) == (1, 10, 1.0)
+    assert row["extracted_s"] == pytest.approx(9 * HOP_S + WINDOW_S)
+    curve = strict.curves[strict.curves["source"] == "drums"].set_index("threshold")
+    assert curve.loc[0.8, "extracted_s"] == curve.loc[0.9, "extracted_s"]  # the tie
+    # 90 %: 0.6 is admissible and cuts the most audio.  The windows rule cannot go there: C's
+    # loud bursts are windows above 0.6 but no excerpt.
+    loose = _row(calibrate_excerpts(probs, volumes, breaks, target_fraction=0.9, min_windows=1, min_seconds=SHORT),
+                 "drums")
+    assert loose["threshold"] == pytest.approx(0.6)
+    assert (loose["n_excerpts"], loose["n_windows_inside"]) == (2, 30)
+    assert loose["achieved_fraction"] == pytest.approx(0.9)
+    assert loose["extracted_s"] == pytest.approx((19 * HOP_S + WINDOW_S) + (9 * HOP_S + WINDOW_S))
+    assert loose["v95_db"] == LOUD  # 3 loud windows of 30: the 95th percentile is loud
+    windows = _row(calibrate(probs, volumes, target_fraction=0.9, min_windows=1), "drums")
+    assert windows["threshold"] == pytest.approx(0.9)
+    # min_windows: 30 windows are too few for 31.
+    assert not bool(_row(calibrate_excerpts(probs, volumes, breaks, target_fraction=0.9, min_windows=31,
+                                            min_seconds=SHORT), "drums")["calibratable"])
+
+
+def test_excerpts_rule_sees_the_gap_rule():
+    probs, volumes, breaks, _ = _tracks(TRACK_A, TRACK_B, TRACK_C)
+    # With dips of one frame bridged, C's bursts become one loud 39-frame excerpt at 0.6.
+    p, silent = probs[:, 0], volumes[:, 0] <= -20.0
+    assert excerpt_statistics(p, silent, breaks, 0.6, SHORT, 0)[:3] == (2, 30, 27)
+    assert excerpt_statistics(p, silent, breaks, 0.6, SHORT, 1)[:3] == (3, 69, 27)
+    row = _row(calibrate_excerpts(probs, volumes, breaks, target_fraction=0.9, min_windows=1, min_seconds=SHORT,
+                                  max_gap=1), "drums")
+    assert row["threshold"] == pytest.approx(0.9)
+
+
+def test_excerpt_runs_never_cross_tracks():
+    # 3 sure frames at the end of one track and 3 at the start of the next: no 5-frame excerpt.
+    probs, volumes, breaks, _ = _tracks(([0.0] * 5 + [0.9] * 3, [SILENT] * 8), ([0.9] * 3 + [0.0] * 5, [SILENT] * 8))
+    assert breaks.tolist() == [True] + [False] * 7 + [True] + [False] * 7
+    assert excerpt_statistics(probs[:, 0], volumes[:, 0] <= -20, breaks, 0.9, SHORT, 2)[0] == 0
+    merged = np.zeros_like(breaks)
+    merged[0] = True
+    assert excerpt_statistics(probs[:, 0], volumes[:, 0] <= -20, merged, 0.9, SHORT, 0)[0] == 1
+
+
+def test_excerpts_rule_when_nothing_reaches_the_target():
+    probs, volumes, breaks, _ = _tracks(([0.9] * 20, [LOUD] * 20), TRACK_C)
+    calibration = calibrate_excerpts(probs, volumes, breaks, min_windows=1, min_seconds=SHORT)
+    for source in SOURCES:  # the loud drums, and the other sources (P = 0 everywhere, loud)
+        row = _row(calibration, source)
+        assert not bool(row["calibratable"]) and np.isnan(row["threshold"]) and row["extracted_s"] == 0.0
+    empty = calibrate_excerpts(np.zeros((0, 4)), np.zeros((0, 4)), np.zeros(0, bool))
+    assert not empty.thresholds["calibratable"].any()
+    with pytest.raises(ValueError, match="NaN"):
+        calibrate_excerpts(np.full((2, 4), np.nan), np.zeros((2, 4)), np.ones(2, bool))
+
+
+def test_rules_table_reports_both_rules():
+    probs, volumes, breaks, table = _tracks(TRACK_A, TRACK_B, TRACK_C)
+    windows = calibrate(probs, volumes, target_fraction=0.9, min_windows=1)
+    excerpts = calibrate_excerpts(probs, volumes, breaks, target_fraction=0.9, min_windows=1, min_seconds=SHORT)
+    for rule in ("windows", "excerpts"):
+        row = rules_table(windows, excerpts, table, rule, SHORT).set_index("source").loc["drums"]
+        assert row["threshold_windows"] == pytest.approx(0.9) and row["threshold_excerpts"] == pytest.approx(0.6)
+        assert row["heldout_s_windows"] == pytest.approx(9 * HOP_S + WINDOW_S)
+        assert row["heldout_s_excerpts"] == pytest.approx(28 * HOP_S + 2 * WINDOW_S)
+        assert row["excerpt_fraction_excerpts"] == pytest.approx(0.9)
+        assert row["threshold"] == pytest.approx(0.9 if rule == "windows" else 0.6)
+    thresholds = thresholds_from_table(rules_table(windows, excerpts, table, "excerpts", SHORT))
+    assert thresholds["drums"] == pytest.approx(0.6) and thresholds["other"] is None
+    with pytest.raises(ValueError, match="rule"):
+        rules_table(windows, excerpts, table, "frames")

@@ -59,7 +59,7 @@ lr_decay_every = 1
 KILLS = [
     ("features", "features/*/shards/*.npy", 2),
     ("detection", "detect/*/shards/*.parquet", 2),
-    ("extraction", "datasets/*/rejects/part-*.parquet", 2),
+    ("extraction", "excerpts/*/rejects/part-*.parquet", 2),
     ("separator training", "separator/*/checkpoint.pt", 2),
 ]
 # Names whose content holds wall-clock times or process ids: compared by presence only.
@@ -154,7 +154,8 @@ def test_sigkill_in_each_long_stage_then_rerun_equals_an_uninterrupted_run(demo_
     data = tmp_path / "crashed" / "data"
     for stage, pattern, nth in KILLS:
         killed = _run(config, "--kill-at", pattern, "--nth", str(nth))
-        assert killed.returncode == -signal.SIGKILL, f"{stage}: not killed ({killed.returncode})\n{killed.stderr[-3000:]}"
+        assert killed.returncode == -signal.SIGKILL, \
+            f"{stage}: not killed ({killed.returncode})\n{killed.stderr[-3000:]}"
         leftovers = _temporaries(data)
         prefix = pattern.split("/")[0]
         assert any(name.startswith(prefix + "/") for name in leftovers), f"{stage}: no temporary left"
@@ -163,8 +164,9 @@ def test_sigkill_in_each_long_stage_then_rerun_equals_an_uninterrupted_run(demo_
             # Training writes a resumable snapshot after every epoch (checkpoint, best model, history,
             # plot): complete files of epoch 1 that epoch 2 replaces; the folder has no manifest yet.
             snapshot = [name for name in wrong if name.startswith("separator/")]
-            assert all((data / name.split(" ")[0]).parent.joinpath("manifest.json").exists() is False
-                       for name in snapshot)
+            assert all(
+                (data / name.split(" ")[0]).parent.joinpath("manifest.json").exists() is False for name in snapshot
+            )
             (checkpoint,) = data.glob("separator/*/checkpoint.pt")
             assert torch.load(checkpoint, weights_only=False)["epoch"] == 1
             wrong = [name for name in wrong if name not in snapshot]
@@ -175,6 +177,13 @@ def test_sigkill_in_each_long_stage_then_rerun_equals_an_uninterrupted_run(demo_
     files = _visible_files(data)
     assert _differences(files, reference) == []
     assert sorted(files) == sorted(reference)
-    shard_leftovers = [name for name in _temporaries(data) if "/shards/" in name or "/rejects/" in name
-                       or "/index/" in name or "/audio/" in name or name.startswith("separator/")]
+    shard_leftovers = [
+        name
+        for name in _temporaries(data)
+        if "/shards/" in name
+        or "/rejects/" in name
+        or "/index/" in name
+        or "/audio/" in name
+        or name.startswith("separator/")
+    ]
     assert shard_leftovers == []

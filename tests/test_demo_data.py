@@ -28,8 +28,8 @@ from pipeline.corpora.demo import (
     synthesize_song,
 )
 from pipeline.corpora.labels import relative_volumes
-from pipeline.sources import SOURCES, n_windows, window_samples
 from pipeline.corpora.stemset import list_tracks
+from pipeline.sources import SOURCES, n_windows, window_samples
 
 ABSENT_DB = -40.0
 MUSDB_ABSENCE = {"drums": 0.11, "bass": 0.13, "other": 0.03, "vocals": 0.30}
@@ -90,7 +90,9 @@ def test_catalog_variants_decode_to_their_rate_and_channels(demo):
         decoded, rate = audio.load(path)
         assert rate == meta["sample_rate"]
         assert decoded.shape[0] == meta["channels"]
-        assert decoded.shape[1] == pytest.approx(meta["duration_s"] * rate, abs=2)
+        # AAC in M4A decodes with its last frame's padding (under one 1024-sample frame + delay)
+        slack = 2048 if meta["format"] == "m4a" else 2
+        assert decoded.shape[1] == pytest.approx(meta["duration_s"] * rate, abs=slack)
         assert 0.05 < np.abs(decoded).max() <= 0.99
     on_disk = {p.relative_to(out / "catalog").as_posix() for p in (out / "catalog").rglob("*") if p.is_file()}
     assert on_disk == set(files) | set(summary["catalog"]["bad_files"])
@@ -118,7 +120,9 @@ def test_truth_has_every_good_file_on_the_44k_grid(demo):
     for name, group in truth.groupby("file"):
         decoded, rate = audio.load(out / "catalog" / name)
         samples_44k = round(decoded.shape[1] * 44_100 / rate)
-        assert len(group) == n_windows(samples_44k, 44_100)
+        # AAC decodes with up to 2048 samples of padding after the written audio
+        padding = range(0, round(2049 * 44_100 / rate), 64) if name.endswith(".m4a") else [0]
+        assert len(group) in {n_windows(samples_44k - pad, 44_100) for pad in padding}
         np.testing.assert_array_equal(group["window"].to_numpy(), np.arange(len(group)))
         np.testing.assert_allclose(group["start_s"].to_numpy(), np.arange(len(group)) * 0.064)
         volumes = group[[f"V_{s}" for s in SOURCES]].to_numpy()
@@ -126,17 +130,18 @@ def test_truth_has_every_good_file_on_the_44k_grid(demo):
 
 
 def test_truth_belongs_to_the_written_mixture(demo):
-    """Catalog track 4 is a 44.1 kHz mono wav: regenerate its stems, compare file and truth."""
+    """Catalog track 1 is a 44.1 kHz stereo FLAC: regenerate its stems, compare file and truth."""
     out, summary = demo
     config = DemoConfig.tiny(seed=3)
-    stems, _ = catalog_stems(config, 4)
-    name = next(n for n in summary["catalog"]["files"] if n.split("/")[-1].startswith("track_004"))
+    stems, _ = catalog_stems(config, 1)
+    name = next(n for n in summary["catalog"]["files"] if n.split("/")[-1].startswith("001"))
     decoded, rate = audio.load(out / "catalog" / name)
-    assert (rate, decoded.shape[0]) == (44_100, 1)
-    reference = audio.to_mono(mix(stems))[0]
-    gain = float(decoded[0] @ reference / (reference @ reference))
-    residual = decoded[0] - gain * reference
-    assert np.sqrt(np.mean(residual**2)) < 1e-3 * np.sqrt(np.mean(decoded[0] ** 2))
+    assert (rate, decoded.shape[0]) == (44_100, 2)
+    reference = mix(stems).reshape(-1)
+    decoded = decoded.reshape(-1)
+    gain = float(decoded @ reference / (reference @ reference))
+    residual = decoded - gain * reference
+    assert np.sqrt(np.mean(residual**2)) < 1e-3 * np.sqrt(np.mean(decoded ** 2))
     truth = pd.read_parquet(out / "catalog_truth.parquet")
     volumes = truth[truth["file"] == name][[f"V_{s}" for s in SOURCES]].to_numpy().T
     np.testing.assert_allclose(volumes, relative_volumes(stems, 44_100), atol=1e-3)
@@ -211,7 +216,7 @@ def test_same_seed_same_output_other_seed_differs(demo, tmp_path):
     first = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     assert first == sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*") if p.is_file())
     for rel in first:
-        if rel.suffix in (".wav", ".flac", ".json", ".mp3"):
+        if rel.suffix in (".wav", ".flac", ".json", ".mp3", ".m4a"):
             assert (out / rel).read_bytes() == (tmp_path / "again" / rel).read_bytes(), rel
         elif rel.suffix == ".ogg":  # the vorbis stream serial number is random; the audio is not
             a, _ = audio.load(out / rel)

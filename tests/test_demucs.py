@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.separation.demucs import Demucs, DemucsConfig, Rescaled, load_model, pad_to_valid, separate, trim, valid_length
+from pipeline.separation.contract import center_trim, pad_to_valid, separate
+from pipeline.separation.demucs import Demucs, DemucsConfig, Rescaled, valid_length
+from pipeline.separation.registry import checkpoint_fields, load_model
 
 SMALL = DemucsConfig(channels=4, depth=3, lstm_layers=1, sample_rate=8000)
 
@@ -87,7 +89,7 @@ def test_any_length_round_trips(length):
     x = torch.randn(2, 2, length)
     padded, (left, right) = pad_to_valid(model, x)
     assert padded.shape[-1] == valid and left == (valid - length) // 2 and left + right == valid - length
-    assert torch.equal(trim(padded, (left, right)), x)  # centred zero padding, trimmed back
+    assert torch.equal(center_trim(padded, length), x)  # centred zero padding, trimmed back
     out = separate(model, x)
     assert out.shape == (2, 4, 2, length)
     assert torch.isfinite(out).all()
@@ -109,14 +111,17 @@ def test_small_model_output_shapes_and_mono():
     assert model(x).shape == (3, 3, 1, x.shape[-1])
 
 
-def test_load_model_round_trip(tmp_path):
+def test_load_model_round_trip_and_format_1_checkpoints(tmp_path):
     torch.manual_seed(0)
     model = Demucs(SMALL)
-    torch.save({"model_config": SMALL.to_dict(), "model": model.state_dict()}, tmp_path / "m.pt")
-    loaded = load_model(tmp_path / "m.pt")
-    assert loaded.config == SMALL
+    torch.save(checkpoint_fields(model), tmp_path / "m.pt")
+    # A checkpoint of this project from before the registry: no model_name, always a Demucs.
+    torch.save({"format": 1, "model_config": SMALL.to_dict(), "model": model.state_dict()}, tmp_path / "old.pt")
     x = torch.randn(1, 2, model.valid_length(900))
-    assert torch.equal(loaded(x), model(x))
+    for name in ("m.pt", "old.pt"):
+        loaded = load_model(tmp_path / name)
+        assert isinstance(loaded, Demucs) and loaded.config == SMALL
+        assert torch.equal(loaded(x), model(x))
 
 
 def test_config_validation():

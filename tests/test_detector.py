@@ -10,14 +10,20 @@ import pyarrow as pa
 import pytest
 import torch
 
-from classifiers.detector import (DetectorConfig, SilentSourceDetector, load_checkpoint, n_output_frames,
-                                  save_checkpoint)
+from classifiers.detector import DetectorConfig, SilentSourceDetector, load_checkpoint, n_output_frames, save_checkpoint
 from classifiers.inference import predict, predict_logits, probabilities_frame
 from classifiers.report import average_precision, detector_report, quality_table, rankdata, roc_auc, spearman
-from classifiers.training import TrainConfig, align_labels, random_gain, random_shift, recalibrate_batchnorm, train_detector
-from pipeline.mining.schema import PROBABILITY_SCHEMA
-from pipeline.features.scattering import CHUNK_TOLERANCE, extract_features, scattering_layout
+from classifiers.training import (
+    DetectorTrainConfig,
+    align_labels,
+    random_gain,
+    random_shift,
+    recalibrate_batchnorm,
+    train_detector,
+)
 from pipeline.corpora.labels import labels_frame, relative_volumes
+from pipeline.features.scattering import CHUNK_TOLERANCE, extract_features, scattering_layout
+from pipeline.mining.schema import PROBABILITY_SCHEMA
 from pipeline.sources import HOP_S, n_windows
 
 RATE = 16_000
@@ -176,7 +182,7 @@ def tiny_sets():
 
 def test_training_lowers_the_loss_and_is_reproducible(tiny_sets):
     train, valid = tiny_sets
-    config = TrainConfig(epochs=3, batch_size=8, crop_seconds=2.0, crop_stride_seconds=0.5, width=0.0625,
+    config = DetectorTrainConfig(epochs=3, batch_size=8, crop_seconds=2.0, crop_stride_seconds=0.5, width=0.0625,
                          patience=5, gain_db=6.0, shift_rows=1)
     model, history = train_detector(train, valid, config, seed=0, progress=False)
     assert [h["epoch"] for h in history] == [1, 2, 3]
@@ -197,7 +203,7 @@ def test_training_lowers_the_loss_and_is_reproducible(tiny_sets):
 
 def test_early_stopping_keeps_the_best_epoch(tiny_sets):
     train, valid = tiny_sets
-    config = TrainConfig(epochs=6, batch_size=8, crop_seconds=2.0, crop_stride_seconds=1.0, width=0.0625,
+    config = DetectorTrainConfig(epochs=6, batch_size=8, crop_seconds=2.0, crop_stride_seconds=1.0, width=0.0625,
                          patience=1, lr=0.05)  # a huge rate: the valid loss soon stops improving
     model, history = train_detector(train, valid, config, seed=1, progress=False)
     best = min(range(len(history)), key=lambda i: history[i]["valid_loss"])
@@ -274,8 +280,8 @@ def test_quality_table_and_plot(tmp_path):
     rng = np.random.default_rng(0)
     volumes = rng.uniform(-40, 0, (4, 500)).astype(np.float32)
     volumes[:, :20] = -np.inf
-    probs = 1 / (1 + np.exp((volumes.T + 13) / 3))  # a perfect, monotone detector
-    table = quality_table(probs, volumes)
+    probs = 1 / (1 + np.exp((volumes.T + 13) / 3))  # a perfect, monotone detector, (n, 4)
+    table = quality_table(probs, volumes.T)
     assert table["source"].tolist() == ["drums", "bass", "other", "vocals"]
     assert np.allclose(table["auc_13"], 1.0) and np.allclose(table["ap_20"], 1.0)
     assert np.allclose(table["spearman_volume"], -1.0) and table["volume_falls"].all()

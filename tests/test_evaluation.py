@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from test_remix import write_stem_set
 
 from pipeline.separation.demucs import Demucs, DemucsConfig
-from pipeline.separation.evaluation import (compare_runs, crossfade_weights, evaluate_separator, overlap_add, score_track,
-                                 separate_track, summarize, track_sdr)
+from pipeline.separation.evaluation import (
+    ORACLE,
+    TRIVIAL,
+    compare_runs,
+    crossfade_weights,
+    evaluate_runs,
+    evaluate_separator,
+    oracle_estimates,
+    overlap_add,
+    score_track,
+    separate_track,
+    summarize,
+    track_sdr,
+    trivial_estimates,
+)
 from pipeline.sources import SOURCES
-from test_remix import write_stem_set
 
 RATE = 8000
 
@@ -118,8 +133,6 @@ def test_summaries_and_compare_runs():
     rows = [{"track": t, "source": s, "sdr": float(v)} for t, values in (("a", [1, 2, 3, 4]), ("b", [3, 4, 5, 6]),
                                                                          ("c", [5, np.nan, 7, 8]))
             for s, v in zip(SOURCES, values)]
-    import pandas as pd
-
     summary = summarize(pd.DataFrame(rows))
     assert [summary[s] for s in SOURCES] == [3.0, 3.0, 5.0, 6.0]
     assert summary["all"] == 4.0  # median of the 11 non-NaN values
@@ -128,3 +141,76 @@ def test_summaries_and_compare_runs():
     assert list(table.columns) == ["drums", "bass", "other", "vocals", "all"]
     assert list(table.index) == ["without remix", "with remix"]
     assert table.loc["with remix", "bass"] == 3.5
+
+
+# ------------------------------------------------------------------ reference rows, parallel scoring
+def _sines(seconds: float = 3.0, rate: int = RATE) -> tuple[np.ndarray, np.ndarray]:
+    """Four stereo stems of equal power, one sine each at an integer frequency (orthogonal over
+    every 1 s frame), far apart in frequency: ``(mixture (2, T), stems (4, 2, T))``."""
+    t = np.arange(round(seconds * rate)) / rate
+    stems = np.stack([np.stack([np.sin(2 * np.pi * f * t), np.cos(2 * np.pi * f * t)])
+                      for f in (200, 900, 1900, 3100)]).astype(np.float64) * 0.2
+    return stems.sum(axis=0), stems
+
+
+def test_trivial_row_on_a_track_whose_answer_is_known():
+    mix, stems = _sines()
+    estimates = trivial_estimates(mix)
+    assert estimates.shape == stems.shape
+    np.testing.assert_allclose(estimates[2], mix / 4, rtol=1e-6)
+    # e = mix / 4 - s_i = (sum of the other three) / 4 - 3 s_i / 4: ||e||^2 = (3 / 16 + 9 / 16) ||s_i||^2.
+    sdr = track_sdr(stems, estimates, RATE)
+    np.testing.assert_allclose(sdr, 10 * np.log10(16 / 12), atol=1e-3)
+
+
+def test_oracle_row_separates_disjoint_sources_and_keeps_a_lone_source():
+    mix, stems = _sines()
+    estimates = oracle_estimates(mix, stems)
+    assert estimates.shape == stems.shape
+    sdr = track_sdr(stems, estimates, RATE)
+    assert np.all(sdr > 25.0)  # Hann leakage between sines ~1 kHz apart is far below the signal
+    # One source alone: its mask is 1 everywhere and the STFT round trip gives it back.
+    lone = np.zeros_like(stems)
+    lone[1] = stems[1]
+    back = oracle_estimates(lone.sum(axis=0), lone)
+    np.testing.assert_allclose(back[1], stems[1], atol=1e-5)
+    assert np.abs(back[[0, 2, 3]]).max() < 1e-6
+
+
+def _checkpoint(path, seed: int, rate: int = RATE, channels: int = 1):
+    from pipeline.separation.registry import checkpoint_fields
+
+    torch.manual_seed(seed)
+    model = Demucs(DemucsConfig(channels=4, depth=2, lstm_layers=1, audio_channels=channels, sample_rate=rate))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint_fields(model), path)
+    (path.parent / "summary.json").write_text(json.dumps({"updates": 10 + seed, "examples": 20}))
+    return path
+
+
+def test_parallel_scoring_equals_serial_and_writes_the_comparison(tmp_path):
+    root = write_stem_set(tmp_path / "stems", {"test": 3}, seconds=2.0, rate=RATE,
+                          silent=(("test", 1, "bass"),))
+    runs = {"plain": {0: _checkpoint(tmp_path / "a0" / "best.pt", 0), 1: _checkpoint(tmp_path / "a1" / "best.pt", 1)},
+            "remix": _checkpoint(tmp_path / "b" / "best.pt", 2)}
+    serial = evaluate_runs(runs, root, tmp_path / "serial", workers=1, progress=False)
+    parallel = evaluate_runs(runs, root, tmp_path / "parallel", workers=2, progress=False)
+    one = pd.read_parquet(tmp_path / "serial" / "per_track.parquet")
+    two = pd.read_parquet(tmp_path / "parallel" / "per_track.parquet")
+    pd.testing.assert_frame_equal(one, two)
+    assert serial["summary"] == parallel["summary"]
+    # 3 tracks x 4 sources for each of 2 reference rows, 2 seeds of "plain", 1 of "remix".
+    assert len(one) == 3 * 4 * 5 and set(one["run"]) == {TRIVIAL, ORACLE, "plain", "remix"}
+    comparison = pd.read_csv(tmp_path / "serial" / "comparison.csv", index_col=0)
+    assert list(comparison.index) == [TRIVIAL, ORACLE, "plain", "remix"]
+    assert comparison.loc["plain", "seeds"] == 2 and comparison.loc["plain", "updates"] == 10.5
+    assert np.isnan(comparison.loc[TRIVIAL, "updates"]) and not np.isnan(comparison.loc["plain", "seed_sd_all"])
+    assert comparison.loc[ORACLE, "all"] > comparison.loc[TRIVIAL, "all"]
+    contrasts = pd.read_csv(tmp_path / "serial" / "contrasts.csv")
+    assert set(contrasts["contrast"]) == {"remix - plain"} and set(contrasts["metric"]) == {"sdr", "si_snr"}
+    assert not contrasts["equal_compute"].any()
+    assert any(line.startswith("remix - plain, SDR") for line in serial["summary"])
+    assert any("unequal compute" in line for line in serial["summary"])
+    assert (tmp_path / "serial" / "boxplot_sdr.png").exists() and (tmp_path / "serial" / "boxplot_si_snr.png").exists()
+    with pytest.raises(ValueError, match="contrast"):
+        evaluate_runs(runs, root, tmp_path / "bad", workers=1, contrasts=[("remix", "nope")], progress=False)

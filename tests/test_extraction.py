@@ -12,7 +12,6 @@ import pytest
 import soundfile as sf
 
 from pipeline.audio.io import file_checksum
-from pipeline.mining.schema import INDEX_SCHEMA, PROBABILITY_SCHEMA, REJECTS_SCHEMA, read_index
 from pipeline.mining.extraction import (
     PART_SCHEMA,
     ExtractionError,
@@ -24,6 +23,7 @@ from pipeline.mining.extraction import (
     select_runs,
 )
 from pipeline.mining.ground_truth import covered_seconds, measure_extraction, merge_intervals
+from pipeline.mining.schema import INDEX_SCHEMA, PROBABILITY_SCHEMA, REJECTS_SCHEMA, read_index
 from pipeline.sources import FEATURE_RATE, HOP_S, SOURCES, WINDOW_S, n_windows
 
 THRESHOLDS = {"drums": 0.5, "bass": 0.5, "other": None, "vocals": 0.7}
@@ -377,3 +377,52 @@ def test_interval_helpers():
     union = merge_intervals(np.array([[5.0, 6.0], [0.0, 2.0], [1.0, 3.0], [3.0, 4.0]]))
     np.testing.assert_allclose(union, [[0.0, 4.0], [5.0, 6.0]])
     np.testing.assert_allclose(covered_seconds(np.array([[1.0, 5.5], [6.0, 7.0]]), union), [3.5, 0.0])
+
+
+# --------------------------------------------------------------------------- short dips (max_gap)
+
+
+def test_a_dip_of_max_gap_frames_stays_inside_one_frame_more_splits():
+    for max_gap in (1, 2, 5):
+        for dip in (max_gap, max_gap + 1):
+            mask = np.ones(40, bool)
+            mask[10:10 + dip] = False
+            runs = find_runs(mask, 1, max_gap).tolist()
+            assert runs == ([[0, 40]] if dip <= max_gap else [[0, 10], [10 + dip, 40]]), (max_gap, dip)
+    # Dips at the edges are not part of a run; several short dips chain; max_gap 0 is the paper's rule.
+    mask = np.array([0, 0, 1, 1, 0, 1, 0, 0, 1, 1, 0], bool)
+    assert find_runs(mask, 1, 2).tolist() == [[2, 10]]
+    assert find_runs(mask, 1, 1).tolist() == [[2, 6], [8, 10]]
+    assert find_runs(mask, 1, 0).tolist() == _brute_runs(mask, 1)
+    with pytest.raises(ValueError, match="max_gap"):
+        find_runs(mask, 1, -1)
+
+
+def test_bridged_dips_count_towards_the_five_seconds():
+    frames = min_frames_for(5.0)  # 70 frames
+    mask = np.ones(frames, bool)
+    mask[30:33] = False  # 67 frames above the threshold, 3 below
+    long_track = 100.0
+    assert select_runs(mask, long_track, 5.0)[0].shape == (0, 2)
+    runs, spans = select_runs(mask, long_track, 5.0, max_gap=3)
+    assert runs.tolist() == [[0, frames]]
+    assert spans[0, 1] - spans[0, 0] >= 5.0
+    assert select_runs(mask, long_track, 5.0, max_gap=2)[0].shape == (0, 2)
+
+
+def test_extract_track_bridges_a_dip_into_one_excerpt(tmp_path):
+    rate = 16000
+    signal = np.random.default_rng(5).integers(-2000, 2000, size=(int(8 * rate), 1)).astype(np.int16)
+    path = tmp_path / "dip.wav"
+    sf.write(path, signal, rate, subtype="PCM_16")
+    probs = np.zeros((_frames(8.0), 4), np.float32)
+    probs[:, 0] = 0.9
+    probs[50:54, 0] = 0.1  # a dip of 4 frames
+    split = extract_track(path, "cd01", None, probs, {"drums": 0.5}, 3.0, tmp_path / "a", "d", "c", max_gap=3)
+    joined = extract_track(path, "cd01", None, probs, {"drums": 0.5}, 3.0, tmp_path / "b", "d", "c", max_gap=4)
+    assert [r["n_frames"] for r in split] == [50, probs.shape[0] - 54]
+    assert len(joined) == 1 and joined[0]["n_frames"] == probs.shape[0]
+    assert joined[0]["prob_min"] == pytest.approx(0.1)  # the dip is part of the excerpt
+    written, _ = sf.read(tmp_path / "b" / joined[0]["audio_path"], dtype="int16")
+    np.testing.assert_array_equal(written, signal[:joined[0]["end_sample"], 0])
+    assert np.isnan(joined[0]["separator_db_mean"])

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.features import scattering as feat
 from pipeline.audio.io import AudioError
+from pipeline.features import scattering as feat
 from pipeline.features.store import FeatureShard, FeatureShardWriter, index_path_for, write_feature_shard
 from pipeline.sources import n_windows
 

@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 
 from pipeline.audio.io import file_checksum
-from pipeline.mining.schema import read_index
 from pipeline.corpora.demo import DemoConfig, generate
+from pipeline.mining.schema import read_index
 from tests.conftest import luigi_options
 
 pytestmark = pytest.mark.slow
@@ -54,10 +54,13 @@ def test_all_runs_and_every_output_says_what_made_it(demo, run_pipeline):
     index = read_index(extract.folder / "index")
     assert manifest["counts"]["excerpts"] == len(index)
     for row in index.itertuples():
-        assert file_checksum(extract.folder / row.audio_path) == row.audio_checksum
+        assert file_checksum(extract.dataset.audio_file(row)) == row.audio_checksum
         assert row.duration_s >= 5.0 and row.prob_min >= row.threshold
     comparison = pd.read_csv(tasks.Evaluate().folder / "comparison.csv", index_col=0)
-    assert list(comparison.index) == ["with remix", "without remix"]
+    from pipeline.separation.evaluation import REFERENCE_ROWS
+
+    # The reference rows, then luigi.cfg's runs (Demucs +/- remix, TasNet).
+    assert list(comparison.index) == [*REFERENCE_ROWS, *tasks.Evaluate().runs]
 
 
 def test_bad_catalog_files_are_recorded_rejections(demo, run_pipeline):
@@ -116,7 +119,7 @@ def test_excerpts_hold_the_original_samples(demo, run_pipeline):
     if index.empty:
         pytest.skip("the tiny detector found no excerpt on this corpus")
     row = index.iloc[0]
-    excerpt, rate = sf.read(tasks.Extract().folder / row.audio_path, always_2d=True)
+    excerpt, rate = sf.read(tasks.Extract().dataset.audio_file(row), always_2d=True)
     original, original_rate = sf.read(row.catalog_path, always_2d=True, start=int(row.start_sample),
                                       stop=int(row.end_sample))
     assert rate == original_rate == row.sample_rate and excerpt.shape == original.shape

@@ -7,6 +7,7 @@ splits and a D_i index following ``pipeline.mining.schema.INDEX_SCHEMA``.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import write_stem_track
+
 from pipeline.mining.schema import INDEX_SCHEMA
 from pipeline.separation.demucs import Demucs, DemucsConfig
 from pipeline.separation.remix import RemixSampler, l1_loss, remix_loss, remix_step
@@ -39,13 +40,15 @@ def write_stem_set(root: Path, splits: dict[str, int], seconds: float = 2.0, rat
 
 
 def write_excerpt_index(run_dir: Path, excerpts: list[tuple[str, np.ndarray, int]]) -> Path:
-    """FLAC excerpts and a hive-partitioned index under ``run_dir``; ``excerpts`` holds
-    ``(source, audio (channels, samples), rate)``."""
+    """FLAC excerpts and a hive-partitioned index under ``run_dir``, a D_i folder whose rows'
+    ``audio_path`` is relative to the data root (``run_dir``'s grandparent, see
+    ``pipeline.mining.datasets.DatasetRun``); ``excerpts`` holds ``(source, audio (channels, samples), rate)``."""
     rows: dict[str, list[dict]] = {}
     for n, (source, wav, rate) in enumerate(excerpts):
-        path = Path("excerpts") / source / f"x{n:03d}.flac"
-        (run_dir / path).parent.mkdir(parents=True, exist_ok=True)
-        sf.write(run_dir / path, wav.T, rate, subtype="PCM_24")
+        file = run_dir / "excerpts" / source / f"x{n:03d}.flac"
+        file.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(file, wav.T, rate, subtype="PCM_24")
+        path = Path(os.path.relpath(file, run_dir.parent.parent)).as_posix()
         frames = wav.shape[1]
         rows.setdefault(source, []).append(dict(
             excerpt_id=f"t{n:03d}-{source}-0", catalog_path=f"/catalog/{n}.mp3", catalog_checksum="0" * 64,
@@ -174,3 +177,17 @@ def test_remix_step_touches_only_the_remix_optimizer():
     # Adam's first step moves each weight by about the learning rate of the remix optimizer.
     step = max((a - b).abs().max().item() for a, b in zip(params_before, model.parameters()))
     assert step == pytest.approx(5e-5, rel=0.05)
+
+
+def test_sampler_reads_a_views_excerpts_from_the_shard_store(tmp_path):
+    from fixtures_extraction import make_extraction_run
+
+    from pipeline.mining.datasets import DatasetRun
+
+    view, _, _, _ = make_extraction_run(tmp_path)
+    assert not (view / "audio").exists()  # the excerpts stay in the store, named relative to the data root
+    sampler = RemixSampler(DatasetRun(view), RATE, 2, 4410)
+    assert sampler.counts() == {"drums": 6, "bass": 3, "other": 0, "vocals": 3}
+    assert RemixSampler(view, RATE, 2, 4410).counts() == sampler.counts()  # the folder alone is enough
+    crops = sampler.sample(1, 2, np.random.default_rng(0))
+    assert crops.shape == (2, 2, 4410) and np.abs(crops).max() > 0.01

@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.cli import effective_threads
-from pipeline.mining.schema import read_index
 from pipeline.corpora.demo import DemoConfig, generate
+from pipeline.mining.schema import read_index
 from pipeline.storage.journal import read_journal
+from pipeline.threads import effective_threads
 from tests.conftest import luigi_options
 
 pytestmark = pytest.mark.slow
@@ -120,13 +120,15 @@ def _graph(root: Path, data_root: Path) -> set[tuple[str, str, str | None]]:
     return found
 
 
-def _run_folder(root: Path, data_root: Path, task_name: str) -> Path:
+def _run_folder(root: Path, data_root: Path, task_name: str, requirement: str | None = None) -> Path:
+    """The folder of task ``task_name`` (or of its ``requirement``) under ``data_root``'s options."""
     import tasks
     from tasks.inputs import forget_inputs
 
     with luigi_options(_options(root, data_root)):
         forget_inputs()
-        folder = getattr(tasks, task_name)().folder
+        task = getattr(tasks, task_name)()
+        folder = (task.requires()[requirement] if requirement else task).folder
         forget_inputs()
     return folder
 
@@ -164,7 +166,7 @@ def test_a_single_worker_gives_the_same_datasets(shared_run):
     assert len(shared_index) > 0
     assert list(shared_index["excerpt_id"]) == list(alone_index["excerpt_id"])
     assert list(shared_index["audio_checksum"]) == list(alone_index["audio_checksum"])
-    thresholds = [pd.read_parquet(_run_folder(root, data_root, "Calibrate") / "thresholds.parquet")
+    thresholds = [pd.read_parquet(_run_folder(root, data_root, "Extract", "calibration") / "thresholds.parquet")
                   for data_root in (root / "shared", root / "alone")]
     pd.testing.assert_frame_equal(*thresholds)
     alone_journal = read_journal(root / "alone")

@@ -1,4 +1,5 @@
-"""Separator training: data windows, exact resume, outputs, plain recipe without D_i, DDP sync."""
+"""Separator training: data windows, exact resume, outputs, plain recipe without D_i, DDP sync,
+for every registered model; TasNet's plateau schedule and early stopping."""
 
 from __future__ import annotations
 
@@ -14,22 +15,29 @@ import pandas as pd
 import pytest
 import torch
 import torch.multiprocessing as mp
-
-from pipeline.separation import training as separator_training
-from pipeline.separation.demucs import DemucsConfig, load_model
-from pipeline.separation.data import StemWindows
-from pipeline.separation.training import SeparatorTrainer, TrainConfig, train_separator
-from pipeline.corpora.stemset import list_tracks, load_stems
 from test_remix import RATE, noise, write_excerpt_index, write_stem_set
 
+from pipeline.corpora.stemset import list_tracks, load_stems
+from pipeline.separation import training as separator_training
+from pipeline.separation.data import StemWindows
+from pipeline.separation.demucs import DemucsConfig
+from pipeline.separation.registry import load_model, model_names
+from pipeline.separation.training import SeparatorTrainer, TrainConfig, train_separator
+
 MODEL = DemucsConfig(channels=4, depth=3, lstm_layers=1, sample_rate=8000)
+# Tiny configs of every registered model at 8 kHz.
+TINY = {"demucs": MODEL.to_dict(),
+        "demucs2019": dict(channels=4, depth=3, lstm_layers=1, sample_rate=8000),
+        "tasnet": dict(filters=16, hidden=16, lstm_layers=1, frame=40, hop=20, sample_rate=8000)}
 
 
-def _config(**overrides) -> TrainConfig:
-    values = dict(epochs=3, batches_per_epoch=3, batch_size=2, window_s=0.4, max_shift_s=0.05, model=MODEL,
+def _config(model_name: str = "demucs", **overrides) -> TrainConfig:
+    """A tiny run of ``model_name`` with its recipe (time shift forced on, so the augmentation
+    stream is exercised for every model)."""
+    values = dict(epochs=3, batches_per_epoch=3, batch_size=2, window_s=0.4, max_shift_s=0.05, model=TINY[model_name],
                   remix_probability=0.5, valid_max_windows=4, seed=3, num_threads=1)
     values.update(overrides)
-    return TrainConfig(**values)
+    return TrainConfig.for_model(model_name, **values)
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +86,10 @@ def test_fixed_windows_cover_each_track(data):
     assert valid.read_windows(spans).shape == (3, 4, 2, 4000)
 
 
-def test_resume_after_interruption_is_bit_identical(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("model_name", ["demucs", "tasnet"])
+def test_resume_after_interruption_is_bit_identical(data, tmp_path, monkeypatch, model_name):
     stems, run = data
-    config = _config()
+    config = _config(model_name, lr_patience=1)  # TasNet: a plateau decay is likely within 3 epochs
     full = train_separator(config, stems, run, tmp_path / "full", progress=False)
 
     original = SeparatorTrainer._save_checkpoint
@@ -157,13 +166,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _ddp_worker(rank: int, world: int, port: int, stems: str, run: str, out: str) -> None:
+def _ddp_worker(rank: int, world: int, port: int, stems: str, run: str, out: str, model_name: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     from pipeline.separation import distributed
 
     try:
-        trainer = SeparatorTrainer(_config(epochs=1, batches_per_epoch=2, batch_size=4, remix_probability=1.0),
+        trainer = SeparatorTrainer(_config(model_name, epochs=1, batches_per_epoch=2, batch_size=4,
+                                           remix_probability=1.0),
                                    stems, run, Path(out) / "train", device="cpu", progress=False)
         first = trainer.train_data.sample(copy.deepcopy(trainer.data_rng), 1)  # this rank's first windows
         initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -174,10 +184,11 @@ def _ddp_worker(rank: int, world: int, port: int, stems: str, run: str, out: str
         distributed.cleanup()
 
 
-def test_ddp_two_processes_stay_in_sync(data, tmp_path):
+@pytest.mark.parametrize("model_name", model_names())
+def test_ddp_two_processes_stay_in_sync(data, tmp_path, model_name):
     stems, run = data
     world = 2
-    mp.spawn(_ddp_worker, args=(world, _free_port(), str(stems), str(run), str(tmp_path)), nprocs=world)
+    mp.spawn(_ddp_worker, args=(world, _free_port(), str(stems), str(run), str(tmp_path), model_name), nprocs=world)
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
     for name, value in results[0]["final"].items():
         assert torch.equal(value, results[1]["final"][name]), name
@@ -193,3 +204,51 @@ def test_ddp_two_processes_stay_in_sync(data, tmp_path):
     assert checkpoint["rng"][0]["data"] != checkpoint["rng"][1]["data"]
     for name, value in checkpoint["model"].items():
         assert torch.equal(value, results[1]["final"][name]), name
+
+
+def _scripted_validation(values: list[float]):
+    """A stand-in for ``SeparatorTrainer.validate``: the next of ``values`` each epoch."""
+
+    def validate(self) -> float:
+        return values[len(self.history)]
+
+    return validate
+
+
+def test_plateau_halves_lr_and_early_stopping_ends_the_run(data, tmp_path, monkeypatch):
+    stems, run = data
+    # Best at epoch 2; epochs 3, 4, 5 do not improve (a tie is no improvement).
+    monkeypatch.setattr(SeparatorTrainer, "validate", _scripted_validation([5.0, 4.0, 4.5, 4.0, 4.2, 3.0, 3.0]))
+    config = _config("tasnet", epochs=7, lr_patience=2, early_stop_patience=3, remix_probability=0.0)
+    assert config.lr == 1e-3 and config.lr_schedule == "plateau" and config.lr_decay == 2.0
+    history = train_separator(config, stems, run, tmp_path / "o", progress=False)
+    assert len(history) == 5  # stopped after 3 epochs without improvement, not at epochs=7
+    assert [r["is_best"] for r in history] == [True, True, False, False, False]
+    # lr halved after the 2nd stale epoch (epoch 4): epoch 5 runs at half the rate.
+    assert [r["lr"] for r in history] == pytest.approx([1e-3, 1e-3, 1e-3, 1e-3, 5e-4])
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["stopped_early"] and summary["best_epoch"] == 2 and summary["model_name"] == "tasnet"
+    assert torch.load(tmp_path / "o" / "best.pt", weights_only=True)["epoch"] == 2
+    # A stopped run stays stopped when started again with the same configuration.
+    assert len(train_separator(config, stems, run, tmp_path / "o", progress=False)) == 5
+
+
+def test_tasnet_recipe_is_the_frugal_papers():
+    config = TrainConfig.for_model("tasnet")
+    assert (config.loss, config.lr, config.grad_clip, config.lr_schedule, config.lr_decay, config.lr_patience,
+            config.early_stop_patience, config.window_s) == ("si_snr", 1e-3, 5.0, "plateau", 2.0, 3, 10, 20.0)
+    assert not (config.flip_sign or config.flip_channels or config.shuffle_sources) and config.max_shift_s == 0
+    assert config.model.filters == 500 and config.model.hidden == 500 and config.model.lstm_layers == 4
+    # The augmentations are there when asked for.
+    assert TrainConfig.for_model("tasnet", flip_channels=True).flip_channels
+    demucs = TrainConfig()
+    assert (demucs.model_name, demucs.loss, demucs.lr, demucs.grad_clip, demucs.lr_schedule) == \
+           ("demucs", "l1", 5e-4, None, "step")
+    round_trip = TrainConfig.from_dict(config.to_dict())
+    assert round_trip == config
+    with pytest.raises(ValueError, match="unknown separator model"):
+        TrainConfig.for_model("wave-u-net")
+    with pytest.raises(ValueError, match="loss"):
+        TrainConfig(loss="l2")
+    with pytest.raises(ValueError, match="unknown TasNetConfig fields"):
+        TrainConfig.for_model("tasnet", model={"channels": 4})

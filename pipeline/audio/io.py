@@ -1,33 +1,35 @@
 """Audio decoding (whole or as a stream of blocks), resampling, downmixing and file checksums.
 
-Arrays are float32 ``(channels, samples)``; rates are in Hz.  Decoding tries soundfile
-(libsndfile: wav, flac, ogg, aiff, ...) first and falls back to an ffmpeg pipe for anything
-else (m4a, mp4, stem.mp4, ...) and for MP3 (libsndfile 1.2 returns zeros in places when an
-MP3 is read in several blocks, so MP3s are decoded by ffmpeg when it is installed, by
-:func:`load` as well as by :func:`stream`; without ffmpeg an MP3 is read whole).
+Arrays are float32 ``(channels, samples)``; rates are in Hz.  Two decoders, both in-process
+(no ffmpeg or ffprobe program is ever run):
+
+* soundfile (libsndfile) for what it decodes correctly: WAV, FLAC, Ogg Vorbis, AIFF and the
+  other PCM containers;
+* PyAV (FFmpeg's libraries, bundled in its wheels; :mod:`pipeline.audio.pyav`) for everything
+  else: MP3 (libsndfile 1.2 returns zeros in places when an MP3 is read in several blocks),
+  Opus, AAC/M4A, MP4 and other video containers (their first audio stream), WMA, and each of
+  the five streams of a ``.stem.mp4`` (``audio_stream=k``).
 
 :func:`stream` / :class:`AudioStream` yield blocks of ``block_frames`` samples per channel
-read from the file (soundfile reads, or ffmpeg's stdout read in fixed-size chunks), checked
-for NaN/Inf block by block, downmixed, then resampled with ``soxr.ResampleStream`` (HQ);
-memory is bounded by a block whatever the file's length.  :func:`load` is the same stream
-read in one block and concatenated: ``soxr.ResampleStream`` gives exactly the samples of the
-one-shot ``soxr.resample`` whatever the block sizes (``tests/test_streaming.py`` checks it),
-so a track's 16 kHz signal, and hence its features, are identical whether it was loaded whole
-or streamed.  Every failure raises :class:`AudioError` with a reason a person understands,
-so catalog runs can record it as a rejection and go on; a stream raises it when the bad
-block arrives, after the blocks before it were yielded.
+read from the file, checked for NaN/Inf block by block, downmixed, then resampled with
+``soxr.ResampleStream`` (HQ); memory is bounded by a block whatever the file's length.
+:func:`load` is the same stream read in one block and concatenated: ``soxr.ResampleStream``
+gives exactly the samples of the one-shot ``soxr.resample`` whatever the block sizes
+(``tests/test_streaming.py`` checks it), so a track's 16 kHz signal, and hence its features,
+are identical whether it was loaded whole or streamed.  Every failure raises
+:class:`AudioError` with a reason a person understands, so catalog runs can record it as a
+rejection and go on; a stream raises it when the bad block arrives, after the blocks before
+it were yielded.  :func:`decoder_fingerprint` names the decoders' versions, for manifests and
+the keys of stages that decode audio.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
-import json
 import os
 import re
-import shutil
-import subprocess
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -35,29 +37,33 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from pipeline import rejects
+from pipeline.audio import pyav
+from pipeline.audio.common import AudioError, AudioInfo
+
+__all__ = ["AudioError", "AudioInfo", "AudioStream", "BLOCK_FRAMES", "decoder_fingerprint", "file_checksum",
+           "load", "match_channels", "open_stream", "probe", "resample", "stream", "to_mono"]
 
 # libsndfile's log line for a data chunk longer than the file: "data : 529200 (should be 264578)".
 _SHORT_CHUNK = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 _STREAMING_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}  # sizes written by encoders that stream to a pipe
 BLOCK_FRAMES = 1 << 16  # samples per channel per block of stream() (1.5 s at 44.1 kHz)
+# What libsndfile opens but PyAV decodes: MPEG audio (block reads give zeros in places) and Opus.
+_PYAV_FORMATS = {"MP3"}
+_PYAV_SUBTYPES = {"MPEG_LAYER_I", "MPEG_LAYER_II", "MPEG_LAYER_III", "OPUS"}
 
 
-class AudioError(Exception):
-    """A file that cannot be used as audio; ``str(err)`` is the human-readable reason."""
+@functools.lru_cache(maxsize=None)
+def _fingerprint() -> dict:
+    return {"soundfile": sf.__version__, "libsndfile": sf.__libsndfile_version__, "soxr": soxr.__version__,
+            **pyav.library_versions()}
 
 
-@dataclass(frozen=True)
-class AudioInfo:
-    """What a file holds: ``frames`` samples per channel at ``sample_rate`` Hz."""
-
-    sample_rate: int
-    channels: int
-    frames: int
-    codec: str
-
-    @property
-    def duration_s(self) -> float:
-        return self.frames / self.sample_rate if self.sample_rate else 0.0
+def decoder_fingerprint() -> dict:
+    """What turns files into samples here: versions of soundfile, libsndfile, soxr (the
+    resampler of :func:`stream`), PyAV, and the FFmpeg release and libraries PyAV runs
+    (``libavcodec`` ...), as ``{name: version string}``."""
+    return copy.deepcopy(_fingerprint())
 
 
 def file_checksum(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
@@ -71,22 +77,29 @@ def file_checksum(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
 
 def _check_readable(path: Path) -> None:
     if not path.exists():
-        raise AudioError("file does not exist")
+        raise AudioError("file does not exist", kind=rejects.UNREADABLE)
     if not os.access(path, os.R_OK):
-        raise AudioError("file is not readable (permission denied)")
+        raise AudioError("file is not readable (permission denied)", kind=rejects.UNREADABLE)
     if path.stat().st_size == 0:
-        raise AudioError("file is empty (0 bytes)")
+        raise AudioError("file is empty (0 bytes)", kind=rejects.EMPTY)
 
 
-def probe(path: str | os.PathLike) -> AudioInfo:
-    """Sample rate, channels, length and codec of ``path`` without decoding it all."""
+def probe(path: str | os.PathLike, audio_stream: int = 0) -> AudioInfo:
+    """Sample rate, channels, length and codec of ``path`` without decoding it all.
+
+    soundfile's formats: the exact length from the header.  PyAV's: the container's duration
+    (see :func:`pipeline.audio.pyav.probe`: within the codec's priming/padding of the decoded
+    count; decoded once only when the container states no duration).  ``audio_stream`` picks
+    one stream of a multi-stream file (a ``.stem.mp4``: 0 = mixture, 1..4 = the sources).
+    """
     path = Path(path)
     _check_readable(path)
-    try:
-        info = sf.info(str(path))
-        return AudioInfo(int(info.samplerate), int(info.channels), int(info.frames), info.format.lower())
-    except (sf.LibsndfileError, RuntimeError, TypeError):
-        return _ffprobe(path)
+    handle = _open_soundfile(path, check=False)
+    if handle is None:
+        return pyav.probe(path, audio_stream)
+    with handle:
+        _only_stream(audio_stream)
+        return AudioInfo(int(handle.samplerate), int(handle.channels), int(handle.frames), handle.format.lower())
 
 
 def load(
@@ -95,22 +108,24 @@ def load(
     mono: bool = False,
     start: int = 0,
     frames: int = -1,
+    audio_stream: int = 0,
 ) -> tuple[np.ndarray, int]:
     """Decode ``path`` to float32 ``(channels, samples)`` and return it with its rate in Hz.
 
     ``start``/``frames`` select a span in samples at the file's own rate (``frames=-1``:
     to the end).  ``sample_rate`` resamples (soxr HQ), ``mono`` averages channels to one.
+    ``audio_stream`` picks a stream of a multi-stream file (see :func:`probe`).
     The samples are exactly those of ``np.concatenate(list(stream(...)), axis=1)`` with the
     same arguments (whatever ``block_frames``).  Raises :class:`AudioError` for unreadable,
     empty, truncated or non-finite audio.
     """
     with open_stream(path, block_frames=None, sample_rate=sample_rate, mono=mono,
-                     start=start, frames=frames) as audio_stream:
-        blocks = list(audio_stream)
-        rate = audio_stream.sample_rate
+                     start=start, frames=frames, audio_stream=audio_stream) as audio_stream_:
+        blocks = list(audio_stream_)
+        rate = audio_stream_.sample_rate
         if not blocks:  # e.g. one sample at 96 kHz resampled to 16 kHz
-            raise AudioError(f"no samples left at {rate} Hz: the file holds {audio_stream.samples_read} "
-                             f"at {audio_stream.file_rate} Hz")
+            raise AudioError(f"no samples left at {rate} Hz: the file holds {audio_stream_.samples_read} "
+                             f"at {audio_stream_.file_rate} Hz", kind=rejects.NO_SAMPLES)
     audio = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
     return np.ascontiguousarray(audio), int(rate)
 
@@ -122,6 +137,7 @@ def stream(
     mono: bool = False,
     start: int = 0,
     frames: int = -1,
+    audio_stream: int = 0,
 ) -> Iterator[np.ndarray]:
     """Decode ``path`` block by block: float32 ``(channels, n)`` arrays, ``n >= 1``.
 
@@ -131,10 +147,10 @@ def stream(
     resampler gives the same samples as :func:`resample` on the whole signal).  Memory is
     bounded by the block whatever the file's length.  The file is opened on the first
     ``next()``, so :class:`AudioError` is raised while iterating; breaking out early closes
-    the file and stops ffmpeg.  Use :func:`open_stream` to know the rate before the first block.
+    the file.  Use :func:`open_stream` to know the rate before the first block.
     """
-    with open_stream(path, block_frames, sample_rate, mono, start, frames) as audio_stream:
-        yield from audio_stream
+    with open_stream(path, block_frames, sample_rate, mono, start, frames, audio_stream) as opened:
+        yield from opened
 
 
 class AudioStream:
@@ -142,12 +158,13 @@ class AudioStream:
 
     ``sample_rate`` (Hz) and ``channels`` describe the blocks it yields, ``file_rate`` and
     ``file_channels`` the file; ``samples_read`` counts samples per channel decoded from
-    the file so far (at ``file_rate``).  Use as a context manager, or call :meth:`close`.
-    Iterate once.
+    the file so far (at ``file_rate``); ``decoder`` is ``"soundfile"`` or ``"pyav"``.  Use as
+    a context manager, or call :meth:`close`.  Iterate once.
     """
 
     def __init__(self, path: str | os.PathLike, block_frames: int | None = BLOCK_FRAMES,
-                 sample_rate: int | None = None, mono: bool = False, start: int = 0, frames: int = -1):
+                 sample_rate: int | None = None, mono: bool = False, start: int = 0, frames: int = -1,
+                 audio_stream: int = 0):
         if block_frames is not None and block_frames < 1:
             raise ValueError(f"block_frames must be >= 1 or None, got {block_frames}")
         if start < 0:
@@ -157,18 +174,22 @@ class AudioStream:
         self._closers: list = []
         _check_readable(self.path)
         handle = _open_soundfile(self.path)
-        if isinstance(handle, sf.SoundFile):
+        if handle is not None:
             self._closers.append(handle.close)
+            try:
+                _only_stream(audio_stream)
+            except AudioError:
+                self._close_files()
+                raise
+            self.decoder = "soundfile"
             self.file_rate, self.file_channels = int(handle.samplerate), int(handle.channels)
-            if handle.format == "MP3":
-                block_frames = None  # no ffmpeg: one whole read, the only one libsndfile gets right
             self._raw = _soundfile_blocks(handle, start, frames, block_frames)
         else:
-            info = _ffprobe(self.path)
-            if info.sample_rate <= 0 or info.channels <= 0:
-                raise AudioError(f"audio stream has no usable sample rate or channel count ({handle})")
-            self.file_rate, self.file_channels = info.sample_rate, info.channels
-            self._raw = _ffmpeg_blocks(self.path, info, start, frames, block_frames, self._closers)
+            decoder = pyav.Decoder(self.path, audio_stream)
+            self._closers.append(decoder.close)
+            self.decoder = "pyav"
+            self.file_rate, self.file_channels = decoder.rate, decoder.channels
+            self._raw = decoder.blocks(start, frames, block_frames)
         self.mono = mono
         self.channels = 1 if mono else self.file_channels
         self.sample_rate = int(sample_rate) if sample_rate is not None else self.file_rate
@@ -180,11 +201,14 @@ class AudioStream:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def close(self) -> None:
-        """Close the file / stop and reap ffmpeg (idempotent)."""
-        self._raw.close()
+    def _close_files(self) -> None:
         while self._closers:
             self._closers.pop()()
+
+    def close(self) -> None:
+        """Stop decoding and close the file (idempotent)."""
+        self._raw.close()
+        self._close_files()
 
     def __iter__(self) -> Iterator[np.ndarray]:
         if self._iterated:
@@ -197,7 +221,7 @@ class AudioStream:
         try:
             for block in self._raw:  # (file_channels, n) float32, n >= 1
                 if not np.isfinite(block).all():
-                    raise AudioError("audio contains NaN or Inf samples")
+                    raise AudioError("audio contains NaN or Inf samples", kind=rejects.NOT_FINITE)
                 self.samples_read += block.shape[1]
                 if self.mono:
                     block = to_mono(block)
@@ -206,7 +230,7 @@ class AudioStream:
                 if block.shape[1]:
                     yield block
             if self.samples_read == 0:
-                raise AudioError("file holds no audio samples (truncated or empty stream)")
+                raise AudioError("file holds no audio samples (truncated or empty stream)", kind=rejects.NO_SAMPLES)
             if resampler is not None:
                 tail = _resample_chunk(resampler, np.zeros((self.channels, 0), np.float32), last=True)
                 if tail.shape[1]:
@@ -217,10 +241,16 @@ class AudioStream:
 
 def open_stream(path: str | os.PathLike, block_frames: int | None = BLOCK_FRAMES,
                 sample_rate: int | None = None, mono: bool = False, start: int = 0,
-                frames: int = -1) -> AudioStream:
+                frames: int = -1, audio_stream: int = 0) -> AudioStream:
     """Open ``path`` for block decoding (arguments as :func:`stream`); raises :class:`AudioError`
     at once for files that cannot be opened, and while iterating for bad content."""
-    return AudioStream(path, block_frames, sample_rate, mono, start, frames)
+    return AudioStream(path, block_frames, sample_rate, mono, start, frames, audio_stream)
+
+
+def _only_stream(audio_stream: int) -> None:
+    """soundfile's formats hold one audio stream."""
+    if audio_stream != 0:
+        raise AudioError(f"the file holds 1 audio stream; stream {audio_stream} was asked for", kind=rejects.OTHER)
 
 
 def _resample_chunk(resampler: soxr.ResampleStream, block: np.ndarray, last: bool) -> np.ndarray:
@@ -228,24 +258,26 @@ def _resample_chunk(resampler: soxr.ResampleStream, block: np.ndarray, last: boo
     return np.ascontiguousarray(np.asarray(out, dtype=np.float32).reshape(-1, block.shape[0]).T)
 
 
-def _open_soundfile(path: Path) -> sf.SoundFile | str:
-    """An open ``SoundFile`` for what libsndfile streams correctly, else the reason to use ffmpeg.
+def _open_soundfile(path: Path, check: bool = True) -> sf.SoundFile | None:
+    """An open ``SoundFile`` for what libsndfile decodes correctly, else None (PyAV's formats).
 
-    MPEG audio goes to ffmpeg when it is installed: libsndfile 1.2's MP3 decoder returns
-    zeros in places when a file is read in several blocks (a whole read is right).
+    None for files libsndfile cannot open and for MPEG audio and Opus, which it opens: its
+    MP3 decoder returns zeros in places when a file is read in several blocks.  ``check``
+    raises :class:`AudioError` for a WAV-family header that announces more than the file holds.
     """
     try:
         handle = sf.SoundFile(str(path))
-    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        return str(err)
-    if handle.format == "MP3" and shutil.which("ffmpeg") is not None:
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return None
+    if handle.format in _PYAV_FORMATS or handle.subtype in _PYAV_SUBTYPES:
         handle.close()
-        return "MPEG audio is decoded by ffmpeg"
-    try:
-        _check_not_truncated(handle)
-    except AudioError:
-        handle.close()
-        raise
+        return None
+    if check:
+        try:
+            _check_not_truncated(handle)
+        except AudioError:
+            handle.close()
+            raise
     return handle
 
 
@@ -268,7 +300,7 @@ def _soundfile_blocks(fh: sf.SoundFile, start: int, frames: int, block_frames: i
             if block_frames is None and remaining is None:
                 break
     except (sf.LibsndfileError, RuntimeError) as err:
-        raise AudioError(f"file is corrupt or truncated ({err})") from err
+        raise AudioError(f"file is corrupt or truncated ({err})", kind=rejects.CORRUPT) from err
 
 
 def _check_not_truncated(fh: sf.SoundFile) -> None:
@@ -276,7 +308,7 @@ def _check_not_truncated(fh: sf.SoundFile) -> None:
     match = _SHORT_CHUNK.search(fh.extra_info)
     if match and int(match.group(1)) not in _STREAMING_SIZES and int(match.group(2)) < int(match.group(1)):
         raise AudioError(f"file is truncated: its header announces {match.group(1)} bytes of audio, "
-                         f"the file holds {match.group(2)}")
+                         f"the file holds {match.group(2)}", kind=rejects.CORRUPT)
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:
@@ -301,75 +333,3 @@ def match_channels(audio: np.ndarray, channels: int) -> np.ndarray:
     if audio.shape[0] == 1:
         return np.repeat(audio, channels, axis=0)
     return np.repeat(to_mono(audio), channels, axis=0)
-
-
-def _ffprobe(path: Path) -> AudioInfo:
-    if shutil.which("ffprobe") is None:
-        raise AudioError("not a format soundfile can read, and ffprobe is not installed")
-    cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
-           "stream=sample_rate,channels,codec_name,duration_ts,time_base,duration",
-           "-of", "json", str(path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    streams = json.loads(proc.stdout or "{}").get("streams", []) if proc.returncode == 0 else []
-    if not streams:
-        if proc.returncode == 0:
-            raise AudioError("no audio stream: the container holds no sound (a video-only or data file)")
-        detail = "; ".join(re.sub(r" @ 0x[0-9a-f]+", "", line.replace(str(path), "").lstrip(": "))
-                           for line in proc.stderr.strip().splitlines())[:200]
-        raise AudioError("not an audio file, or one with a corrupt header: no decoder recognises its "
-                         f"format (ffprobe: {detail or 'no details'})")
-    stream = streams[0]
-    rate = int(stream.get("sample_rate", 0))
-    duration = float(stream.get("duration", 0.0) or 0.0)
-    return AudioInfo(rate, int(stream.get("channels", 0)), int(round(duration * rate)), stream.get("codec_name", "?"))
-
-
-def _ffmpeg_blocks(path: Path, info: AudioInfo, start: int, frames: int, block_frames: int | None,
-                   closers: list) -> Iterator[np.ndarray]:
-    """``(channels, n)`` float32 blocks decoded by an ffmpeg pipe, read incrementally.
-
-    The span is cut by counting samples (exact, whatever the codec's seeking).  stderr goes
-    to a temporary file, so ffmpeg never blocks on it; the process is killed and reaped
-    when the generator is closed before the end.
-    """
-    if shutil.which("ffmpeg") is None:
-        raise AudioError("not a format soundfile can read, and ffmpeg is not installed")
-    cmd = ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0", "-f", "f32le",
-           "-acodec", "pcm_f32le", "-ar", str(info.sample_rate), "-ac", str(info.channels), "-"]
-    errors = tempfile.TemporaryFile()
-    closers.append(errors.close)
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors)
-
-    def stop() -> None:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stdout.close()
-
-    closers.append(stop)
-    frame_bytes = 4 * info.channels
-    chunk = frame_bytes * (block_frames if block_frames is not None else 1 << 16)
-    skip, remaining = start, frames if frames >= 0 else None
-    pending = b""
-    while remaining is None or remaining > 0:
-        data = proc.stdout.read(chunk)
-        if not data:
-            break
-        data = pending + data
-        usable = len(data) - len(data) % frame_bytes
-        pending = data[usable:]
-        block = np.frombuffer(data[:usable], dtype="<f4").reshape(-1, info.channels)
-        if skip:
-            dropped = min(skip, block.shape[0])
-            block, skip = block[dropped:], skip - dropped
-        if remaining is not None:
-            block = block[:remaining]
-            remaining -= block.shape[0]
-        if block.shape[0]:
-            yield np.ascontiguousarray(block.T, dtype=np.float32)
-    if remaining is not None and remaining <= 0:
-        return  # the span is complete: the rest of the file is not decoded (stop() kills ffmpeg)
-    if proc.wait() != 0:
-        errors.seek(0)
-        reason = errors.read().decode(errors="replace").strip().splitlines()
-        raise AudioError(f"ffmpeg could not decode the file: {reason[-1] if reason else 'unknown error'}")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline import rejects as kinds
 from pipeline.audio.io import file_checksum
 from pipeline.storage.outputs import stable_hash
 
@@ -113,27 +114,28 @@ def scan(
     Checksums of files whose ``(path, size, mtime_ns)`` match ``previous`` are reused, so a
     rescan of a large catalog reads only new or changed files.  Unreadable or empty files,
     names that are not valid UTF-8, anything but a regular file, and later copies of an
-    already-listed content are returned as rejects (``path, track_id, stage, reason``).
+    already-listed content are returned as rejects (``path, track_id, stage, kind, reason``).
     """
     if shard_size < 1:
         raise ValueError("shard_size must be at least 1")
     known = {}
     if previous is not None and len(previous):
         known = {(r.path, r.size, r.mtime_ns): r.checksum for r in previous.itertuples()}
-    checksums, rejects = [], []
+    checksums, rejects = [], []  # rejects: (path, track_id, stage, kind, reason)
     for row in files.itertuples():
         checksum = known.get((row.path, row.size, row.mtime_ns))
         if checksum is None:
             problem = _unscannable(row.path, row.size)
             if problem:
-                rejects.append((row.path, "", "scan", problem))
+                rejects.append((row.path, "", "scan", *problem))
             else:
                 try:
                     checksum = file_checksum(row.path)
                 except PermissionError:
-                    rejects.append((row.path, "", "scan", "file is not readable (permission denied)"))
+                    rejects.append((row.path, "", "scan", kinds.UNREADABLE, "file is not readable (permission denied)"))
                 except OSError as err:
-                    rejects.append((row.path, "", "scan", f"file cannot be read ({err.strerror or err})"))
+                    rejects.append((row.path, "", "scan", kinds.UNREADABLE,
+                                   f"file cannot be read ({err.strerror or err})"))
         checksums.append(checksum)
     tracks = files.assign(checksum=checksums)
     tracks = tracks[tracks["checksum"].notna()].copy()
@@ -141,32 +143,32 @@ def scan(
     duplicated = tracks["track_id"].duplicated(keep="first")
     first_path = tracks.drop_duplicates("track_id").set_index("track_id")["path"]
     for row in tracks[duplicated].itertuples():
-        rejects.append((row.path, row.track_id, "scan", f"same content as {first_path[row.track_id]}"))
+        rejects.append((row.path, row.track_id, "scan", kinds.DUPLICATE, f"same content as {first_path[row.track_id]}"))
     tracks = tracks[~duplicated].reset_index(drop=True)
     tracks["shard"] = _assign_shards(tracks, shard_size, previous)
-    rejects_frame = pd.DataFrame(rejects, columns=["path", "track_id", "stage", "reason"])
+    rejects_frame = pd.DataFrame(rejects, columns=["path", "track_id", "stage", "kind", "reason"])
     return tracks[CATALOG_COLUMNS].sort_values(["shard", "path"]).reset_index(drop=True), rejects_frame
 
 
-def _unscannable(path: str, size: int) -> str | None:
-    """Why ``path`` (a listing row) cannot become a track before it is read, or ``None``.
+def _unscannable(path: str, size: int) -> tuple[str, str] | None:
+    """``(kind, reason)`` why ``path`` (a listing row) cannot become a track before it is read, or ``None``.
 
     Empty files are rejected here, not as duplicates of each other (every empty file has the
     same checksum), and anything but a regular file (a named pipe, socket or device, where
     reading could block forever) is never opened.
     """
     if size == BAD_NAME_SIZE:
-        return "file name is not valid UTF-8 (shown with \\x escapes); rename the file to include it"
+        return kinds.NOT_UTF8, "file name is not valid UTF-8 (shown with \\x escapes); rename the file to include it"
     try:
         mode = os.stat(path).st_mode
     except PermissionError:
-        return "file is not readable (permission denied)"
+        return kinds.UNREADABLE, "file is not readable (permission denied)"
     except OSError as err:
-        return f"file cannot be read ({err.strerror or err})"
+        return kinds.UNREADABLE, f"file cannot be read ({err.strerror or err})"
     if not stat.S_ISREG(mode):
-        return "not a regular file (a named pipe, socket or device), so it is not read"
+        return kinds.NOT_REGULAR, "not a regular file (a named pipe, socket or device), so it is not read"
     if size == 0:
-        return "file is empty (0 bytes)"
+        return kinds.EMPTY, "file is empty (0 bytes)"
     return None
 
 
@@ -174,8 +176,7 @@ def _assign_shards(tracks: pd.DataFrame, shard_size: int, previous: pd.DataFrame
     shards = np.full(len(tracks), -1, dtype=np.int64)
     if previous is not None and len(previous):
         before = {(r.path, r.checksum): r.shard for r in previous.itertuples()}
-        shards = np.array([before.get((p, c), -1) for p, c in zip(tracks["path"], tracks["checksum"])],
-                          dtype=np.int64)
+        shards = np.array([before.get((p, c), -1) for p, c in zip(tracks["path"], tracks["checksum"])], dtype=np.int64)
         start = int(previous["shard"].max()) + 1
     else:
         start = 0
@@ -191,12 +192,32 @@ def shard_key(shard_tracks: pd.DataFrame) -> str:
 
 def shards(tracks: pd.DataFrame) -> list[tuple[int, str, pd.DataFrame]]:
     """``(shard number, shard key, its tracks)`` for every shard of a scanned catalog."""
-    return [(int(number), shard_key(group), group.reset_index(drop=True))
-            for number, group in tracks.groupby("shard", sort=True)]
+    return [
+        (int(number), shard_key(group), group.reset_index(drop=True))
+        for number, group in tracks.groupby("shard", sort=True)
+    ]
 
 
-def scan_catalog(catalog: str | os.PathLike, shard_size: int, out: Path,
-                 previous_tracks: str | os.PathLike | None = None) -> dict[str, int]:
+def scan_shards(tracks_file: str | os.PathLike) -> list[tuple[int, str]]:
+    """``(shard number, shard key)`` of every shard of a scan's ``tracks.parquet``."""
+    return [(number, key) for number, key, _ in shards(pd.read_parquet(tracks_file))]
+
+
+def read_scan_rejects(scan_folder: str | os.PathLike) -> pd.DataFrame:
+    """The rejects of a ScanCatalog output (``rejects.parquet``: REJECTS_SCHEMA columns)."""
+    return pd.read_parquet(Path(scan_folder) / "rejects.parquet")
+
+
+def read_shard(tracks_file: str | os.PathLike, shard: int) -> pd.DataFrame:
+    """One shard's rows of a scan's ``tracks.parquet``: ``path, size, mtime_ns, checksum, track_id, shard``.
+
+    Filtered while reading: a scan of 100,000 tracks is read once per shard and stage."""
+    return pd.read_parquet(tracks_file, filters=[("shard", "==", int(shard))]).reset_index(drop=True)
+
+
+def scan_catalog(
+    catalog: str | os.PathLike, shard_size: int, out: Path, previous_tracks: str | os.PathLike | None = None
+) -> dict[str, int]:
     """Scan ``catalog`` into ``out/tracks.parquet`` and ``out/rejects.parquet``; return counts.
 
     ``previous_tracks`` is the ``tracks.parquet`` of the latest earlier scan of the same
@@ -208,5 +229,9 @@ def scan_catalog(catalog: str | os.PathLike, shard_size: int, out: Path,
     tracks, rejects = scan(listing(catalog), shard_size, previous)
     write_parquet_atomic(tracks, Path(out) / "tracks.parquet")
     write_parquet_atomic(rejects, Path(out) / "rejects.parquet")
-    return {"tracks": len(tracks), "shards": int(tracks["shard"].nunique()), "rejects": len(rejects),
-            "bytes": int(tracks["size"].sum())}
+    return {
+        "tracks": len(tracks),
+        "shards": int(tracks["shard"].nunique()),
+        "rejects": len(rejects),
+        "bytes": int(tracks["size"].sum()),
+    }

@@ -41,24 +41,28 @@ import pandas as pd
 import soundfile as sf
 from scipy import signal
 
+from pipeline.audio.encode import encode_audio
 from pipeline.audio.io import match_channels, resample
 from pipeline.corpora.labels import relative_volumes
+from pipeline.corpora.stemset import SPLITS
 from pipeline.sources import SOURCES, window_start_s
 from pipeline.storage.outputs import atomic_path, is_temporary, write_json_atomic, write_parquet_atomic
 
-GENERATOR_VERSION = 1  # bump when the synthesis changes what a seed produces
+GENERATOR_VERSION = 2  # bump when the synthesis changes what a seed produces (2: M4A catalog tracks)
 SAMPLE_RATE = 44_100
-SPLITS = ("train", "valid", "test")
 OFF, QUIET, ON = 0, 1, 2  # section states of a source
 FADE_FLOOR_DB = -60.0  # fades run dB-linearly between this level and the section level
 
-# Catalog variants: extension, soundfile format, subtype.
+# Catalog variants: extension, format, subtype: soundfile's names, or "AAC" for AAC in an M4A
+# container written with PyAV (libsndfile cannot write it).
 CATALOG_FORMATS: tuple[tuple[str, str, str], ...] = (
     ("wav", "WAV", "PCM_16"),
     ("flac", "FLAC", "PCM_24"),
     ("ogg", "OGG", "VORBIS"),
     ("mp3", "MP3", "MPEG_LAYER_III"),
+    ("m4a", "AAC", ""),
 )
+LOSSY_FORMATS = ("OGG", "MP3", "AAC")  # written at a lower peak: their decoded peaks overshoot
 CATALOG_RATES: tuple[int, ...] = (22_050, 44_100, 48_000)
 CATALOG_CHANNELS: tuple[int, ...] = (1, 2)
 BAD_FILES = ("empty.wav", "truncated.flac", "not_audio.mp3")
@@ -869,8 +873,8 @@ def _duration(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
 def catalog_variant(index: int) -> tuple[tuple[str, str, str], int, int]:
     """(format, sample rate, channels) of catalog track ``index``.
 
-    Cycles through all 24 combinations every 24 tracks; any 6 consecutive tracks starting
-    at 0 already hold every format, rate and channel count.
+    Any 5 consecutive tracks hold every format, any 3 every rate; tracks 0..5 hold both
+    channel counts.
     """
     fmt = CATALOG_FORMATS[index % len(CATALOG_FORMATS)]
     rate = CATALOG_RATES[index % len(CATALOG_RATES)]
@@ -888,12 +892,17 @@ def catalog_relpath(index: int) -> str:
 
 
 def _write_audio(path: Path, audio: np.ndarray, rate: int, fmt: str, subtype: str) -> None:
-    """Write ``(channels, samples)`` atomically with an explicit format (temporary names lack suffixes).
+    """Write ``(channels, samples)`` atomically with an explicit format (temporary names lack suffixes);
+    ``fmt = "AAC"`` writes AAC in an M4A container with PyAV (:mod:`pipeline.audio.encode`).
 
     Float WAV files get no PEAK chunk: libsndfile stamps it with the current time, which
     would make re-runs differ byte-wise.  Audio goes in blocks of WRITE_BLOCK frames: one
     large write makes libvorbis overflow the stack (libsndfile issue #1095).
     """
+    if fmt == "AAC":
+        with atomic_path(path) as tmp:
+            encode_audio(tmp, [audio], rate, "aac", "ipod")
+        return
     frames = np.ascontiguousarray(audio.T)
     with atomic_path(path) as tmp:
         with sf.SoundFile(str(tmp), "w", rate, audio.shape[0], subtype=subtype, format=fmt) as fh:
@@ -930,7 +939,7 @@ def _make_catalog_track(out: str, index: int, config: DemoConfig) -> dict:
     (ext, fmt, subtype), file_rate, channels = catalog_variant(index)
     mixture = mix(stems)
     converted = match_channels(resample(mixture, rate, file_rate), channels)
-    peak_target = rng.uniform(0.35, 0.85 if fmt in ("OGG", "MP3") else 0.95)
+    peak_target = rng.uniform(0.35, 0.85 if fmt in LOSSY_FORMATS else 0.95)
     gain = peak_target / max(float(np.abs(converted).max()), 1e-9)
     relpath = catalog_relpath(index)
     _write_audio(Path(out) / "catalog" / relpath, (converted * gain).astype(np.float32), file_rate, fmt, subtype)

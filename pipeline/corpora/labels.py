@@ -1,4 +1,4 @@
-"""Relative-volume labels of stem-set tracks on the shared 0.64 s / 64 ms grid (SPEC.md).
+"""Relative-volume labels of stem-set tracks on the shared 0.64 s / 64 ms grid (paper section 4.1).
 
 ``V_i = 10 log10(||s_i||^2 / ||s||^2)`` in dB per window, with ``s = sum_i s_i``.  A window
 whose mixture is digitally silent (energy below :data:`SILENT_ENERGY`) gets ``V_i = -inf``
@@ -10,10 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.sources import SOURCES, n_windows, window_samples, window_starts
+from pipeline.sources import LABEL_SILENT_DB, SOURCES, n_windows, window_samples, window_starts
 
 SILENT_ENERGY = 1e-10  # sum of squares over a window below which the mixture is silent
-SILENT_DB = -13.0  # training label: source silent when V_i <= -13 dB (the paper's sign is a typo)
 
 
 def window_energy(signal: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -58,7 +57,7 @@ def labels_frame(track_id: str, volumes: np.ndarray, hop_s: float) -> pd.DataFra
     return frame
 
 
-def silent_labels(volumes: np.ndarray, threshold_db: float = SILENT_DB) -> np.ndarray:
+def silent_labels(volumes: np.ndarray, threshold_db: float = LABEL_SILENT_DB) -> np.ndarray:
     """Binary targets ``(4, n)``: 1 where the source is silent (``V_i <= threshold_db``)."""
     return (volumes <= threshold_db).astype(np.float32)
 
@@ -86,4 +85,4 @@ def label_stem_set(stem_root, splits: list[str], out) -> dict[str, int]:
     table = pd.concat(frames, ignore_index=True)
     write_parquet_atomic(table, out)
     return {"tracks": len(frames), "windows": len(table),
-            **{f"silent_13db_{name}": int((table[f"V_{name}"] <= SILENT_DB).sum()) for name in SOURCES}}
+            **{f"silent_13db_{name}": int((table[f"V_{name}"] <= LABEL_SILENT_DB).sum()) for name in SOURCES}}

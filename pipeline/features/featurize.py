@@ -22,13 +22,14 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from pipeline import rejects
 from pipeline.audio import io as audio
-
 from pipeline.corpora import stemset
-from pipeline.mining.schema import REJECTS_SCHEMA
-from pipeline.features.store import FeatureShardWriter
 from pipeline.features.scattering import FeatureExtractor
+from pipeline.features.store import FeatureShardWriter
+from pipeline.mining.schema import REJECTS_SCHEMA
 from pipeline.sources import FEATURE_RATE
+from pipeline.storage.journal import Progress
 from pipeline.storage.outputs import write_parquet_atomic
 
 STAGE = "features"
@@ -40,23 +41,30 @@ Item = tuple[str, str, Callable[[], Iterable[np.ndarray]]]
 
 
 def featurize(items: Iterable[Item], npy_path: Path, total: int | None = None,
-              num_threads: int | None = None) -> dict[str, int]:
-    """Write the features of ``items`` to ``npy_path`` (+ index, + rejects); return counts."""
+              num_threads: int | None = None, progress: Progress | None = None) -> dict[str, int]:
+    """Write the features of ``items`` to ``npy_path`` (+ index, + rejects); return counts.
+
+    ``progress(tracks done, total, path)`` is called before each track and once at the end."""
     extractor = FeatureExtractor(num_threads=num_threads)
-    rejects, samples = [], 0
+    rejected, samples, done = [], 0, 0
     with FeatureShardWriter(npy_path) as writer:
         for track_id, path, source in tqdm(items, total=total, desc=f"features {npy_path.stem}", unit="track",
                                            leave=False):
+            if progress:
+                progress(done, total or 0, path)
+            done += 1
             counter = _Counter()
             try:
                 writer.add_pieces(track_id, _finite(extractor.stream(counter.count(source()))))
             except audio.AudioError as err:
-                rejects.append((path, track_id, STAGE, str(err)))
+                rejected.append((path, track_id, STAGE, err.kind, str(err)))
                 continue
             samples += counter.samples
-    frame = pd.DataFrame(rejects, columns=REJECTS_SCHEMA.names)
+    if progress:
+        progress(done, total or done, "")
+    frame = pd.DataFrame(rejected, columns=REJECTS_SCHEMA.names)
     write_parquet_atomic(frame.astype(str), rejects_path(npy_path))
-    return {"tracks": len(writer.index_frame()), "rejects": len(rejects),
+    return {"tracks": len(writer.index_frame()), "rejects": len(rejected),
             "audio_seconds": round(samples / FEATURE_RATE, 1)}
 
 
@@ -65,7 +73,7 @@ def _finite(pieces: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
     for piece in pieces:
         if not np.isfinite(piece).all():
             raise audio.AudioError("features overflow to NaN or Inf: sample values far beyond full scale "
-                                   "(corrupt float data?)")
+                                   "(corrupt float data?)", kind=rejects.NOT_FINITE)
         yield piece
 
 
@@ -96,10 +104,12 @@ def catalog_blocks(path: str, block_frames: int = STREAM_BLOCK_FRAMES) -> Iterat
         yield block[0]
 
 
-def featurize_catalog_shard(tracks: pd.DataFrame, npy_path: Path, num_threads: int | None = None) -> dict[str, int]:
-    """Features of one catalog shard (rows with ``track_id, path``), each track streamed."""
+def featurize_catalog_shard(tracks: pd.DataFrame, npy_path: Path, num_threads: int | None = None,
+                            progress: Progress | None = None) -> dict[str, int]:
+    """Features of one catalog shard (rows with ``track_id, path``), each track streamed;
+    ``progress`` as in :func:`featurize`."""
     items = [(row.track_id, row.path, lambda path=row.path: catalog_blocks(path)) for row in tracks.itertuples()]
-    return featurize(items, npy_path, total=len(items), num_threads=num_threads)
+    return featurize(items, npy_path, total=len(items), num_threads=num_threads, progress=progress)
 
 
 def featurize_stem_split(stem_root: str, split: str, npy_path: Path, num_threads: int | None = None) -> dict[str, int]:

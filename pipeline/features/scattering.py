@@ -1,6 +1,6 @@
 """Scattering features of the 16 kHz mono mixture, laid out as ``(C, F, T)`` for the detector.
 
-Order-2 1D scattering (Kymatio 0.3.0, torch frontend) with ``J=8, Q=8, T=256`` (SPEC.md):
+Order-2 1D scattering (Kymatio 0.3.0, torch frontend) with ``J=8, Q=8, T=256`` (paper appendix A):
 one frame every 256 samples = 16 ms.  Frame ``j`` is centred on sample ``j * 256`` of the
 signal, which is taken as zero outside ``[0, n_samples)`` (silence before and after the
 track).  Layout (Appendix A of the paper):
@@ -67,13 +67,12 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from pipeline import rejects
 from pipeline.audio.io import AudioError
-from pipeline.sources import FEATURE_RATE, n_windows
+from pipeline.sources import FEATURE_FRAME_SAMPLES, FEATURE_RATE, FRAMES_PER_HOP, FRAMES_PER_WINDOW, n_windows
 
-SCATTERING: dict[str, int] = dict(J=8, Q=8, T=256)
-FRAME_SAMPLES: int = 256  # samples per scattering frame at 16 kHz (16 ms)
-FRAMES_PER_WINDOW: int = 40  # 0.64 s grid window = 40 frames
-FRAMES_PER_HOP: int = 4  # 64 ms grid hop = 4 frames
+SCATTERING: dict[str, int] = dict(J=8, Q=8, T=FEATURE_FRAME_SAMPLES)
+FRAME_SAMPLES: int = FEATURE_FRAME_SAMPLES  # samples per scattering frame at 16 kHz (16 ms)
 LOG_EPS: float = 1e-6  # log1p(S / LOG_EPS); see module docstring
 CONTEXT_FRAMES: int = 12  # context per side for chunking (see CHUNK_TOLERANCE)
 CHUNK_TOLERANCE: float = 1e-2  # max |chunked - whole| in log1p units at CONTEXT_FRAMES
@@ -170,7 +169,7 @@ def _check_signal(mono16k: np.ndarray) -> np.ndarray:
     """A whole signal as float32 ``(n,)``, n >= 1; raises :class:`AudioError` otherwise."""
     signal = _check_block(mono16k)
     if signal.shape[0] == 0:
-        raise AudioError("audio has no samples")
+        raise AudioError("audio has no samples", kind=rejects.NO_SAMPLES)
     return signal
 
 
@@ -310,7 +309,7 @@ class FeatureExtractor:
                 buffer = buffer[keep_from - buffer_start:].copy()
                 buffer_start = keep_from
         if seen == 0:
-            raise AudioError("audio has no samples")
+            raise AudioError("audio has no samples", kind=rejects.NO_SAMPLES)
         total = n_frames if n_frames is not None else n_feature_frames(seen)
         segment, step = plan if plan is not None else self._plan(total)
         while next_start < total:
@@ -341,9 +340,10 @@ def _check_block(block: np.ndarray) -> np.ndarray:
     if block.ndim == 2 and block.shape[0] == 1:
         block = block[0]
     if block.ndim != 1:
-        raise AudioError(f"expected mono audio of shape (samples,) or (1, samples), got {block.shape}")
+        raise AudioError(f"expected mono audio of shape (samples,) or (1, samples), got {block.shape}",
+                         kind=rejects.OTHER)
     if not np.isfinite(block).all():
-        raise AudioError("audio contains NaN or Inf samples")
+        raise AudioError("audio contains NaN or Inf samples", kind=rejects.NOT_FINITE)
     return block.astype(np.float32, copy=False)
 
 
@@ -355,7 +355,7 @@ def _window(buffer: np.ndarray, buffer_start: int, start: int, length: int) -> n
     if start < buffer_start and buffer_start > 0:
         raise RuntimeError("chunk reads samples already dropped from the stream buffer")
     if last > first:
-        out[first - start:last - start] = buffer[first - buffer_start:last - buffer_start]
+        out[first - start : last - start] = buffer[first - buffer_start : last - buffer_start]
     return out
 
 
@@ -391,6 +391,6 @@ def fit_normalisation(feature_iter: Iterable[np.ndarray], min_std: float = 1e-4)
     if total is None or count == 0:
         raise ValueError("fit_normalisation needs at least one frame of features")
     mean = total / count
-    std = np.sqrt(np.maximum(squares / count - mean ** 2, 0.0))
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
     std = np.where(std < min_std, 1.0, std)
     return mean[..., None].astype(np.float32), std[..., None].astype(np.float32)

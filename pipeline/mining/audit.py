@@ -1,4 +1,4 @@
-"""Audit report of an extraction run: a self-contained HTML folder to read and listen to D_i.
+"""Audit report of a catalog's D_i (:class:`pipeline.mining.datasets.DatasetRun`): static HTML to read and hear.
 
 :func:`write_audit` writes ``out_dir/index.html`` (the overview), one page per source
 (``out_dir/<source>.html``), pictures in ``out_dir/img/`` and preview clips in ``out_dir/clips/``.
@@ -26,7 +26,7 @@ Ground truth (the demo catalog only) has columns ``file`` (posix path relative t
 root), ``window``, ``start_s``, ``V_<source>`` (dB) on the shared grid.  A truth window belongs to
 an excerpt when its whole span ``[start_s, start_s + WINDOW_S)`` lies inside the excerpt; the
 fraction of extracted audio that is truly silent is the share of those windows with
-``V_i <= SILENT_DB`` (``-inf`` counts as silent).
+``V_i <= TRULY_SILENT_DB`` (``-inf`` counts as silent).
 """
 
 from __future__ import annotations
@@ -41,16 +41,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import soundfile as sf
-from matplotlib.figure import Figure
 from matplotlib import colormaps
+from matplotlib.figure import Figure
 from PIL import Image
 
 from pipeline.audio.io import AudioError, load
-from pipeline.mining.schema import read_index
-from pipeline.sources import SOURCES, WINDOW_S
+from pipeline.mining.datasets import DatasetRun
+from pipeline.sources import INAUDIBLE_DB, SOURCES, TRULY_SILENT_DB, WINDOW_S
 from pipeline.storage.outputs import MANIFEST, atomic_path, read_manifest, stable_hash
-from pipeline.mining.schema import read_rejects
-from pipeline.mining.verify import normal_audio_path
 
 CLIP_RATE = 22_050  # Hz, preview clips (mono)
 SPECTROGRAM_SHAPE = (60, 160)  # pixels (rows = log-frequency, columns = time)
@@ -61,8 +59,6 @@ MAX_REJECT_ROWS = 200  # rejects listed one by one; the rest are only counted
 MAX_REASON_ROWS = 50  # grouped reasons listed
 TOP_N = 20  # catalog folders and tracks in the provenance tables
 N_WEAKEST_OVERVIEW = 3  # lowest-probability excerpts played on the overview, per source
-SILENT_DB = -20.0  # dB, "truly silent" in the ground-truth section (the calibration target)
-INAUDIBLE_DB = -30.0  # dB, "perceptually zero" (paper section 4.1)
 _TOLERANCE_S = 1e-6
 _VOLUME_FLOOR_DB = -60.0  # histogram range of true volumes (lower values are drawn in the first bin)
 
@@ -218,7 +214,7 @@ def truth_inside_excerpts(index: pd.DataFrame, truth: pd.DataFrame,
 
     Returns ``(per_excerpt, values)``: ``per_excerpt`` is aligned with ``index`` (same row order)
     with columns ``true_windows`` (truth windows inside), ``true_v_median_db``, ``true_v_max_db``,
-    ``true_fraction_silent`` (share with ``V <= SILENT_DB``; NaN without truth); ``values`` maps
+    ``true_fraction_silent`` (share with ``V <= TRULY_SILENT_DB``; NaN without truth); ``values`` maps
     each source to the ``V_<source>`` of every truth window inside one of its excerpts.
     """
     missing = {"file", "start_s"} - set(truth.columns)
@@ -250,7 +246,7 @@ def truth_inside_excerpts(index: pd.DataFrame, truth: pd.DataFrame,
         counts[i] = volume.size
         if volume.size:
             medians[i], maxima[i] = np.median(volume), volume.max()
-            silent[i] = float(np.mean(volume <= SILENT_DB))
+            silent[i] = float(np.mean(volume <= TRULY_SILENT_DB))
             values.setdefault(str(sources[i]), []).append(volume)
     per_excerpt = pd.DataFrame({"true_windows": counts, "true_v_median_db": medians, "true_v_max_db": maxima,
                                 "true_fraction_silent": silent}, index=index.index)
@@ -349,11 +345,11 @@ def _plot_truth(values: dict[str, np.ndarray], sources: list[str], path: Path) -
         data = values.get(source, np.zeros(0))
         if data.size:
             ax.hist(np.clip(data, _VOLUME_FLOOR_DB, 10.0), bins=bins, color="#5a9e6f")
-            ax.set_title(f"{source}: {np.mean(data <= SILENT_DB):.0%} <= {SILENT_DB:g} dB", fontsize=9)
+            ax.set_title(f"{source}: {np.mean(data <= TRULY_SILENT_DB):.0%} <= {TRULY_SILENT_DB:g} dB", fontsize=9)
         else:
             ax.text(0.5, 0.5, "no truth windows", ha="center", va="center", transform=ax.transAxes)
             ax.set_title(source, fontsize=9)
-        ax.axvline(SILENT_DB, color="#c33", ls="--", lw=1)
+        ax.axvline(TRULY_SILENT_DB, color="#c33", ls="--", lw=1)
         ax.set_xlim(_VOLUME_FLOOR_DB, 10.0)
         ax.set_xlabel("true V_i in excerpts (dB)", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -454,7 +450,7 @@ def _run_section(run_dir: Path) -> str:
     manifest = read_manifest(run_dir)
     rows = [[name, manifest.get(name)] for name in ("stage", "key", "code_version", "started_at", "finished_at",
                                                     "wall_s", "host") if name in manifest]
-    details = {k: manifest.get(k) for k in ("params", "inputs", "counts")}
+    details = {k: manifest.get(k) for k in ("params", "inputs", "store", "scan", "counts") if k in manifest}
     return (_table(["field", "value"], [[k, "" if v is None else str(v)] for k, v in rows])
             + f"<pre>{escape(json.dumps(details, indent=2, sort_keys=True, default=str))}</pre>")
 
@@ -462,8 +458,8 @@ def _run_section(run_dir: Path) -> str:
 class _Clips:
     """Writes the clip and spectrogram of each sampled excerpt once and remembers the cells."""
 
-    def __init__(self, run_dir: Path, out_dir: Path, clip_seconds: float):
-        self.run_dir, self.out_dir, self.clip_seconds = run_dir, out_dir, clip_seconds
+    def __init__(self, run: DatasetRun, out_dir: Path, clip_seconds: float):
+        self.run, self.out_dir, self.clip_seconds = run, out_dir, clip_seconds
         self.fmt = clip_format()
         self.cells: dict[str, tuple[_Html, _Html]] = {}
         self.failures: list[tuple[str, str]] = []
@@ -473,10 +469,11 @@ class _Clips:
             return self.cells[row.excerpt_id]
         clip_rel, spec_rel = f"clips/{name}.{self.fmt[2]}", f"img/spec-{name}.png"
         try:
-            rel = normal_audio_path(str(row.audio_path))
-            if rel is None:
-                raise AudioError(f"audio_path {row.audio_path!r} is not a relative path under audio/")
-            clip = write_clip(self.run_dir / rel, self.out_dir / clip_rel, self.clip_seconds, int(row.sample_rate),
+            try:
+                audio_file = self.run.audio_file(row)
+            except ValueError as err:
+                raise AudioError(str(err)) from None
+            clip = write_clip(audio_file, self.out_dir / clip_rel, self.clip_seconds, int(row.sample_rate),
                               self.fmt)
             write_spectrogram(clip, CLIP_RATE, self.out_dir / spec_rel)
             cells = (_Html(f'<audio controls preload="none" src="{escape(clip_rel)}" '
@@ -496,7 +493,7 @@ def _excerpt_rows(sample: pd.DataFrame, clips: _Clips, source: str, truth_cols: 
     headers = ["player", "spectrogram", "excerpt_id", "catalog file", "start_s", "end_s", "duration_s",
                "prob_mean", "prob_min", "threshold", "n_frames", "sample_rate", "channels"]
     if truth_cols is not None:
-        headers += ["true V median (dB)", "true V max (dB)", f"truly <= {SILENT_DB:g} dB"]
+        headers += ["true V median (dB)", "true V max (dB)", f"truly <= {TRULY_SILENT_DB:g} dB"]
     headers += ["audio_path", "audio_format", "audio_checksum", "catalog_checksum", "detector_key", "calibration_key"]
     rows = []
     for k, row in enumerate(sample.itertuples(index=False)):
@@ -537,7 +534,7 @@ def _empty_message(source: str, info: dict) -> str:
 
 
 def write_audit(
-    run_dir: str | os.PathLike,
+    run: DatasetRun | str | os.PathLike,
     calibration_dir: str | os.PathLike | None,
     out_dir: str | os.PathLike,
     truth: pd.DataFrame | str | os.PathLike | None = None,
@@ -545,18 +542,23 @@ def write_audit(
     per_source: int = 50,
     clip_seconds: float = 6.0,
     seed: int = 0,
+    measure_dir: str | os.PathLike | None = None,
 ) -> Path:
-    """Write the audit report of the extraction run ``run_dir`` into ``out_dir``; return its index.html.
+    """Write the audit report of a D_i (a :class:`pipeline.mining.datasets.DatasetRun` or its folder)
+    into ``out_dir``; return its index.html.
 
     ``calibration_dir``: the Calibrate output (``thresholds.parquet``, ``curves.parquet``,
     ``curves.png``), or None.  ``truth``: a ground-truth DataFrame or Parquet path (needs
     ``catalog_root``, the folder its ``file`` column is relative to).  ``per_source``: at most
     this many excerpts per source get a row, clip and spectrogram; ``clip_seconds``: length of
-    each preview (s); ``seed``: the sample's random seed.  ``out_dir`` is replaced atomically.
+    each preview (s); ``seed``: the sample's random seed.  ``measure_dir``: a MeasureExtraction
+    output (``rules.parquet``, ``yield_curve.parquet`` / ``.png``), shown as "Yield and purity"
+    when given.  ``out_dir`` is replaced atomically.
     """
-    run_dir = Path(run_dir)
+    run = DatasetRun.of(run)
+    run_dir = run.folder
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"extraction run folder {run_dir} does not exist")
+        raise FileNotFoundError(f"D_i folder {run_dir} does not exist")
     if per_source < 0:
         raise ValueError(f"per_source must be >= 0, got {per_source}")
     if not clip_seconds > 0:
@@ -567,8 +569,8 @@ def write_audit(
         truth = pd.read_parquet(truth)
     root = str(catalog_root) if catalog_root is not None else None
 
-    index = read_index(run_dir / "index")
-    rejects = read_rejects(run_dir)
+    index = run.index()
+    rejects = run.rejects()
     thresholds, curves, curves_png = _read_calibration(Path(calibration_dir) if calibration_dir else None)
     sources = list(SOURCES) + sorted(set(index["source"]) - set(SOURCES))
     truth_cols, truth_values = None, {}
@@ -581,17 +583,18 @@ def write_audit(
     with atomic_path(out_dir) as tmp:
         (tmp / "img").mkdir(parents=True)
         (tmp / "clips").mkdir()
-        clips = _Clips(run_dir, tmp, clip_seconds)
+        clips = _Clips(run, tmp, clip_seconds)
         summaries = {s: _source_summary(index, s, thresholds) for s in sources}
         samples = {s: sample_excerpts(index[index["source"] == s], per_source, seed) for s in sources}
-        nav = " ".join([f'<a href="index.html">overview</a>']
+        nav = " ".join(['<a href="index.html">overview</a>']
                        + [f'<a href="{escape(_safe_page(s))}.html">{escape(s)}</a>' for s in sources])
         for source in sources:
             page = _source_page(source, summaries[source], samples[source], clips, truth_cols, root,
                                 per_source, seed)
             (tmp / f"{_safe_page(source)}.html").write_text(_page(f"D_i audit: {source}", nav, page), encoding="utf-8")
         overview = _overview(run_dir, index, rejects, thresholds, curves, curves_png, sources, summaries, samples,
-                             clips, truth_cols, truth_values, root, tmp)
+                             clips, truth_cols, truth_values, root, tmp,
+                             Path(measure_dir) if measure_dir is not None else None)
         (tmp / "index.html").write_text(_page(f"D_i audit: {run_dir.name}", nav, overview), encoding="utf-8")
     return out_dir / "index.html"
 
@@ -618,10 +621,27 @@ def _source_page(source: str, info: dict, sample: pd.DataFrame, clips: _Clips, t
             + "</div></section>")
 
 
+def _yield_section(measure_dir: Path, out: Path) -> str:
+    """The yield-against-purity curve of a MeasureExtraction output: its plot, the rules' figures
+    and the curve's table (:mod:`pipeline.mining.ground_truth`)."""
+    parts = ['<h2 id="yield">Yield and purity (against ground truth)</h2>']
+    png, rules, curve = (measure_dir / name for name in ("yield_curve.png", "rules.parquet", "yield_curve.parquet"))
+    if png.is_file():
+        shutil.copyfile(png, out / "img" / "yield_curve.png")
+        parts.append(_img("img/yield_curve.png", "purity against extracted audio as the threshold varies"))
+    if rules.is_file():
+        parts += ["<h3>Per rule</h3>", _frame_table(pd.read_parquet(rules), table_id="yield-rules")]
+    if curve.is_file():
+        parts += ["<h3>As the threshold varies</h3>", _frame_table(pd.read_parquet(curve), table_id="yield-curve")]
+    if len(parts) == 1:
+        parts.append(f'<p class="note">No yield curve found in {escape(str(measure_dir))}.</p>')
+    return "\n".join(parts)
+
+
 def _overview(run_dir: Path, index: pd.DataFrame, rejects: pd.DataFrame, thresholds: pd.DataFrame | None,
               curves: pd.DataFrame | None, curves_png: Path | None, sources: list[str], summaries: dict,
               samples: dict, clips: _Clips, truth_cols: pd.DataFrame | None, truth_values: dict,
-              catalog_root: str | None, out: Path) -> str:
+              catalog_root: str | None, out: Path, measure_dir: Path | None = None) -> str:
     parts = [f"<h1>Audit of extraction run {escape(run_dir.name)}</h1>",
              f"<p>Run folder: <code>{escape(str(run_dir))}</code>. {len(index)} excerpts, "
              f"{index['duration_s'].sum() / 3600:.3f} h, {len(rejects)} rejected files.</p>"]
@@ -693,13 +713,15 @@ def _overview(run_dir: Path, index: pd.DataFrame, rejects: pd.DataFrame, thresho
     else:
         parts.append('<p class="warn">No calibration thresholds found (thresholds.parquet).</p>')
 
+    if measure_dir is not None:
+        parts.append(_yield_section(measure_dir, out))
     parts.append('<h2 id="rejects">Rejects</h2>' + _rejects_section(rejects))
     parts.append('<h2 id="provenance">Provenance: where the excerpts came from</h2>' + _provenance(index, catalog_root))
 
     if truth_cols is not None:
         parts.append('<h2 id="ground-truth">Ground truth: true relative volume inside the excerpts</h2>')
         parts.append(f"<p>Truth windows (0.64 s on the 64 ms grid) lying wholly inside an excerpt; "
-                     f"&ldquo;truly silent&rdquo; means V_i &lt;= {SILENT_DB:g} dB, &ldquo;inaudible&rdquo; "
+                     f"&ldquo;truly silent&rdquo; means V_i &lt;= {TRULY_SILENT_DB:g} dB, &ldquo;inaudible&rdquo; "
                      f"V_i &lt;= {INAUDIBLE_DB:g} dB.</p>")
         rows = []
         known = truth_cols.reindex(index["excerpt_id"].to_numpy())["true_windows"].fillna(0).to_numpy() > 0
@@ -707,12 +729,12 @@ def _overview(run_dir: Path, index: pd.DataFrame, rejects: pd.DataFrame, thresho
             v = truth_values.get(s, np.zeros(0))
             in_source = (index["source"] == s).to_numpy()
             rows.append([s, int(in_source.sum()), int((in_source & ~known).sum()), int(v.size),
-                         float(np.mean(v <= SILENT_DB)) if v.size else None,
+                         float(np.mean(v <= TRULY_SILENT_DB)) if v.size else None,
                          float(np.mean(v <= INAUDIBLE_DB)) if v.size else None,
                          float(np.median(v)) if v.size else None,
                          float(np.quantile(v, 0.95, method="inverted_cdf")) if v.size else None])
         parts.append(_table(["source", "excerpts", "excerpts without truth", "windows inside",
-                             f"fraction <= {SILENT_DB:g} dB", f"fraction <= {INAUDIBLE_DB:g} dB",
+                             f"fraction <= {TRULY_SILENT_DB:g} dB", f"fraction <= {INAUDIBLE_DB:g} dB",
                              "median V (dB)", "V95 (dB)"], rows, table_id="truth-table"))
         if any(v.size for v in truth_values.values()):
             _plot_truth(truth_values, sources, out / "img" / "truth_volume.png")

@@ -1,4 +1,4 @@
-"""Per-source probability thresholds ``p_i`` from labelled windows (paper section 4.2, SPEC.md).
+"""Per-source probability thresholds ``p_i`` from labelled windows (paper section 4.2).
 
 Inputs are aligned per window of the shared grid: detector probabilities ``P_i`` (0..1) and
 relative volumes ``V_i`` in dB (``pipeline.corpora.labels.relative_volumes``), both ``(n, 4)`` in
@@ -24,28 +24,52 @@ is still 2.2 points at 100 independent windows, and neighbouring windows overlap
 the effective count is smaller still.  It is a parameter: set it to 1 for the literal rule.
 
 Everything is computed from one descending sort and cumulative sums (O(n log n) per source).
+
+**Rule ``excerpts``** (:func:`calibrate_excerpts`; the rule above is ``windows``, the paper's and
+the default).  The windows rule targets windows, but extraction keeps only runs of at least
+``min_seconds``, so its excerpts come out far purer than the target and most silent material is
+left behind.  Rule ``excerpts`` targets the excerpts themselves: for each candidate threshold,
+the held-out tracks are cut exactly as extraction would cut a catalog track
+(:func:`pipeline.mining.extraction.select_runs`, the same ``min_seconds`` and ``max_gap``), and
+the candidate is admissible when the excerpts hold at least ``min_windows`` windows and at
+least ``target_fraction`` of them have ``V_i <= target_db``.  A run's windows are frames
+``a .. b-1``, one 64 ms hop each, so this share is duration-weighted; dips bridged by
+``max_gap`` count like any other window.  Among admissible candidates ``p_i`` is the one that
+cuts the most held-out audio (seconds of excerpts); ties go to the higher fraction, then the
+higher threshold.  Candidates are the distinct values of ``P_i``, at most ``candidates`` of
+them at evenly spaced ranks (the fraction is not monotone in the threshold, so every candidate
+is evaluated; the chosen one is exact among the candidates).  Nothing admissible: not
+calibratable, as above.  Both rules are always computed and reported (threshold and held-out
+yield of each); ``rule`` says which one extraction uses.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from pipeline.sources import SOURCES
+from pipeline.mining.extraction import MIN_SECONDS, run_spans, select_runs
+from pipeline.sources import SOURCES, TRULY_SILENT_DB
 from pipeline.storage.outputs import atomic_path
 
-TARGET_DB = -20.0  # dB: a selected window counts as silent when V_i <= this
+TARGET_DB = TRULY_SILENT_DB  # dB: a selected window counts as silent when V_i <= this
 TARGET_FRACTION = 0.95  # fraction of selected windows that must be silent
 MIN_WINDOWS = 100  # windows a threshold must select to be admissible
 CURVE_POINTS = 200  # most thresholds per source kept in the curves table
+EXCERPT_CANDIDATES = 400  # most thresholds per source evaluated by the excerpts rule
+RULES = ("windows", "excerpts")  # the paper's (default), and the excerpt-level rule
 _FRACTION_TOLERANCE = 1e-12  # so that 19 silent of 20 reaches 0.95 despite rounding
 
 THRESHOLD_COLUMNS = ("source", "calibratable", "threshold", "n_windows_above", "achieved_fraction",
                      "v95_db", "n_windows_total", "coverage")
 CURVE_COLUMNS = ("source", "threshold", "n_above", "fraction_silent", "coverage")
+EXCERPT_COLUMNS = ("source", "calibratable", "threshold", "n_excerpts", "n_windows_inside", "achieved_fraction",
+                   "v95_db", "extracted_s")
+EXCERPT_CURVE_COLUMNS = ("source", "threshold", "n_excerpts", "n_windows_inside", "fraction_silent", "extracted_s")
 
 
 @dataclass(frozen=True)
@@ -75,6 +99,11 @@ def thresholds_from_table(table: pd.DataFrame) -> dict[str, float | None]:
         value = float(row.threshold)
         out[str(row.source)] = value if bool(row.calibratable) and np.isfinite(value) else None
     return out
+
+
+def read_thresholds(path: str | os.PathLike) -> dict[str, float | None]:
+    """``{source: p_i or None}`` from a Calibrate stage's ``thresholds.parquet``."""
+    return thresholds_from_table(pd.read_parquet(path))
 
 
 def inverted_cdf_quantile(values: np.ndarray, q: float) -> float:
@@ -170,15 +199,130 @@ def _calibrate_source(
     return row, curve
 
 
-def calibration_arrays(probabilities: pd.DataFrame, labels: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Align a probability table with a labels table into ``(probs, volumes)``, both ``(n, 4)``.
+@dataclass(frozen=True)
+class ExcerptCalibration:
+    """Rule ``excerpts``: ``thresholds`` one row per source (:data:`EXCERPT_COLUMNS`; ``extracted_s``
+    is the held-out audio the excerpts at ``p_i`` hold, seconds), ``curves`` every candidate
+    (:data:`EXCERPT_CURVE_COLUMNS`, thresholds ascending)."""
 
-    ``probabilities`` follows ``PROBABILITY_SCHEMA`` (track_id, frame, p_*); ``labels`` follows
-    ``pipeline.corpora.labels.labels_frame`` (track_id, window, V_*).  Rows are matched on
-    ``(track_id, frame == window)`` (inner join: a frame present in only one table, e.g. the
-    last one when two sample rates round differently, is dropped).  Raises ``ValueError`` when
-    both tables have rows but none match, or when a (track_id, frame) is repeated.
+    thresholds: pd.DataFrame
+    curves: pd.DataFrame
+
+
+def track_breaks(track_ids: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Bool ``(n,)``: row ``k`` starts a new stretch (another track, or a frame that does not
+    follow the previous row's).  Rows must be sorted by track, then frame."""
+    track_ids = np.asarray(track_ids)
+    frames = np.asarray(frames, dtype=np.int64)
+    if track_ids.size == 0:
+        return np.zeros(0, dtype=bool)
+    return np.append(True, (track_ids[1:] != track_ids[:-1]) | (frames[1:] != frames[:-1] + 1))
+
+
+def excerpt_statistics(p: np.ndarray, silent: np.ndarray, breaks: np.ndarray, threshold: float,
+                       min_seconds: float = MIN_SECONDS, max_gap: int = 0) -> tuple[int, int, int, float, np.ndarray]:
+    """What extraction at ``threshold`` would cut from held-out windows of one source.
+
+    ``p``: ``(n,)`` P_i; ``silent``: ``(n,)`` bool ``V_i <= target``; ``breaks``: ``(n,)`` from
+    :func:`track_breaks`.  Returns ``(n_excerpts, n_windows_inside, n_silent_inside,
+    extracted_s, inside)`` with ``inside`` the bool ``(n,)`` mask of the excerpts' windows.
+    Stretches are cut apart by ``max_gap + 1`` False frames, so no run crosses a track.
     """
+    starts = np.flatnonzero(breaks)
+    pad = max_gap + 1
+    positions = np.arange(p.size) + pad * np.cumsum(breaks)  # each stretch shifted past its pads
+    mask = np.zeros(p.size + pad * (starts.size + 1), dtype=bool)
+    mask[positions] = p >= threshold
+    runs, _ = select_runs(mask, math.inf, min_seconds, max_gap)
+    # A labelled window ends inside its track, so the unclipped span is the excerpt's span.
+    spans = run_spans(runs, math.inf)
+    cover = np.zeros(mask.size + 1, dtype=np.int64)
+    np.add.at(cover, runs[:, 0], 1)
+    np.add.at(cover, runs[:, 1], -1)
+    inside = np.cumsum(cover[:-1])[positions] > 0
+    return (int(runs.shape[0]), int(inside.sum()), int((inside & silent).sum()),
+            float((spans[:, 1] - spans[:, 0]).sum()), inside)
+
+
+def _excerpt_candidates(p: np.ndarray, limit: int) -> np.ndarray:
+    values = np.unique(p)
+    if values.size > limit:
+        values = values[np.unique(np.round(np.linspace(0, values.size - 1, limit)).astype(np.int64))]
+    return values
+
+
+def calibrate_excerpts(
+    probs: np.ndarray,
+    volumes: np.ndarray,
+    breaks: np.ndarray,
+    target_db: float = TARGET_DB,
+    target_fraction: float = TARGET_FRACTION,
+    min_windows: int = MIN_WINDOWS,
+    min_seconds: float = MIN_SECONDS,
+    max_gap: int = 0,
+    candidates: int = EXCERPT_CANDIDATES,
+) -> ExcerptCalibration:
+    """Rule ``excerpts`` (module docstring) on ``probs`` and ``volumes`` ``(n, 4)`` whose rows are
+    sorted by track and frame, ``breaks`` ``(n,)`` marking where a track (or a gap) starts."""
+    probs = np.asarray(probs, dtype=np.float64)
+    volumes = np.asarray(volumes, dtype=np.float64)
+    breaks = np.asarray(breaks, dtype=bool)
+    if probs.size == 0 and volumes.size == 0:
+        probs = probs.reshape(0, len(SOURCES))
+        volumes = volumes.reshape(0, len(SOURCES))
+    if (probs.ndim != 2 or probs.shape[1] != len(SOURCES) or probs.shape != volumes.shape
+            or breaks.shape != probs.shape[:1]):
+        raise ValueError(f"probs and volumes must both be (n, {len(SOURCES)}) and breaks (n,); got {probs.shape}, "
+                         f"{volumes.shape} and {breaks.shape}")
+    if np.isnan(probs).any() or np.isnan(volumes).any():
+        raise ValueError("probs and volumes must not contain NaN (a silent mixture is V = -inf)")
+    if not 0.0 < target_fraction <= 1.0:
+        raise ValueError(f"target_fraction must lie in (0, 1], got {target_fraction}")
+    if min_windows < 1 or candidates < 2 or max_gap < 0:
+        raise ValueError(f"min_windows >= 1, candidates >= 2 and max_gap >= 0 are required, got {min_windows}, "
+                         f"{candidates} and {max_gap}")
+    if breaks.size:
+        breaks = breaks.copy()
+        breaks[0] = True
+    rows, curves = [], []
+    for index, source in enumerate(SOURCES):
+        p, v = probs[:, index], volumes[:, index]
+        silent = v <= target_db
+        stats = []
+        for threshold in _excerpt_candidates(p, candidates):
+            n_excerpts, n_inside, n_silent, seconds, _ = excerpt_statistics(p, silent, breaks, threshold, min_seconds,
+                                                                            max_gap)
+            stats.append((float(threshold), n_excerpts, n_inside, n_silent / n_inside if n_inside else np.nan, seconds))
+        curve = pd.DataFrame(stats, columns=["threshold", "n_excerpts", "n_windows_inside", "fraction_silent",
+                                             "extracted_s"])
+        admissible = curve[(curve["n_windows_inside"] >= min_windows)
+                           & (curve["fraction_silent"] >= target_fraction - _FRACTION_TOLERANCE)]
+        if admissible.empty:
+            rows.append({"source": source, "calibratable": False, "threshold": np.nan, "n_excerpts": 0,
+                         "n_windows_inside": 0, "achieved_fraction": np.nan, "v95_db": np.nan, "extracted_s": 0.0})
+        else:
+            best = admissible.sort_values(["extracted_s", "fraction_silent", "threshold"], ascending=False,
+                                          kind="stable").iloc[0]
+            *_, inside = excerpt_statistics(p, silent, breaks, float(best["threshold"]), min_seconds, max_gap)
+            rows.append({"source": source, "calibratable": True, "threshold": float(best["threshold"]),
+                         "n_excerpts": int(best["n_excerpts"]), "n_windows_inside": int(best["n_windows_inside"]),
+                         "achieved_fraction": float(best["fraction_silent"]),
+                         "v95_db": inverted_cdf_quantile(v[inside], 0.95), "extracted_s": float(best["extracted_s"])})
+        curve.insert(0, "source", source)
+        curves.append(curve)
+    thresholds = pd.DataFrame(rows, columns=list(EXCERPT_COLUMNS))
+    thresholds["calibratable"] = thresholds["calibratable"].astype(bool)
+    for column in ("n_excerpts", "n_windows_inside"):
+        thresholds[column] = thresholds[column].astype(np.int64)
+    curve_table = pd.concat(curves, ignore_index=True)[list(EXCERPT_CURVE_COLUMNS)]
+    for column in ("n_excerpts", "n_windows_inside"):
+        curve_table[column] = curve_table[column].astype(np.int64)
+    return ExcerptCalibration(thresholds, curve_table)
+
+
+def calibration_table(probabilities: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """``track_id, frame, p_*, V_*`` of every (track_id, frame == window) in both tables, sorted by
+    track and frame (see :func:`calibration_arrays`, which takes its arrays from it)."""
     p_cols = [f"p_{name}" for name in SOURCES]
     v_cols = [f"V_{name}" for name in SOURCES]
     left = probabilities[["track_id", "frame", *p_cols]]
@@ -191,8 +335,21 @@ def calibration_arrays(probabilities: pd.DataFrame, labels: pd.DataFrame) -> tup
         raise ValueError(f"a (track_id, frame) is repeated in the probabilities or the labels: {err}") from err
     if joined.empty and len(probabilities) and len(labels):
         raise ValueError("no (track_id, frame) of the probabilities matches a labelled window")
-    joined = joined.sort_values(["track_id", "frame"], kind="stable")
-    return joined[p_cols].to_numpy(np.float64), joined[v_cols].to_numpy(np.float64)
+    return joined.sort_values(["track_id", "frame"], kind="stable").reset_index(drop=True)
+
+
+def calibration_arrays(probabilities: pd.DataFrame, labels: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Align a probability table with a labels table into ``(probs, volumes)``, both ``(n, 4)``.
+
+    ``probabilities`` follows ``PROBABILITY_SCHEMA`` (track_id, frame, p_*); ``labels`` follows
+    ``pipeline.corpora.labels.labels_frame`` (track_id, window, V_*).  Rows are matched on
+    ``(track_id, frame == window)`` (inner join: a frame present in only one table, e.g. the
+    last one when two sample rates round differently, is dropped).  Raises ``ValueError`` when
+    both tables have rows but none match, or when a (track_id, frame) is repeated.
+    """
+    joined = calibration_table(probabilities, labels)
+    return (joined[[f"p_{name}" for name in SOURCES]].to_numpy(np.float64),
+            joined[[f"V_{name}" for name in SOURCES]].to_numpy(np.float64))
 
 
 def plot_curves(calibration: Calibration, path: str | os.PathLike) -> None:
@@ -228,27 +385,94 @@ def plot_curves(calibration: Calibration, path: str | os.PathLike) -> None:
         figure.savefig(tmp, format="png", dpi=100)
 
 
+RULE_COLUMNS = ("rule", "threshold_windows", "threshold_excerpts", "heldout_s_windows", "heldout_s_excerpts",
+                "excerpt_fraction_windows", "excerpt_fraction_excerpts")
+
+
+def rules_table(windows: Calibration, excerpts: ExcerptCalibration, table: pd.DataFrame, rule: str,
+                min_seconds: float = MIN_SECONDS, max_gap: int = 0) -> pd.DataFrame:
+    """The thresholds table of ``rule``: :data:`THRESHOLD_COLUMNS` then :data:`RULE_COLUMNS`.
+
+    ``threshold`` and ``calibratable`` are the chosen rule's.  With ``windows`` the other
+    columns are :func:`calibrate`'s; with ``excerpts`` ``n_windows_above``,
+    ``achieved_fraction``, ``v95_db`` and ``coverage`` describe the windows inside the held-out
+    excerpts.  Both rules' thresholds, the held-out seconds their excerpts hold
+    (``heldout_s_*``, the yield) and the share of those excerpts' windows at or below the target
+    (``excerpt_fraction_*``) are always given; ``table`` is :func:`calibration_table`'s.
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    breaks = track_breaks(table["track_id"].to_numpy(), table["frame"].to_numpy())
+    out = windows.thresholds.copy()
+    by_source = excerpts.thresholds.set_index("source")
+    for column in RULE_COLUMNS:
+        out[column] = rule if column == "rule" else np.nan
+    for k, source in enumerate(SOURCES):
+        p = table[f"p_{source}"].to_numpy(np.float64)
+        v = table[f"V_{source}"].to_numpy(np.float64)
+        silent = v <= windows.target_db
+        for name, value in (("windows", windows.thresholds.loc[k, "threshold"]),
+                            ("excerpts", by_source.loc[source, "threshold"])):
+            out.loc[k, f"threshold_{name}"] = value
+            if np.isfinite(value):
+                _, n_inside, n_silent, seconds, inside = excerpt_statistics(p, silent, breaks, value, min_seconds,
+                                                                            max_gap)
+                out.loc[k, f"heldout_s_{name}"] = seconds
+                out.loc[k, f"excerpt_fraction_{name}"] = n_silent / n_inside if n_inside else np.nan
+                if rule == name == "excerpts":
+                    out.loc[k, "calibratable"] = True
+                    out.loc[k, "threshold"] = value
+                    out.loc[k, "n_windows_above"] = n_inside
+                    out.loc[k, "achieved_fraction"] = n_silent / n_inside if n_inside else np.nan
+                    out.loc[k, "v95_db"] = inverted_cdf_quantile(v[inside], 0.95)
+                    out.loc[k, "coverage"] = n_silent / silent.sum() if silent.sum() else np.nan
+            elif rule == name == "excerpts":
+                out.loc[k, ["calibratable", "threshold", "n_windows_above", "achieved_fraction", "v95_db",
+                            "coverage"]] = [False, np.nan, 0, np.nan, np.nan, np.nan]
+    out["calibratable"] = out["calibratable"].astype(bool)
+    out["n_windows_above"] = out["n_windows_above"].astype(np.int64)
+    return out[[*THRESHOLD_COLUMNS, *RULE_COLUMNS]]
+
+
 def calibrate_stage(probability_files: list[str | os.PathLike], labels_path: str | os.PathLike,
                     out: str | os.PathLike, target_db: float = TARGET_DB,
-                    target_fraction: float = TARGET_FRACTION, min_windows: int = MIN_WINDOWS) -> dict:
-    """The Calibrate stage: thresholds from held-out probabilities and their labels.
+                    target_fraction: float = TARGET_FRACTION, min_windows: int = MIN_WINDOWS,
+                    rule: str = "windows", min_seconds: float = MIN_SECONDS, max_gap: int = 0) -> dict:
+    """The Calibrate stage: thresholds from held-out probabilities and their labels, by ``rule``.
 
-    Writes ``thresholds.parquet``, ``thresholds.csv``, ``curves.parquet`` and ``curves.png``
-    into ``out``; returns counts and one summary line per source for the manifest.
+    Writes ``thresholds.parquet`` / ``.csv`` (:func:`rules_table`), ``curves.parquet`` and
+    ``curves.png`` (the windows rule's), ``excerpt_curves.parquet`` (the excerpts rule's
+    candidates) into ``out``; returns counts and one summary line per source for the manifest.
     """
     from pathlib import Path
 
     from pipeline.storage.outputs import write_parquet_atomic
 
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     out = Path(out)
     probabilities = pd.concat([pd.read_parquet(p) for p in probability_files], ignore_index=True)
-    probs, volumes = calibration_arrays(probabilities, pd.read_parquet(labels_path))
+    table = calibration_table(probabilities, pd.read_parquet(labels_path))
+    probs = table[[f"p_{name}" for name in SOURCES]].to_numpy(np.float64)
+    volumes = table[[f"V_{name}" for name in SOURCES]].to_numpy(np.float64)
     result = calibrate(probs, volumes, target_db, target_fraction, min_windows)
-    write_parquet_atomic(result.thresholds, out / "thresholds.parquet")
-    (out / "thresholds.csv").write_text(result.thresholds.to_csv(index=False))
+    excerpts = calibrate_excerpts(probs, volumes, track_breaks(table["track_id"].to_numpy(), table["frame"].to_numpy()),
+                                  target_db, target_fraction, min_windows, min_seconds, max_gap)
+    thresholds = rules_table(result, excerpts, table, rule, min_seconds, max_gap)
+    write_parquet_atomic(thresholds, out / "thresholds.parquet")
+    (out / "thresholds.csv").write_text(thresholds.to_csv(index=False))
     write_parquet_atomic(result.curves, out / "curves.parquet")
+    write_parquet_atomic(excerpts.curves, out / "excerpt_curves.parquet")
     plot_curves(result, out / "curves.png")
-    lines = [f"{r.source}: p = {r.threshold:.4f}, {r.n_windows_above} windows, {r.achieved_fraction:.1%} <= "
-             f"{target_db:g} dB, V95 {r.v95_db:.1f} dB" if r.calibratable else f"{r.source}: not calibratable"
-             for r in result.thresholds.itertuples()]
-    return {"windows": len(probs), "calibrated": int(result.thresholds["calibratable"].sum()), "summary": lines}
+
+    def rule_text(r, name):
+        value = getattr(r, f"threshold_{name}")
+        if not np.isfinite(value):
+            return f"{name} rule: not calibratable"
+        return (f"{name} rule p = {value:.4f}: held-out excerpts {getattr(r, f'heldout_s_{name}'):.0f} s, "
+                f"{getattr(r, f'excerpt_fraction_{name}'):.1%} <= {target_db:g} dB")
+
+    lines = [f"{r.source} [{rule}]: " + ("; ".join(rule_text(r, name) for name in RULES))
+             for r in thresholds.itertuples()]
+    return {"windows": len(probs), "calibrated": int(thresholds["calibratable"].sum()), "rule": rule,
+            "summary": lines}

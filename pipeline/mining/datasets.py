@@ -1,55 +1,56 @@
-"""The D_i datasets of one extraction run, as a whole.
+"""The D_i datasets: the shard store that extraction writes, and per-scan views over it.
 
-Shards write their parts into one run folder (:mod:`pipeline.mining.extraction`); once every shard
-of the current catalog scan is done, :func:`finalize_run` gathers the rejects of the earlier
-stages beside the extraction's own, removes the parts and audio of shards that are no longer
-in the catalog (a changed or removed file), and counts what the run holds.
+**The shard store** (``<data_root>/excerpts/<K>/``, :class:`ShardStore`; ``K`` hashes the
+detector, the calibration, ``min_seconds`` and the decoders) is where every extraction shard
+(:mod:`pipeline.mining.extraction`) writes, whichever catalog it came from::
+
+    shards/<shard_key>.json                      the shard's marker, written last
+    index/source=<s>/part-<shard_key>.parquet    its index rows (INDEX_SCHEMA, source included)
+    audio/<s>/<track_id[:2]>/<excerpt_id>.flac   its excerpts
+    rejects/part-<shard_key>.parquet             the tracks it rejected (REJECTS_SCHEMA)
+
+A marker holds the shard's ``counts`` (``tracks``, ``excerpts``, ``excerpts_<s>``,
+``rejects``) and ``files`` (``index``: list, ``audio``: list, ``rejects``: one path, all
+relative to the store folder).  Nothing in the store is ever deleted by a run: a shard's
+output stays until the user removes it (``silentmine gc``).
+
+**A view** (``<data_root>/datasets/<V>/``, :class:`DatasetRun`; ``V`` hashes ``K`` and the
+catalog scan) is one catalog scan's D_i: ``index/`` and ``rejects/`` hold hard links (copies
+where the filesystem cannot link) of exactly the parts of the scan's shards, plus the scan's
+and the features stage's rejects, so that ``pd.read_parquet("<view>/index")`` reads exactly
+this catalog's D_i.  ``manifest.json`` (written last by the pipeline) records the store, the
+scan and the shard keys covered (:func:`view_manifest_fields`) and the counts of
+:func:`gather_view`.  Audio is not linked: an index row's ``audio_path`` is relative to the
+data root (``excerpts/<K>/audio/...``), which is the view folder's grandparent.
+
+:func:`rejects_summary` counts the rejects by stage and by kind (the ``kind`` column, set where
+each error was raised: :mod:`pipeline.rejects`) for people.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from pathlib import Path
+import shutil
+from dataclasses import dataclass, fields
+from functools import cached_property
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator, Mapping
 
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.mining.schema import REJECTS_SCHEMA, read_index, read_rejects
+from pipeline import rejects as kinds
+from pipeline.mining.schema import INDEX_SCHEMA, REJECTS_SCHEMA, read_index, read_rejects
 from pipeline.sources import SOURCES
-from pipeline.storage.outputs import write_parquet_atomic
+from pipeline.storage.outputs import MANIFEST, atomic_path, read_manifest, write_parquet_atomic
 
+INDEX_DIR = "index"
+AUDIO_DIR = "audio"
+REJECTS_DIR = "rejects"
+SHARDS_DIR = "shards"
 SCAN_REJECTS = "part-scan.parquet"
 STAGE_ORDER = ("scan", "features", "extract")  # the stages that reject files, in pipeline order
-
-# Kinds of reject, read from the wording of the reasons that pipeline.corpora.catalog, pipeline.audio.io,
-# pipeline.features.scattering and pipeline.mining.extraction write (lower-cased phrases; first match wins).
-# A reason that matches none is counted as "other", so the kinds always add up to the total.
-REJECT_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("file name not UTF-8", ("not valid utf-8",)),
-    ("unreadable", ("permission denied", "not readable", "cannot be read", "does not exist")),
-    ("not a regular file", ("not a regular file",)),
-    ("duplicate", ("same content as",)),
-    ("empty", ("is empty", "(0 bytes)")),
-    ("truncated or corrupt", ("truncated", "corrupt", "could not decode")),
-    ("no audio stream", ("no audio stream",)),
-    ("not audio", ("not an audio file", "no decoder", "not a format")),
-    ("NaN or Inf audio", ("nan or inf samples", "not finite", "overflow")),
-    ("no samples", ("no samples",)),
-    ("too short", ("shorter than",)),
-    ("too many channels", ("channels: flac",)),
-    ("changed since scan", ("changed since",)),
-    ("detector output", ("probabilities", "detector frames")),
-)
-
-
-def reject_kind(reason: str) -> str:
-    """The kind of a reject (a short label from ``REJECT_KINDS``, else ``"other"``) from its reason."""
-    text = str(reason).lower()
-    for kind, phrases in REJECT_KINDS:
-        if any(phrase in text for phrase in phrases):
-            return kind
-    return "other"
-
 
 def rejects_summary(rejects: pd.DataFrame, examples: int = 1) -> tuple[dict[str, int], dict[str, int], list[str]]:
     """Counts of ``rejects`` (REJECTS_SCHEMA rows) by stage and by kind, and summary lines.
@@ -60,7 +61,7 @@ def rejects_summary(rejects: pd.DataFrame, examples: int = 1) -> tuple[dict[str,
     stages = rejects["stage"].astype(str).value_counts()
     by_stage = {s: int(stages[s]) for s in [*STAGE_ORDER, *sorted(set(stages.index) - set(STAGE_ORDER))]
                 if s in stages.index}
-    kinds = rejects["reason"].map(reject_kind)
+    kinds = rejects["kind"].astype(str)
     counted = kinds.value_counts()
     by_kind = {k: int(counted[k]) for k in sorted(counted.index, key=lambda k: (-counted[k], k))}
     if not len(rejects):
@@ -73,35 +74,271 @@ def rejects_summary(rejects: pd.DataFrame, examples: int = 1) -> tuple[dict[str,
     return by_stage, by_kind, lines
 
 
+def excerpt_relpath(source: str, track_id: str, excerpt_id: str) -> str:
+    """Posix path of an excerpt file relative to the shard store folder."""
+    return f"{AUDIO_DIR}/{source}/{track_id[:2]}/{excerpt_id}.flac"
+
+
+def index_part_relpath(source: str, shard_key: str) -> str:
+    """Posix path of a shard's index part of ``source``, relative to a store or view folder."""
+    return f"{INDEX_DIR}/source={source}/part-{shard_key}.parquet"
+
+
+def rejects_part_relpath(shard_key: str) -> str:
+    """Posix path of a shard's extraction rejects, relative to a store or view folder."""
+    return f"{REJECTS_DIR}/part-{shard_key}.parquet"
+
+
+def normal_relative_path(path: str) -> str | None:
+    """``path`` as a normalised relative posix path, or None if it is absolute, empty or uses ``..``."""
+    pure = PurePosixPath(str(path).replace("\\", "/"))
+    if pure.is_absolute() or not pure.parts or ".." in pure.parts:
+        return None
+    return pure.as_posix()
+
+
+def _python_type(arrow_type: pa.DataType) -> type:
+    if pa.types.is_integer(arrow_type):
+        return int
+    if pa.types.is_floating(arrow_type):
+        return float
+    return str
+
+
+_INDEX_TYPES = {f.name: _python_type(f.type) for f in INDEX_SCHEMA}
+
+
+@dataclass(frozen=True)
+class Excerpt:
+    """One excerpt of D_i: one field per ``INDEX_SCHEMA`` column (documented there and in README.md).
+
+    Times in seconds, samples at the catalog file's own rate; ``audio_path`` is relative to the
+    data root (resolve it with :meth:`DatasetRun.audio_file`).
+    """
+
+    excerpt_id: str
+    source: str
+    catalog_path: str
+    catalog_checksum: str
+    track_id: str
+    start_s: float
+    end_s: float
+    start_sample: int
+    end_sample: int
+    duration_s: float
+    sample_rate: int
+    channels: int
+    threshold: float
+    prob_mean: float
+    prob_min: float
+    n_frames: int
+    detector_key: str
+    calibration_key: str
+    audio_path: str
+    audio_format: str
+    audio_checksum: str
+    separator_db_mean: float
+    separator_db_max: float
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "Excerpt":
+        """From an index row (a mapping or a pandas Series with every INDEX_SCHEMA column)."""
+        return cls(**{name: kind(row[name]) for name, kind in _INDEX_TYPES.items()})
+
+
+if [f.name for f in fields(Excerpt)] != list(INDEX_SCHEMA.names):  # one home for the columns: INDEX_SCHEMA
+    raise RuntimeError("Excerpt's fields must be INDEX_SCHEMA's columns, in order")
+
+
+class ShardStore:
+    """The folder that extraction shards write into (layout in the module docstring)."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+
+    def marker_path(self, shard_key: str) -> Path:
+        return self.folder / SHARDS_DIR / f"{shard_key}.json"
+
+    def shard_keys(self) -> list[str]:
+        """Keys of every finished shard in the store (a marker exists), sorted."""
+        folder = self.folder / SHARDS_DIR
+        if not folder.is_dir():
+            return []
+        return sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith("."))
+
+    def read_marker(self, shard_key: str) -> dict[str, Any]:
+        """The marker of a finished shard; ``FileNotFoundError`` if the shard has none (not
+        finished, or removed), ``ValueError`` if it is not a JSON object."""
+        path = self.marker_path(shard_key)
+        try:
+            marker = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"shard {shard_key} has no marker {path}: it is not finished") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"shard marker {path} is not readable JSON: {err}") from None
+        if not isinstance(marker, dict):
+            raise ValueError(f"shard marker {path} is not a JSON object")
+        return marker
+
+    def relative_to(self, data_root: str | os.PathLike) -> str:
+        """The store folder relative to ``data_root`` (posix), as views record it."""
+        return Path(os.path.relpath(self.folder, data_root)).as_posix()
+
+
+def marker_files(marker: Mapping[str, Any]) -> tuple[list[str], list[str], str | None]:
+    """``(index parts, audio files, rejects part)`` a shard marker lists, relative to the store."""
+    files = marker.get("files") or {}
+    return list(files.get("index") or []), list(files.get("audio") or []), files.get("rejects")
+
+
+def view_manifest_fields(store: ShardStore, data_root: str | os.PathLike, store_key: str, scan_key: str,
+                         shard_keys: list[str]) -> dict[str, Any]:
+    """The fields a view's ``manifest.json`` adds to the common ones: ``store`` (the store folder
+    relative to the data root), ``store_key``, ``scan`` (the catalog scan's key) and ``shards``
+    (the shard keys the view covers, in scan order)."""
+    return {"store": store.relative_to(data_root), "store_key": store_key, "scan": scan_key,
+            "shards": list(shard_keys)}
+
+
+class DatasetRun:
+    """One catalog scan's D_i: the view folder ``<data_root>/datasets/<V>/`` and its readers.
+
+    ``data_root`` defaults to the folder's grandparent (the pipeline's layout); index rows'
+    ``audio_path`` is relative to it.  The readers work on any folder with ``index/`` (and
+    ``rejects/``); :attr:`manifest`, :attr:`shard_keys` and :attr:`store` need the manifest.
+    """
+
+    def __init__(self, folder: str | os.PathLike, data_root: str | os.PathLike | None = None) -> None:
+        self.folder = Path(folder)
+        self.data_root = Path(data_root) if data_root is not None else self.folder.parent.parent
+
+    @classmethod
+    def of(cls, run: "DatasetRun | str | os.PathLike") -> "DatasetRun":
+        """``run`` itself, or the DatasetRun of a view folder path."""
+        return run if isinstance(run, DatasetRun) else cls(run)
+
+    def __repr__(self) -> str:
+        return f"DatasetRun({str(self.folder)!r})"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.folder / INDEX_DIR
+
+    @property
+    def rejects_dir(self) -> Path:
+        return self.folder / REJECTS_DIR
+
+    @property
+    def complete(self) -> bool:
+        """True once the pipeline wrote the view's manifest (last)."""
+        return (self.folder / MANIFEST).is_file()
+
+    @cached_property
+    def manifest(self) -> dict[str, Any]:
+        if not self.complete:
+            raise FileNotFoundError(f"{self.folder} has no {MANIFEST}: the D_i was not (completely) gathered")
+        return read_manifest(self.folder)
+
+    @property
+    def shard_keys(self) -> list[str]:
+        """The shard keys the view covers (from the manifest)."""
+        return list(self.manifest.get("shards") or [])
+
+    @property
+    def store(self) -> ShardStore:
+        """The shard store the view's parts come from (from the manifest)."""
+        store = self.manifest.get("store")
+        if not isinstance(store, str) or normal_relative_path(store) is None:
+            raise ValueError(f"the manifest of {self.folder} names no shard store (field 'store': {store!r})")
+        return ShardStore(self.data_root / store)
+
+    def index(self, source: str | None = None) -> pd.DataFrame:
+        """The D_i index (INDEX_SCHEMA columns), optionally of one source; empty if there is none."""
+        return read_index(self.index_dir, source)
+
+    def rejects(self) -> pd.DataFrame:
+        """Every reject of the view (scan, features, extraction), REJECTS_SCHEMA columns."""
+        return read_rejects(self.folder)
+
+    def excerpts(self, source: str | None = None) -> Iterator[Excerpt]:
+        """The excerpts (optionally of one source), in ``excerpt_id`` order."""
+        index = self.index(source).sort_values("excerpt_id", kind="mergesort")
+        for row in index.to_dict("records"):
+            yield Excerpt.from_row(row)
+
+    def audio_file(self, row: Excerpt | Mapping[str, Any] | Any) -> Path:
+        """The excerpt file of an index row (an :class:`Excerpt`, a mapping, a Series or a named
+        tuple with ``audio_path``); ``ValueError`` if the path is absolute or leaves the data root."""
+        audio_path = row["audio_path"] if isinstance(row, Mapping) else row.audio_path
+        relative = normal_relative_path(audio_path)
+        if relative is None:
+            raise ValueError(f"audio_path {audio_path!r} is not a relative path inside the data root")
+        return self.data_root / relative
+
+
+def _link_or_copy(source: Path, final: Path) -> None:
+    """Make ``final`` a hard link of ``source`` (a copy where linking fails), atomically."""
+    if final.exists() and os.path.samefile(source, final):
+        return
+    with atomic_path(final) as tmp:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+
 def _rejects_table(frame: pd.DataFrame) -> pa.Table:
-    frame = frame.reindex(columns=REJECTS_SCHEMA.names).fillna("").astype(str)
+    frame = frame.reindex(columns=REJECTS_SCHEMA.names)
+    frame["kind"] = frame["kind"].fillna(kinds.OTHER)
+    frame = frame.fillna("").astype(str)
     return pa.Table.from_pandas(frame, schema=REJECTS_SCHEMA, preserve_index=False)
 
 
-def finalize_run(run_dir: str | os.PathLike, shard_keys: list[str], scan_rejects: pd.DataFrame,
-                 feature_rejects: dict[str, pd.DataFrame]) -> dict:
-    """Make ``run_dir`` hold exactly the current shards' D_i and every reject; return counts.
+def _view_parts(view_dir: Path) -> set[str]:
+    parts = {p.relative_to(view_dir).as_posix() for p in (view_dir / INDEX_DIR).glob("source=*/part-*.parquet")}
+    parts |= {p.relative_to(view_dir).as_posix() for p in (view_dir / REJECTS_DIR).glob("part-*.parquet")}
+    return {p for p in parts if not PurePosixPath(p).name.startswith(".")}
 
-    ``feature_rejects`` maps shard key -> that shard's rejects from the features stage.  The
-    counts hold ``rejects`` (total), ``rejects_<stage>``, ``rejects_by_kind`` ({kind: n}, see
-    :func:`reject_kind`) and ``summary``: lines for people, excerpts per source, then the
-    rejects by stage and by kind with an example of each.
+
+def gather_view(view_dir: str | os.PathLike, store: ShardStore | str | os.PathLike, shard_keys: list[str],
+                scan_rejects: pd.DataFrame, feature_rejects: dict[str, pd.DataFrame]) -> dict:
+    """Make ``view_dir`` hold exactly the D_i of ``shard_keys`` (finished shards of ``store``) and
+    every reject; return counts.  Nothing in the store is touched.
+
+    The shards' index and rejects parts are linked into the view; ``scan_rejects`` and
+    ``feature_rejects`` (shard key -> that shard's rejects from the features stage) are written
+    there; parts in the view that belong to no listed shard (an earlier, interrupted gathering)
+    are removed from the view.  ``FileNotFoundError`` if a listed shard has no marker.  The
+    counts hold ``shards``, ``excerpts``, ``excerpts_<s>``, ``hours_<s>``, ``rejects`` (total),
+    ``rejects_<stage>``, ``rejects_by_kind`` ({kind: n}, kinds of :mod:`pipeline.rejects`),
+    ``shards_unlisted`` and ``unlisted_shard_keys`` (finished shards of the store that this view
+    does not list: other catalogs, other versions of this one) and ``summary``: lines for people,
+    excerpts per source, then the rejects by stage and by kind with an example of each.
     """
-    run_dir = Path(run_dir)
-    write_parquet_atomic(_rejects_table(scan_rejects), run_dir / "rejects" / SCAN_REJECTS)
+    view_dir = Path(view_dir)
+    store = store if isinstance(store, ShardStore) else ShardStore(store)
+    wanted: dict[str, Path] = {}
+    for key in shard_keys:
+        index_parts, _, rejects_part = marker_files(store.read_marker(key))
+        for rel in [*index_parts, *([rejects_part] if rejects_part else [])]:
+            normal = normal_relative_path(rel)
+            if normal is None or normal.split("/")[0] not in (INDEX_DIR, REJECTS_DIR):
+                raise ValueError(f"shard {key}'s marker lists {rel!r}, not a part under {INDEX_DIR}/ or {REJECTS_DIR}/")
+            wanted[normal] = store.folder / normal
+    own = {f"{REJECTS_DIR}/{SCAN_REJECTS}", *(f"{REJECTS_DIR}/part-features-{key}.parquet" for key in feature_rejects)}
+    for rel in sorted(_view_parts(view_dir) - set(wanted) - own):
+        (view_dir / rel).unlink()  # the view's own link or copy; the store keeps its file
+    for rel, source in wanted.items():
+        _link_or_copy(source, view_dir / rel)
+    write_parquet_atomic(_rejects_table(scan_rejects), view_dir / REJECTS_DIR / SCAN_REJECTS)
     for key, frame in feature_rejects.items():
-        write_parquet_atomic(_rejects_table(frame), run_dir / "rejects" / f"part-features-{key}.parquet")
-    current = {f"part-{k}.parquet" for k in shard_keys} | {f"part-features-{k}.parquet" for k in shard_keys}
-    current.add(SCAN_REJECTS)
-    stale = [p for p in (run_dir / "index").glob("source=*/part-*.parquet") if p.name not in current]
-    stale += [p for p in (run_dir / "rejects").glob("part-*.parquet") if p.name not in current]
-    for path in stale:
-        path.unlink()
-    index = read_index(run_dir / "index")
-    removed_audio = _remove_unindexed_audio(run_dir, set(index["audio_path"])) if stale else 0
-    rejects = read_rejects(run_dir)
-    counts = {"shards": len(shard_keys), "excerpts": len(index), "rejects": len(rejects),
-              "stale_parts_removed": len(stale), "stale_audio_removed": removed_audio}
+        write_parquet_atomic(_rejects_table(frame), view_dir / REJECTS_DIR / f"part-features-{key}.parquet")
+
+    run = DatasetRun(view_dir)
+    index, rejects = run.index(), run.rejects()
+    listed = set(shard_keys)
+    unlisted = [key for key in store.shard_keys() if key not in listed]
+    counts: dict[str, Any] = {"shards": len(shard_keys), "excerpts": len(index), "rejects": len(rejects)}
     for source in SOURCES:
         rows = index[index["source"] == source]
         counts[f"excerpts_{source}"] = len(rows)
@@ -110,15 +347,10 @@ def finalize_run(run_dir: str | os.PathLike, shard_keys: list[str], scan_rejects
     for stage, count in by_stage.items():
         counts[f"rejects_{stage}"] = count
     counts["rejects_by_kind"] = by_kind
+    counts["shards_unlisted"] = len(unlisted)
+    counts["unlisted_shard_keys"] = unlisted
     counts["summary"] = [f"{s}: {counts[f'excerpts_{s}']} excerpts, {counts[f'hours_{s}'] * 60:.1f} min"
                          for s in SOURCES] + reject_lines
+    if unlisted:
+        counts["summary"].append(f"store: {len(unlisted)} finished shards of other catalog scans kept, not listed")
     return counts
-
-
-def _remove_unindexed_audio(run_dir: Path, indexed: set[str]) -> int:
-    removed = 0
-    for path in (run_dir / "audio").rglob("*.flac"):
-        if path.relative_to(run_dir).as_posix() not in indexed:
-            path.unlink()
-            removed += 1
-    return removed

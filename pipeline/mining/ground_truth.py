@@ -18,27 +18,41 @@ in dB.  The index is the D_i index (``pipeline.mining.schema.INDEX_SCHEMA``).  P
 
 Excerpts whose file is not under ``catalog_root`` or has no truth rows are counted in
 ``n_excerpts_without_truth`` and take no part in the fractions.
+
+**Rules and the yield-against-purity curve.**  Besides the D_i that was extracted, the same
+measurement is made of the excerpts extraction *would* cut from the catalog's detector
+probabilities at other thresholds (:func:`simulated_index`: the run rule of extraction,
+:func:`pipeline.mining.extraction.select_runs` with the same ``min_seconds`` and ``max_gap``,
+each file's length taken as the end of its last truth window; no audio is decoded, and the
+all-zero excerpts extraction skips are kept).  :func:`rule_table` does it at each calibration
+rule's ``p_i``, :func:`yield_curve` at a grid of thresholds, so that purity can be read
+against yield as the threshold varies.  :func:`separator_table` filters the extracted index on
+its separator columns at a few limits.  The truth measures; nothing here feeds a threshold.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from pipeline.mining.calibration import inverted_cdf_quantile
 from pipeline.mining.extraction import MIN_SECONDS, select_runs
-from pipeline.sources import SOURCES, WINDOW_S
+from pipeline.sources import INAUDIBLE_DB, SOURCES, TRULY_SILENT_DB, WINDOW_S
 
-SILENT_DB = -20.0  # dB: the calibration target
-INAUDIBLE_DB = -30.0  # dB: "perceptually zero" (paper section 4.1)
+if TYPE_CHECKING:
+    from pipeline.mining.datasets import DatasetRun
+
 RECOVERED_OVERLAP = 0.5  # fraction of a true run that excerpts must cover
 _TOLERANCE_S = 1e-6
 
 MEASURE_COLUMNS = ("source", "n_excerpts", "extracted_seconds", "n_excerpts_without_truth", "n_windows_inside",
                    "fraction_silent", "fraction_inaudible", "v95_db", "n_true_runs", "n_recovered", "recall")
+CURVE_THRESHOLDS = tuple(np.round(np.concatenate([np.arange(0.05, 0.9, 0.05), np.arange(0.9, 1.0, 0.01)]), 4))
+SEPARATOR_LIMITS_DB = (-10.0, -15.0, -20.0, -25.0, -30.0)  # separator_db_mean limits measured
 
 
 def relative_file(catalog_path: str, catalog_root: str | os.PathLike) -> str | None:
@@ -89,7 +103,7 @@ def measure_extraction(
     index: pd.DataFrame,
     truth: pd.DataFrame,
     catalog_root: str | os.PathLike,
-    silent_db: float = SILENT_DB,
+    silent_db: float = TRULY_SILENT_DB,
     inaudible_db: float = INAUDIBLE_DB,
     min_seconds: float = MIN_SECONDS,
 ) -> pd.DataFrame:
@@ -143,22 +157,197 @@ def measure_extraction(
     return pd.DataFrame(rows, columns=list(MEASURE_COLUMNS))
 
 
-def measure_stage(run_dir: str | os.PathLike, truth_path: str | os.PathLike, catalog_root: str | os.PathLike,
-                  out: str | os.PathLike) -> dict:
-    """The MeasureExtraction stage: :func:`measure_extraction` of a run's index against a truth
-    file, written to ``measure.parquet`` / ``measure.csv``; returns counts and summary lines."""
+def measure_stage(run: "DatasetRun | str | os.PathLike", truth_path: str | os.PathLike,
+                  catalog_root: str | os.PathLike, out: str | os.PathLike) -> dict:
+    """The MeasureExtraction stage: :func:`measure_extraction` of a D_i's index (a
+    :class:`pipeline.mining.datasets.DatasetRun` or its folder) against a truth file, written to
+    ``measure.parquet`` / ``measure.csv``; returns counts and summary lines."""
     from pathlib import Path
 
-    from pipeline.mining.schema import read_index
+    from pipeline.mining.datasets import DatasetRun
     from pipeline.storage.outputs import write_parquet_atomic
 
     out = Path(out)
-    table = measure_extraction(read_index(Path(run_dir) / "index"), pd.read_parquet(truth_path), catalog_root)
+    table = measure_extraction(DatasetRun.of(run).index(), pd.read_parquet(truth_path), catalog_root)
     write_parquet_atomic(table, out / "measure.parquet")
     (out / "measure.csv").write_text(table.to_csv(index=False))
     lines = [f"{r.source}: {r.extracted_seconds / 60:.1f} min in {r.n_excerpts} excerpts, "
-             f"{r.fraction_silent:.1%} truly <= {SILENT_DB:g} dB, V95 {r.v95_db:.1f} dB, "
+             f"{r.fraction_silent:.1%} truly <= {TRULY_SILENT_DB:g} dB, V95 {r.v95_db:.1f} dB, "
              f"recall of silent runs {r.recall:.0%} ({r.n_recovered}/{r.n_true_runs})"
              for r in table.itertuples() if r.n_excerpts or r.n_true_runs]
     return {"excerpts": int(table["n_excerpts"].sum()), "summary": lines,
             "measure": json.loads(table.to_json(orient="records"))}
+
+
+def file_durations(truth: pd.DataFrame) -> dict[str, float]:
+    """``{file: seconds}``: the end of each file's last truth window."""
+    last = truth.groupby("file", sort=False)["start_s"].max()
+    return {str(name): float(value) + WINDOW_S for name, value in last.items()}
+
+
+def simulated_index(probabilities: pd.DataFrame, tracks: pd.DataFrame, thresholds: dict[str, float | None],
+                    durations: dict[str, float], catalog_root: str | os.PathLike,
+                    min_seconds: float = MIN_SECONDS, max_gap: int = 0) -> pd.DataFrame:
+    """The excerpts extraction would cut at ``thresholds`` (``{source: p_i or None}``), as index
+    rows ``source, catalog_path, start_s, end_s, duration_s``, without decoding audio.
+
+    ``probabilities``: PROBABILITY_SCHEMA rows; ``tracks``: ``track_id, path`` (the catalog
+    scan); ``durations``: :func:`file_durations` (files without one are skipped).
+    """
+    paths = dict(zip(tracks["track_id"].astype(str), tracks["path"].astype(str)))
+    rows = []
+    for track_id, frames in probabilities.groupby("track_id", sort=True):
+        path = paths.get(str(track_id))
+        name = relative_file(path, catalog_root) if path is not None else None
+        if name is None or name not in durations:
+            continue
+        frames = frames.sort_values("frame", kind="stable")
+        for source, threshold in thresholds.items():
+            if threshold is None or not np.isfinite(threshold):
+                continue
+            mask = frames[f"p_{source}"].to_numpy(np.float64) >= threshold
+            _, spans = select_runs(mask, durations[name], min_seconds, max_gap)
+            rows.extend({"source": source, "catalog_path": path, "start_s": a, "end_s": b, "duration_s": b - a}
+                        for a, b in spans.tolist())
+    return pd.DataFrame(rows, columns=["source", "catalog_path", "start_s", "end_s", "duration_s"])
+
+
+RULE_COLUMNS = ("rule", "source", "threshold", "extracted_hours", "n_excerpts", "fraction_silent", "v95_db",
+                "recall", "n_recovered", "n_true_runs")
+
+
+def rule_table(probabilities: pd.DataFrame, tracks: pd.DataFrame, rules: dict[str, dict[str, float | None]],
+               truth: pd.DataFrame, catalog_root: str | os.PathLike, min_seconds: float = MIN_SECONDS,
+               max_gap: int = 0) -> pd.DataFrame:
+    """Per rule (``{rule: {source: p_i or None}}``) and source: the simulated excerpts' purity
+    (``fraction_silent``), ``v95_db``, recall and extracted hours (:data:`RULE_COLUMNS`); a
+    source without ``p_i`` under a rule has NaN threshold and no excerpts."""
+    durations = file_durations(truth)
+    rows = []
+    for rule, thresholds in rules.items():
+        index = simulated_index(probabilities, tracks, thresholds, durations, catalog_root, min_seconds, max_gap)
+        measured = measure_extraction(index, truth, catalog_root, min_seconds=min_seconds).set_index("source")
+        for source in SOURCES:
+            r = measured.loc[source]
+            threshold = thresholds.get(source)
+            rows.append({"rule": rule, "source": source,
+                         "threshold": float(threshold) if threshold is not None else float("nan"),
+                         "extracted_hours": r["extracted_seconds"] / 3600, "n_excerpts": int(r["n_excerpts"]),
+                         "fraction_silent": r["fraction_silent"], "v95_db": r["v95_db"], "recall": r["recall"],
+                         "n_recovered": int(r["n_recovered"]), "n_true_runs": int(r["n_true_runs"])})
+    return pd.DataFrame(rows, columns=list(RULE_COLUMNS))
+
+
+def yield_curve(probabilities: pd.DataFrame, tracks: pd.DataFrame, truth: pd.DataFrame,
+                catalog_root: str | os.PathLike, thresholds=CURVE_THRESHOLDS, min_seconds: float = MIN_SECONDS,
+                max_gap: int = 0) -> pd.DataFrame:
+    """Yield against purity as the threshold varies: :func:`rule_table` rows (``rule`` holds
+    the threshold's text) of every source at each of ``thresholds``, ascending."""
+    tables = [rule_table(probabilities, tracks, {f"{t:g}": {s: float(t) for s in SOURCES}}, truth, catalog_root,
+                         min_seconds, max_gap) for t in sorted(set(float(t) for t in thresholds))]
+    curve = pd.concat(tables, ignore_index=True).drop(columns="rule")
+    return curve.sort_values(["source", "threshold"], kind="stable").reset_index(drop=True)
+
+
+def separator_table(index: pd.DataFrame, truth: pd.DataFrame, catalog_root: str | os.PathLike,
+                    limits=SEPARATOR_LIMITS_DB, min_seconds: float = MIN_SECONDS) -> pd.DataFrame:
+    """The extracted D_i kept by the separator's second opinion at each of ``limits`` dB
+    (``separator_db_mean <= limit``), measured like :func:`rule_table` (``rule`` reads
+    ``separator <= L dB``); empty when no excerpt has a separator score."""
+    scored = index[np.isfinite(index["separator_db_mean"].to_numpy(np.float64))
+                   | np.isneginf(index["separator_db_mean"].to_numpy(np.float64))]
+    if scored.empty:
+        return pd.DataFrame(columns=list(RULE_COLUMNS))
+    rows = []
+    for limit in (None, *limits):
+        kept = scored if limit is None else scored[scored["separator_db_mean"] <= limit]
+        measured = measure_extraction(kept, truth, catalog_root, min_seconds=min_seconds).set_index("source")
+        for source in SOURCES:
+            r = measured.loc[source]
+            rows.append({"rule": "scored, all kept" if limit is None else f"separator <= {limit:g} dB",
+                         "source": source, "threshold": float("nan") if limit is None else float(limit),
+                         "extracted_hours": r["extracted_seconds"] / 3600, "n_excerpts": int(r["n_excerpts"]),
+                         "fraction_silent": r["fraction_silent"], "v95_db": r["v95_db"], "recall": r["recall"],
+                         "n_recovered": int(r["n_recovered"]), "n_true_runs": int(r["n_true_runs"])})
+    return pd.DataFrame(rows, columns=list(RULE_COLUMNS))
+
+
+def plot_yield_curve(curve: pd.DataFrame, rules: pd.DataFrame | None, path: str | os.PathLike,
+                     target: float = 0.95) -> None:
+    """PNG: per source, purity (share of extracted windows <= -20 dB) against extracted hours
+    as the threshold varies (:func:`yield_curve`), the rules' points marked."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from pipeline.storage.outputs import atomic_path
+
+    figure = Figure(figsize=(10, 7), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(2, 2).ravel()
+    for ax, source in zip(axes, SOURCES):
+        rows = curve[(curve["source"] == source) & (curve["n_excerpts"] > 0)]
+        ax.plot(rows["extracted_hours"] * 60, rows["fraction_silent"], marker=".", label="threshold varies")
+        for row in rows.iloc[:: max(1, len(rows) // 6)].itertuples():
+            ax.annotate(f"{row.threshold:g}", (row.extracted_hours * 60, row.fraction_silent), fontsize=6)
+        if rules is not None:
+            for row in rules[(rules["source"] == source) & (rules["n_excerpts"] > 0)].itertuples():
+                ax.plot(row.extracted_hours * 60, row.fraction_silent, marker="o", linestyle="none",
+                        label=f"{row.rule} (p = {row.threshold:.3f}, recall {row.recall:.0%})")
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1)
+        ax.set_title(source)
+        ax.set_xlabel("extracted minutes")
+        ax.set_ylabel(f"share of windows <= {TRULY_SILENT_DB:g} dB")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="lower left")
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+
+
+def _rule_line(r) -> str:
+    if not r.n_excerpts and not np.isfinite(r.threshold):
+        return f"{r.source} [{r.rule}]: no threshold"
+    return (f"{r.source} [{r.rule}]: p = {r.threshold:.3f}, {r.extracted_hours * 60:.1f} min, "
+            f"{r.fraction_silent:.1%} <= {TRULY_SILENT_DB:g} dB, V95 {r.v95_db:.1f} dB, "
+            f"recall {r.recall:.0%} ({r.n_recovered}/{r.n_true_runs})")
+
+
+def measure_rules_from_files(probability_files: list[str | os.PathLike], tracks_file: str | os.PathLike,
+                             threshold_files: dict[str, str | os.PathLike], truth_file: str | os.PathLike,
+                             catalog_root: str | os.PathLike, out: str | os.PathLike, index: pd.DataFrame | None = None,
+                             min_seconds: float = MIN_SECONDS, max_gap: int = 0) -> dict:
+    """:func:`measure_rules_stage` on the files the pipeline keeps: the detection shards'
+    probabilities, the scan's ``tracks.parquet``, each rule's ``thresholds.parquet`` and the truth."""
+    from pipeline.mining.calibration import read_thresholds
+
+    probabilities = pd.concat([pd.read_parquet(p) for p in probability_files], ignore_index=True)
+    tracks = pd.read_parquet(tracks_file, columns=["track_id", "path"])
+    rules = {rule: read_thresholds(path) for rule, path in threshold_files.items()}
+    return measure_rules_stage(probabilities, tracks, rules, pd.read_parquet(truth_file), catalog_root, out, index,
+                               min_seconds, max_gap)
+
+
+def measure_rules_stage(probabilities: pd.DataFrame, tracks: pd.DataFrame, rules: dict[str, dict[str, float | None]],
+                        truth: pd.DataFrame, catalog_root: str | os.PathLike, out: str | os.PathLike,
+                        index: pd.DataFrame | None = None, min_seconds: float = MIN_SECONDS,
+                        max_gap: int = 0) -> dict:
+    """The rules part of MeasureExtraction: ``rules.parquet`` / ``.csv`` (:func:`rule_table`, plus
+    :func:`separator_table` of ``index`` when it has scores), ``yield_curve.parquet`` / ``.csv`` and
+    ``yield_curve.png`` in ``out``; returns ``rules`` (records) and summary lines."""
+    from pathlib import Path
+
+    from pipeline.storage.outputs import write_parquet_atomic
+
+    out = Path(out)
+    table = rule_table(probabilities, tracks, rules, truth, catalog_root, min_seconds, max_gap)
+    if index is not None:
+        table = pd.concat([table, separator_table(index, truth, catalog_root, min_seconds=min_seconds)],
+                          ignore_index=True)
+    curve = yield_curve(probabilities, tracks, truth, catalog_root, min_seconds=min_seconds, max_gap=max_gap)
+    write_parquet_atomic(table, out / "rules.parquet")
+    (out / "rules.csv").write_text(table.to_csv(index=False))
+    write_parquet_atomic(curve, out / "yield_curve.parquet")
+    (out / "yield_curve.csv").write_text(curve.to_csv(index=False))
+    plot_yield_curve(curve, table[table["rule"].isin(list(rules))], out / "yield_curve.png")
+    return {"rules": json.loads(table.to_json(orient="records")),
+            "summary": [_rule_line(r) for r in table.itertuples()]}
+

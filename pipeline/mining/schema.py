@@ -2,8 +2,10 @@
 
 The D_i index is one Parquet dataset for all sources, hive-partitioned by source
 (``index/source=bass/part-<shard>.parquet``), one row per excerpt.  Every column is
-documented in README.md ("The excerpt index").  Paths in the index are relative to the
-extraction run's folder (``audio_path``) or absolute (``catalog_path``).
+documented in README.md ("The excerpt index").  ``catalog_path`` is absolute; ``audio_path`` is
+relative to the data root in the pipeline (``excerpts/<key>/audio/...``: excerpts stay in the
+shard store, see :mod:`pipeline.mining.datasets`, whose ``DatasetRun`` resolves it).  The
+folder layout of a D_i (store and views) is :mod:`pipeline.mining.datasets`'s.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -48,11 +51,17 @@ INDEX_SCHEMA = pa.schema(
         ("n_frames", pa.int32()),  # detector frames in the run
         ("detector_key", pa.string()),  # key of the TrainDetector output
         ("calibration_key", pa.string()),  # key of the Calibrate output
-        ("audio_path", pa.string()),  # excerpt file, relative to the extraction folder
+        ("audio_path", pa.string()),  # excerpt file, relative to the data root
         ("audio_format", pa.string()),  # e.g. "FLAC/PCM_24"
         ("audio_checksum", pa.string()),  # SHA-256 of the excerpt file
+        # the separator's second opinion (Extract's `separator`; NaN without one): estimated
+        # V_i = 10 log10(||s_i_hat||^2 / ||m||^2) per grid window, mean and max over the excerpt, dB
+        ("separator_db_mean", pa.float64()),
+        ("separator_db_max", pa.float64()),
     ]
 )
+# Columns added after the first D_i were written: parts without them read as NaN.
+LATER_INDEX_COLUMNS = ("separator_db_mean", "separator_db_max")
 
 # Rejected inputs, one row per (file, stage).
 REJECTS_SCHEMA = pa.schema(
@@ -60,6 +69,7 @@ REJECTS_SCHEMA = pa.schema(
         ("path", pa.string()),
         ("track_id", pa.string()),  # empty when the file could not even be read
         ("stage", pa.string()),
+        ("kind", pa.string()),  # one of pipeline.rejects.KINDS, set where the error was raised
         ("reason", pa.string()),
     ]
 )
@@ -76,17 +86,22 @@ def read_index(index_dir: str | os.PathLike, source: str | None = None) -> pd.Da
     table = dataset.to_table(filter=(ds.field("source") == source) if source else None)
     frame = table.to_pandas()
     frame["source"] = frame["source"].astype(str)
+    for name in LATER_INDEX_COLUMNS:  # older parts
+        frame[name] = frame[name].astype(np.float64) if name in frame.columns else np.nan
     return frame[columns]
 
 
 def read_rejects(run_dir: str | os.PathLike) -> pd.DataFrame:
-    """Every reject of an extraction run (``rejects/part-*.parquet``: scan, features, extract),
+    """Every reject of a D_i folder (``rejects/part-*.parquet``: scan, features, extract),
     ``REJECTS_SCHEMA`` columns; empty if there is none."""
     parts = sorted(p for p in (Path(run_dir) / "rejects").glob("part-*.parquet") if not p.name.startswith("."))
     columns = [f.name for f in REJECTS_SCHEMA]
     if not parts:
         return pd.DataFrame({name: pd.Series(dtype=object) for name in columns})
     frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    if "kind" not in frame.columns:  # parts written before kinds were recorded
+        frame["kind"] = "other"
+    frame["kind"] = frame["kind"].fillna("other")
     missing = set(columns) - set(frame.columns)
     if missing:
         raise ValueError(f"rejects parts under {Path(run_dir) / 'rejects'} lack columns {sorted(missing)}")

@@ -1,29 +1,50 @@
-"""Integrity check of an extraction run folder (the D_i index, its excerpts and its manifest).
+"""Integrity check of a catalog's D_i: the view, the shards it lists in the store, their audio.
 
-A run folder holds ``index/source=<s>/part-*.parquet`` (``INDEX_SCHEMA``), the excerpts
-``audio/<source>/<xx>/<excerpt_id>.flac``, ``rejects/part-*.parquet`` (``REJECTS_SCHEMA``) and
-``manifest.json``.  :func:`verify_run` re-reads everything and returns one :class:`Problem` per
-thing that is wrong; an empty list means the folder is exactly what the index says it is.
+A D_i is a view folder (``datasets/<key>/``: ``index/``, ``rejects/``, ``manifest.json``) over
+the shard store it names (``excerpts/<key>/``: one marker per shard, the parts it links, the
+excerpt files), laid out as :mod:`pipeline.mining.datasets` describes.  :func:`verify_run`
+re-reads all of it and returns one :class:`Problem` per thing that is wrong; an empty list means
+the D_i is exactly what its index, its markers and its manifest say.
 
 Problem kinds (``Problem.kind``):
 
-* ``index_unreadable``: an index part is not a readable Parquet file or lies outside a
-  ``source=<name>`` folder (``read_index`` skips invalid parts silently, so their rows are missing
-  from every other check), or the index as a whole cannot be read (nothing else is checked);
+* ``index_unreadable``: an index part of the view is not a readable Parquet file or lies outside
+  a ``source=<name>`` folder (``read_index`` skips invalid parts silently, so their rows are
+  missing from every other check), or the index as a whole cannot be read (nothing else is
+  checked);
 * ``duplicate_id``: an ``excerpt_id`` appears on more than one row;
 * ``unknown_source``: a row's ``source`` is not one of ``pipeline.sources.SOURCES``;
-* ``bad_audio_path``: ``audio_path`` is absolute or leaves ``<run_dir>/audio``;
-* ``missing_audio``: a row's excerpt file does not exist;
+* ``bad_audio_path``: ``audio_path`` is absolute, leaves the data root, or is not under the
+  store's ``audio/`` folder;
+* ``missing_audio``: a row's excerpt file does not exist, or a file that a listed shard's marker
+  names is not in the store;
 * ``audio_checksum``: the excerpt file's SHA-256 differs from ``audio_checksum``;
 * ``audio_header``: the excerpt cannot be opened, or its rate, channels or length (samples) differ
   from ``sample_rate``, ``channels`` and ``end_sample - start_sample``;
 * ``missing_catalog``: the catalog file an excerpt was cut from no longer exists;
 * ``catalog_checksum``: the catalog file's SHA-256 differs from ``catalog_checksum`` (each distinct
   catalog file is hashed once), or the index records two checksums for one file;
-* ``orphan_audio``: a file under ``<run_dir>/audio`` that no index row names;
-* ``missing_manifest``: no ``manifest.json`` (the run did not finish);
-* ``manifest_count``: a count in the manifest (``excerpts``, ``excerpts_<source>``, ``rejects``)
-  is missing or differs from the index or the rejects table.
+* ``orphan_audio``: a file in the store's ``audio/`` that no shard marker of the store names, or
+  one that a listed shard names while its index parts have no row for it;
+* ``missing_manifest``: the view has no ``manifest.json`` (it was not gathered);
+* ``missing_store``: the manifest names no shard store, or the store folder does not exist;
+* ``manifest_count``: a count in the manifest (``shards``, ``excerpts``, ``excerpts_<source>``,
+  ``rejects``) is missing or differs from the shards listed, the index or the rejects table;
+* ``missing_marker``: a shard the view lists has no readable marker (with its file list) in the
+  store: it is not finished, or its marker was removed;
+* ``missing_index_part`` / ``missing_rejects_part``: a part that a listed shard's marker names is
+  missing from the view (its rows are not in the D_i) or from the store;
+* ``part_differs``: a part of the view is neither the store's file nor a copy of it;
+* ``unexpected_part``: a part in the view that no listed shard names (its rows would be read as
+  part of the D_i);
+* ``marker_count``: a count in a shard's marker (``excerpts``, ``excerpts_<source>``,
+  ``rejects``) differs from the rows of its parts or the audio files it names.
+
+Checks of other stages' outputs (:func:`check_feature_shard`, :func:`check_checkpoint`):
+
+* ``feature_shard``: a feature shard's ``.npy`` or its index is missing or unreadable, their frame
+  counts disagree, or its marker counts other tracks than its index holds;
+* ``checkpoint``: a checkpoint does not load with ``torch.load(weights_only=True)``.
 
 Temporary files of interrupted writers (names starting with ``.`` that contain ``.tmp-``, see
 ``pipeline.storage.outputs``) and anything inside a temporary folder are ignored.
@@ -35,27 +56,33 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Iterable
 
 import pandas as pd
 import soundfile as sf
 
 from pipeline.audio.io import file_checksum
-from pipeline.mining.schema import REJECTS_SCHEMA, read_index, read_rejects
+from pipeline.mining.datasets import (
+    AUDIO_DIR,
+    INDEX_DIR,
+    REJECTS_DIR,
+    SCAN_REJECTS,
+    DatasetRun,
+    ShardStore,
+    marker_files,
+    normal_relative_path,
+)
 from pipeline.sources import SOURCES
-from pipeline.storage.outputs import MANIFEST, TMP_MARK, read_manifest
-
-AUDIO_DIR = "audio"
-INDEX_DIR = "index"
-REJECTS_DIR = "rejects"
+from pipeline.storage.outputs import MANIFEST, is_temporary_name
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong in a run folder.
+    """One thing wrong in a D_i or another stage's output.
 
-    ``kind``: one of the kinds in the module docstring; ``subject``: the excerpt id, or a path
-    (relative to the run folder for its own files, absolute for catalog files), or a count name;
-    ``message``: what is wrong, for a person.
+    ``kind``: one of the kinds in the module docstring; ``subject``: the excerpt id, a shard key,
+    or a path (relative to the view folder for its own files, to the data root for the store's,
+    absolute for catalog files), or a count name; ``message``: what is wrong, for a person.
     """
 
     kind: str
@@ -73,37 +100,33 @@ class _Stats:
     audio_files: int = 0
     catalog_files: int = 0
     rejects: int = 0
+    shards: int = 0
     per_source: dict[str, int] = field(default_factory=dict)
 
 
-def is_temporary_name(name: str) -> bool:
-    """True for the hidden temporaries of ``pipeline.storage.outputs`` (``.<name>.tmp-<pid>-<rand>``)."""
-    return name.startswith(".") and TMP_MARK in name
-
-
-def list_audio_files(run_dir: str | os.PathLike) -> list[str]:
-    """Posix paths, relative to ``run_dir``, of every file under ``run_dir/audio`` (sorted).
+def list_audio_files(folder: str | os.PathLike) -> list[str]:
+    """Posix paths, relative to ``folder``, of every file under ``folder/audio`` (sorted).
 
     Temporary files, and everything inside temporary folders, are skipped.
     """
-    run_dir = Path(run_dir)
+    folder = Path(folder)
     found = []
-    for folder, dirs, files in os.walk(run_dir / AUDIO_DIR):
+    for here, dirs, files in os.walk(folder / AUDIO_DIR):
         dirs[:] = sorted(d for d in dirs if not is_temporary_name(d))
         for name in files:
             if not is_temporary_name(name):
-                found.append((Path(folder) / name).relative_to(run_dir).as_posix())
+                found.append((Path(here) / name).relative_to(folder).as_posix())
     return sorted(found)
 
 
-def _check_index_parts(run_dir: Path) -> list[Problem]:
-    """Problems with the index's Parquet part files themselves."""
+def _check_index_parts(view: Path) -> tuple[list[Problem], dict[str, int]]:
+    """Problems with the view's index part files themselves, and the rows of each readable one."""
     import pyarrow.parquet as pq
 
-    problems = []
-    index_dir = run_dir / INDEX_DIR
+    problems, rows = [], {}
+    index_dir = view / INDEX_DIR
     for part in sorted(index_dir.rglob("*.parquet")):
-        rel = part.relative_to(run_dir)
+        rel = part.relative_to(view)
         if any(is_temporary_name(name) or name.startswith((".", "_")) for name in rel.parts):
             continue
         if not part.parent.name.startswith("source=") or part.parent.parent != index_dir:
@@ -111,19 +134,20 @@ def _check_index_parts(run_dir: Path) -> list[Problem]:
                                     "index part is not in an index/source=<name>/ folder"))
             continue
         try:
-            pq.ParquetFile(part).schema_arrow
+            rows[rel.as_posix()] = pq.ParquetFile(part).metadata.num_rows
         except (OSError, ValueError) as err:  # pyarrow.ArrowInvalid is a ValueError
             problems.append(Problem("index_unreadable", rel.as_posix(), f"not a readable Parquet file ({err}); "
                                     "its rows are missing from the index"))
-    return problems
+    return problems, rows
 
 
-def normal_audio_path(audio_path: str) -> str | None:
-    """``audio_path`` as a normalised posix path under ``audio/``, or None if it escapes."""
-    path = PurePosixPath(str(audio_path).replace("\\", "/"))
-    if path.is_absolute() or ".." in path.parts or not path.parts or path.parts[0] != AUDIO_DIR:
+def _rows(path: Path) -> int | None:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, ValueError):
         return None
-    return path.as_posix()
 
 
 def _header_problem(path: Path, row: tuple) -> str | None:
@@ -140,24 +164,26 @@ def _header_problem(path: Path, row: tuple) -> str | None:
     return None
 
 
-def _check_excerpts(run_dir: Path, index: pd.DataFrame, workers: int) -> list[Problem]:
+def _check_excerpts(run: DatasetRun, index: pd.DataFrame, audio_prefix: str | None,
+                    workers: int) -> tuple[list[Problem], int]:
+    """Every row's excerpt file: where it is, that it exists, its checksum and header."""
     problems: list[Problem] = []
-    present: list[tuple[tuple, Path]] = []  # (index row, excerpt file)
+    present: list[tuple[tuple, Path, str]] = []  # (index row, excerpt file, path relative to the data root)
     for row in index.itertuples(index=False):
-        rel = normal_audio_path(row.audio_path)
-        if rel is None:
+        rel = normal_relative_path(row.audio_path)
+        if rel is None or (audio_prefix is not None and not rel.startswith(audio_prefix)):
+            where = f"under the store's {audio_prefix}" if audio_prefix else "inside the data root"
             problems.append(Problem("bad_audio_path", row.excerpt_id,
-                                    f"audio_path {row.audio_path!r} is not a relative path under {AUDIO_DIR}/"))
+                                    f"audio_path {row.audio_path!r} is not a relative path {where}"))
             continue
-        path = run_dir / rel
+        path = run.data_root / rel
         if not path.is_file():
             problems.append(Problem("missing_audio", row.excerpt_id, f"excerpt file {rel} does not exist"))
             continue
-        present.append((row, path))
+        present.append((row, path, rel))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        checksums = list(pool.map(file_checksum, [path for _, path in present]))
-    for (row, path), checksum in zip(present, checksums):
-        rel = path.relative_to(run_dir).as_posix()
+        checksums = list(pool.map(file_checksum, [path for _, path, _ in present]))
+    for (row, path, rel), checksum in zip(present, checksums):
         if checksum != row.audio_checksum:
             problems.append(Problem("audio_checksum", row.excerpt_id,
                                     f"{rel} has SHA-256 {checksum[:16]}..., index records "
@@ -166,7 +192,7 @@ def _check_excerpts(run_dir: Path, index: pd.DataFrame, workers: int) -> list[Pr
         header = _header_problem(path, row)
         if header:
             problems.append(Problem("audio_header", row.excerpt_id, f"{rel}: {header}"))
-    return problems
+    return problems, len(present)
 
 
 def _check_catalog(index: pd.DataFrame, workers: int) -> tuple[list[Problem], int]:
@@ -193,11 +219,106 @@ def _check_catalog(index: pd.DataFrame, workers: int) -> tuple[list[Problem], in
     return problems, len(to_hash)
 
 
-def _check_manifest(run_dir: Path, index: pd.DataFrame, rejects: pd.DataFrame) -> list[Problem]:
-    if not (run_dir / MANIFEST).is_file():
-        return [Problem("missing_manifest", MANIFEST, "no manifest: the run did not finish (or was not written here)")]
-    counts = read_manifest(run_dir).get("counts", {}) or {}
-    expected = {"excerpts": (len(index), "index rows")}
+def _same_content(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b) or (a.stat().st_size == b.stat().st_size and file_checksum(a) == file_checksum(b))
+    except OSError:
+        return False
+
+
+def _view_parts(view: Path) -> set[str]:
+    parts = {p.relative_to(view).as_posix() for p in (view / INDEX_DIR).glob("source=*/*.parquet")}
+    parts |= {p.relative_to(view).as_posix() for p in (view / REJECTS_DIR).glob("*.parquet")}
+    return {p for p in parts if not any(n.startswith((".", "_")) for n in PurePosixPath(p).parts)}
+
+
+def _check_part(view: Path, store: ShardStore, prefix: str, rel: str, key: str, what: str) -> list[Problem]:
+    kind = "missing_index_part" if what == "index" else "missing_rejects_part"
+    problems = []
+    in_view, in_store = view / rel, store.folder / rel
+    if not in_store.is_file():
+        problems.append(Problem(kind, f"{prefix}/{rel}", f"shard {key}'s {what} part is missing from the store"))
+    if not in_view.is_file():
+        problems.append(Problem(kind, rel, f"shard {key}'s {what} part is missing from the view: "
+                                           f"its rows are not in the D_i"))
+    elif in_store.is_file() and not _same_content(in_view, in_store):
+        problems.append(Problem("part_differs", rel, f"the view's {what} part of shard {key} differs from "
+                                                     f"the store's {prefix}/{rel}"))
+    return problems
+
+
+def _check_shards(run: DatasetRun, store: ShardStore, prefix: str, index: pd.DataFrame,
+                  part_rows: dict[str, int]) -> list[Problem]:
+    """Every shard the view lists: marker, parts (view and store), counts, the audio it names;
+    then the view's parts no shard names and the store's audio no marker names."""
+    view = run.folder
+    problems: list[Problem] = []
+    indexed = {rel for rel in map(normal_relative_path, index["audio_path"]) if rel is not None}
+    expected = {f"{REJECTS_DIR}/{SCAN_REJECTS}"}
+    for key in run.shard_keys:
+        expected.add(f"{REJECTS_DIR}/part-features-{key}.parquet")
+        try:
+            marker = store.read_marker(key)
+        except (FileNotFoundError, ValueError) as err:
+            problems.append(Problem("missing_marker", key, str(err)))
+            continue
+        if "files" not in marker:
+            problems.append(Problem("missing_marker", key, f"the marker of shard {key} lists no files"))
+            continue
+        index_parts, audio, rejects_part = marker_files(marker)
+        found: dict[str, int] = {"excerpts": 0}
+        complete = True
+        for rel in index_parts:
+            expected.add(rel)
+            part_problems = _check_part(view, store, prefix, rel, key, "index")
+            complete = complete and not part_problems
+            problems += part_problems
+            rows = part_rows.get(rel) if (view / rel).is_file() else _rows(store.folder / rel)
+            source = PurePosixPath(rel).parent.name.removeprefix("source=")
+            found[f"excerpts_{source}"] = found.get(f"excerpts_{source}", 0) + (rows or 0)
+            found["excerpts"] += rows or 0
+        if rejects_part:
+            expected.add(rejects_part)
+            problems += _check_part(view, store, prefix, rejects_part, key, "rejects")
+            source_part = view / rejects_part if (view / rejects_part).is_file() else store.folder / rejects_part
+            found["rejects"] = _rows(source_part) or 0
+        counts = marker.get("counts") or {}
+        names = ["excerpts", *(f"excerpts_{s}" for s in SOURCES), "rejects"]
+        for name in names:
+            actual = found.get(name, 0)
+            if name in counts and counts[name] != actual:
+                problems.append(Problem("marker_count", key, f"the marker of shard {key} counts {name} = "
+                                                             f"{counts[name]}, its files hold {actual}"))
+        if len(audio) != found["excerpts"]:
+            problems.append(Problem("marker_count", key, f"the marker of shard {key} names {len(audio)} audio "
+                                                         f"files, its index parts hold {found['excerpts']} rows"))
+        for rel in audio:
+            claimed = f"{prefix}/{rel}"
+            if claimed in indexed:
+                continue  # checked with its row
+            if not (store.folder / rel).is_file():
+                problems.append(Problem("missing_audio", claimed, f"shard {key}'s excerpt file is missing"))
+            elif complete:
+                problems.append(Problem("orphan_audio", claimed, f"shard {key} names this file; no index row does"))
+    for rel in sorted(_view_parts(view) - expected):
+        problems.append(Problem("unexpected_part", rel, "no shard of the view names this part; its rows are "
+                                                        "read as part of the D_i"))
+    named = set()
+    for key in store.shard_keys():
+        try:
+            named.update(marker_files(store.read_marker(key))[1])
+        except (FileNotFoundError, ValueError):
+            continue  # a listed shard's bad marker is reported above; others are not this view's
+    for rel in list_audio_files(store.folder):
+        if rel not in named:
+            problems.append(Problem("orphan_audio", f"{prefix}/{rel}", "file in the shard store that no shard "
+                                                                       "marker names"))
+    return problems
+
+
+def _check_manifest(run: DatasetRun, index: pd.DataFrame, rejects: pd.DataFrame) -> list[Problem]:
+    counts = run.manifest.get("counts", {}) or {}
+    expected = {"shards": (len(run.shard_keys), "shards listed"), "excerpts": (len(index), "index rows")}
     for source in SOURCES:
         expected[f"excerpts_{source}"] = (int((index["source"] == source).sum()), f"index rows of {source}")
     expected["rejects"] = (len(rejects), "rejects rows")
@@ -211,22 +332,22 @@ def _check_manifest(run_dir: Path, index: pd.DataFrame, rejects: pd.DataFrame) -
     return problems
 
 
-def _verify(run_dir: str | os.PathLike, check_catalog: bool, workers: int) -> tuple[list[Problem], _Stats]:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"extraction run folder {run_dir} does not exist")
+def _verify(run: DatasetRun | str | os.PathLike, check_catalog: bool, workers: int) -> tuple[list[Problem], _Stats]:
+    run = DatasetRun.of(run)
+    if not run.folder.is_dir():
+        raise FileNotFoundError(f"D_i folder {run.folder} does not exist")
     stats = _Stats()
+    problems, part_rows = _check_index_parts(run.folder)
     try:
-        index = read_index(run_dir / INDEX_DIR)
+        index = run.index()
     except (OSError, ValueError) as err:  # pyarrow.ArrowInvalid is a ValueError
-        return [Problem("index_unreadable", INDEX_DIR, str(err))], stats
-    rejects = read_rejects(run_dir)
+        return problems + [Problem("index_unreadable", INDEX_DIR, str(err))], stats
+    rejects = run.rejects()
     stats.excerpts = len(index)
     stats.seconds = float(index["duration_s"].sum())
     stats.rejects = len(rejects)
     stats.per_source = {s: int(n) for s, n in index["source"].value_counts().sort_index().items()}
 
-    problems = _check_index_parts(run_dir)
     duplicated = index["excerpt_id"].value_counts()
     for excerpt_id, n in duplicated[duplicated > 1].sort_index().items():
         problems.append(Problem("duplicate_id", str(excerpt_id), f"excerpt id appears on {n} index rows"))
@@ -234,45 +355,109 @@ def _verify(run_dir: str | os.PathLike, check_catalog: bool, workers: int) -> tu
         problems.append(Problem("unknown_source", row.excerpt_id,
                                 f"source {row.source!r} is not one of {list(SOURCES)}"))
 
-    problems += _check_excerpts(run_dir, index, workers)
+    store, prefix = None, None
+    if not run.complete:
+        problems.append(Problem("missing_manifest", MANIFEST, "no manifest: the D_i was not gathered here"))
+    else:
+        try:
+            store = run.store
+            prefix = store.relative_to(run.data_root)
+            if not store.folder.is_dir():
+                problems.append(Problem("missing_store", prefix, "the shard store the manifest names does not exist"))
+                store = None
+        except ValueError as err:
+            problems.append(Problem("missing_store", MANIFEST, str(err)))
+
+    excerpt_problems, stats.audio_files = _check_excerpts(
+        run, index, f"{prefix}/{AUDIO_DIR}/" if store is not None else None, workers)
+    problems += excerpt_problems
     if check_catalog:
         catalog_problems, stats.catalog_files = _check_catalog(index, workers)
         problems += catalog_problems
-
-    on_disk = list_audio_files(run_dir)
-    stats.audio_files = len(on_disk)
-    indexed = {rel for rel in map(normal_audio_path, index["audio_path"]) if rel is not None}
-    for rel in on_disk:
-        if rel not in indexed:
-            problems.append(Problem("orphan_audio", rel, "audio file has no index row"))
-
-    problems += _check_manifest(run_dir, index, rejects)
+    if store is not None:
+        stats.shards = len(run.shard_keys)
+        problems += _check_shards(run, store, prefix, index, part_rows)
+    if run.complete:
+        problems += _check_manifest(run, index, rejects)
     return problems, stats
 
 
-def verify_run(run_dir: str | os.PathLike, check_catalog: bool = True, workers: int = 4) -> list[Problem]:
-    """Every problem found in the extraction run folder ``run_dir``; empty when all is well.
+def verify_run(run: DatasetRun | str | os.PathLike, check_catalog: bool = True, workers: int = 4) -> list[Problem]:
+    """Every problem found in a D_i (a :class:`DatasetRun` or its view folder); empty when all is well.
 
     ``check_catalog`` re-hashes the catalog files the excerpts were cut from (each once);
-    ``workers`` threads compute checksums.  Raises ``FileNotFoundError`` if ``run_dir`` is not
-    a folder.
+    ``workers`` threads compute checksums.  Raises ``FileNotFoundError`` if the folder does not
+    exist.
     """
-    return _verify(run_dir, check_catalog, workers)[0]
+    return _verify(run, check_catalog, workers)[0]
 
 
-def verify_cli(run_dir: str | os.PathLike, check_catalog: bool = True) -> int:
-    """Print each problem on its own line, then ``verify: N problems`` or ``verify: OK (...)``.
+def check_feature_shard(npy_path: str | os.PathLike, tracks: int | None = None) -> list[Problem]:
+    """Problems of one feature shard (``.npy`` and its index, :mod:`pipeline.features.store`):
+    missing, unreadable, frame counts that disagree, or not ``tracks`` tracks (its marker's count)."""
+    from pipeline.features.store import FeatureShard, index_path_for
+
+    npy_path = Path(npy_path)
+    for path in (npy_path, index_path_for(npy_path)):
+        if not path.is_file():
+            return [Problem("feature_shard", str(path), "file of a finished feature shard is missing")]
+    try:
+        shard = FeatureShard(npy_path)
+    except (OSError, ValueError, KeyError) as err:
+        return [Problem("feature_shard", str(npy_path), f"unreadable: {err}")]
+    if tracks is not None and len(shard) != tracks:
+        return [Problem("feature_shard", str(npy_path),
+                        f"its marker counts {tracks} tracks, its index holds {len(shard)}")]
+    return []
+
+
+def check_checkpoint(path: str | os.PathLike) -> list[Problem]:
+    """A problem when the checkpoint at ``path`` is missing or does not load with
+    ``torch.load(weights_only=True)``."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        return [Problem("checkpoint", str(path), "checkpoint of a finished stage is missing")]
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 -- any failure to load is the finding
+        return [
+            Problem(
+                "checkpoint",
+                str(path),
+                f"does not load with torch.load(weights_only=True): {type(err).__name__}: {str(err)[:200]}",
+            )
+        ]
+    return []
+
+
+def verify_cli(
+    run: DatasetRun | str | os.PathLike,
+    check_catalog: bool = True,
+    others: Iterable[Problem] = (),
+    checked: Iterable[str] = (),
+) -> int:
+    """Print each problem on its own line (the D_i's, then ``others``: other stages'), then
+    ``verify: N problems`` or ``verify: OK (...)``; ``checked`` names the other outputs checked.
 
     Returns the exit status: 1 when any problem was found, 0 otherwise.
     """
-    problems, stats = _verify(run_dir, check_catalog, workers=4)
+    run = DatasetRun.of(run)
+    problems, stats = _verify(run, check_catalog, workers=4)
+    problems += list(others)
     for problem in problems:
         print(problem)
     if problems:
-        print(f"verify: {len(problems)} problem{'s' if len(problems) != 1 else ''} in {run_dir}")
+        print(f"verify: {len(problems)} problem{'s' if len(problems) != 1 else ''} in {run.folder}")
         return 1
     per_source = ", ".join(f"{s}={n}" for s, n in stats.per_source.items()) or "none"
     catalog = f"{stats.catalog_files} catalog files re-hashed" if check_catalog else "catalog not checked"
-    print(f"verify: OK ({stats.excerpts} excerpts [{per_source}], {stats.seconds / 3600:.3f} h of audio, "
-          f"{stats.audio_files} audio files, {catalog}, {stats.rejects} rejects)")
+    also = list(checked)
+    print(
+        f"verify: OK ({stats.excerpts} excerpts [{per_source}] of {stats.shards} shards, "
+        f"{stats.seconds / 3600:.3f} h of audio, {stats.audio_files} audio files, {catalog}, {stats.rejects} rejects"
+        + (f"; also {', '.join(also)}" if also else "")
+        + ")"
+    )
     return 0

@@ -1,1 +1,2 @@
-"""Separators, their training (with the remix step), augmentations and evaluation."""
+"""Separators (a registry of models by name: Demucs, Demucs as published in 2019, TasNet-BLSTM),
+their losses, training (with the remix step), augmentations and evaluation."""

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline import rejects
 from pipeline.audio import io as audio
-from pipeline.sources import SOURCES
 from pipeline.corpora.stemset import StemTrack, list_tracks, load_stems
+from pipeline.sources import SOURCES
 
 DEFAULT_MEMORY_LIMIT = 2 << 30  # bytes of float32 stems kept in memory before going lazy
 
@@ -76,7 +77,9 @@ class StemWindows:
         infos = [audio.probe(track.path(name)) for name in SOURCES]
         rates = {info.sample_rate for info in infos}
         if len(rates) != 1:
-            raise audio.AudioError(f"stems of {track.folder} have different sample rates {sorted(rates)}")
+            raise audio.AudioError(
+                f"stems of {track.folder} have different sample rates {sorted(rates)}", kind=rejects.OTHER
+            )
         rate = rates.pop()
         frames = min(info.frames for info in infos)
         return _Track(track, int(frames * self.sample_rate // rate), rate)
@@ -88,6 +91,10 @@ class StemWindows:
     def __len__(self) -> int:
         """Number of tracks."""
         return len(self._tracks)
+
+    def track_length(self, index: int) -> int:
+        """Samples (at the model's rate) of track ``index``."""
+        return self._tracks[index].length
 
     @property
     def track_names(self) -> list[str]:
@@ -103,8 +110,8 @@ class StemWindows:
         entry = self._tracks[index]
         out = np.zeros((len(SOURCES), self.channels, frames), dtype=np.float32)
         if self._stems is not None:
-            part = self._stems[index][..., start:start + frames]
-            out[..., :part.shape[-1]] = part
+            part = self._stems[index][..., start : start + frames]
+            out[..., : part.shape[-1]] = part
             return out
         ratio = entry.file_rate / self.sample_rate
         file_start = int(math.floor(start * ratio))
@@ -114,8 +121,8 @@ class StemWindows:
                 break
             wav, rate = audio.load(entry.track.path(name), start=file_start, frames=file_frames)
             wav = audio.match_channels(audio.resample(wav, rate, self.sample_rate), self.channels)
-            part = wav[:, :min(frames, entry.length - start)]
-            out[k, :, :part.shape[-1]] = part
+            part = wav[:, : min(frames, entry.length - start)]
+            out[k, :, : part.shape[-1]] = part
         return out
 
     def sample(self, rng: np.random.Generator, count: int, frames: int | None = None) -> np.ndarray:
@@ -132,8 +139,9 @@ class StemWindows:
     def fixed_windows(self, max_windows: int | None = None) -> list[tuple[int, int]]:
         """``(track index, start)`` of consecutive non-overlapping windows of every track (at least
         one per track); with ``max_windows``, that many spread evenly over the list."""
-        spans = [(i, k * self.window) for i, t in enumerate(self._tracks)
-                 for k in range(max(1, t.length // self.window))]
+        spans = [
+            (i, k * self.window) for i, t in enumerate(self._tracks) for k in range(max(1, t.length // self.window))
+        ]
         if max_windows is not None and len(spans) > max_windows:
             keep = np.linspace(0, len(spans) - 1, max_windows).round().astype(int)
             spans = [spans[k] for k in keep]

@@ -1,11 +1,12 @@
 """Demucs, the waveform U-Net separator of the paper (section 3).
 
-Input: a mixture ``(batch, audio_channels, samples)``; output: one waveform per source,
+Registered as ``demucs`` (:mod:`pipeline.separation.registry`).  Input: a mixture
+``(batch, audio_channels, samples)``; output: one waveform per source,
 ``(batch, sources, audio_channels, samples)``, same length as the input.  The input length
 must be a *valid length* (:meth:`Demucs.valid_length`): one that every strided encoder
 convolution consumes without a remainder, so the decoder rebuilds exactly the encoder's
-lengths and every U-Net skip lines up.  :func:`separate` pads any length to a valid one
-(zeros, centred) and trims the output back.
+lengths and every U-Net skip lines up.  :func:`pipeline.separation.contract.separate` pads
+any length to a valid one (zeros, centred) and trims the output back.
 
 Layers (C_0 = audio_channels, C_i = round(C_1 * growth^(i-1)), i = 1..L):
 
@@ -19,7 +20,9 @@ Layers (C_0 = audio_channels, C_i = round(C_1 * growth^(i-1)), i = 1..L):
 - the last decoder layer outputs ``sources * audio_channels`` channels with no activation.
 
 The context convolutions are zero-padded ("same" length); the published code left them
-unpadded and centre-trimmed the skips instead.  Everything else follows the paper.
+unpadded and centre-trimmed the skips instead, and followed its BiLSTM by a Linear layer
+without ReLU: that model is ``demucs2019`` (:mod:`pipeline.separation.demucs2019`).
+Everything else follows the paper.
 
 Weight rescaling (paper, "Weights rescaling"): every Conv1d / ConvTranspose1d is wrapped in
 :class:`Rescaled`, which stores ``w' = w / sqrt(alpha)`` and ``b' = b / sqrt(alpha)`` with
@@ -32,28 +35,20 @@ on ``w'``: an equalised learning rate per layer.
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.separation.contract import ModelConfig, Separator
 from pipeline.sources import SOURCES
 
 DECODERS = ("paper", "additive")
 
 
-def require_known_fields(cls: type, values: dict[str, Any]) -> None:
-    """Raise ``ValueError`` when ``values`` (a stored config) names a field ``cls`` lacks."""
-    unknown = set(values) - {f.name for f in fields(cls)}
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-
-
 @dataclass(frozen=True)
-class DemucsConfig:
+class DemucsConfig(ModelConfig):
     """Hyper-parameters of :class:`Demucs`; defaults are the paper's (C_1 = 48, L = 6).
 
     ``sample_rate`` (Hz) is metadata: the rate the model is trained and applied at.
@@ -86,14 +81,6 @@ class DemucsConfig:
     def layer_channels(self) -> list[int]:
         """``[C_0, C_1, ..., C_L]``."""
         return [self.audio_channels] + [round(self.channels * self.growth ** i) for i in range(self.depth)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "DemucsConfig":
-        require_known_fields(cls, values)
-        return cls(**values)
 
 
 class Rescaled(nn.Module):
@@ -171,11 +158,16 @@ class _Decoder(nn.Module):
         return x if self.last else F.relu(x)
 
 
-class Demucs(nn.Module):
+class Demucs(Separator):
     """The separator; ``forward``: ``(B, audio_channels, n)`` -> ``(B, sources, audio_channels, n)``.
 
-    ``n`` must equal ``valid_length(n)``; use :func:`separate` for any other length.
+    ``n`` must equal ``valid_length(n)``; use :func:`~pipeline.separation.contract.separate`
+    for any other length.
     """
+
+    name = "demucs"
+    config_class = DemucsConfig
+    encoder_modules = ("encoder",)  # the L encoder layers; embedding: time mean of the deepest (B, C_L)
 
     def __init__(self, config: DemucsConfig | None = None) -> None:
         super().__init__()
@@ -193,14 +185,16 @@ class Demucs(nn.Module):
         """Smallest length >= ``length`` (samples) the model maps to the same length."""
         return valid_length(self.config, length)
 
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        """The deepest encoder layer's output ``(B, C_L, frames)`` of ``(B, audio_channels, n)``."""
+        self.check_input(wav)
+        for encode in self.encoder:
+            wav = encode(wav)
+        return wav
+
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
         cfg = self.config
-        if mix.dim() != 3 or mix.shape[1] != cfg.audio_channels:
-            raise ValueError(f"expected (batch, {cfg.audio_channels}, samples), got {tuple(mix.shape)}")
-        length = mix.shape[-1]
-        if self.valid_length(length) != length:
-            raise ValueError(f"length {length} is not a valid length (next valid: {self.valid_length(length)}); "
-                             "pad with pad_to_valid or call separate()")
+        self.check_valid_input(mix)
         x, skips = mix, []
         for encode in self.encoder:
             x = encode(x)
@@ -223,32 +217,3 @@ def valid_length(config: DemucsConfig, length: int) -> int:
     for _ in range(config.depth):
         n = (n - 1) * s + k
     return int(n)
-
-
-def pad_to_valid(model: Demucs, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Zero-pad ``(..., n)`` to ``model.valid_length(n)``, centred: returns the padded tensor and
-    ``(left, right)`` in samples (``left = (valid - n) // 2``, the extra sample goes right)."""
-    n = x.shape[-1]
-    extra = model.valid_length(n) - n
-    left = extra // 2
-    return F.pad(x, (left, extra - left)), (left, extra - left)
-
-
-def trim(y: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
-    """Undo :func:`pad_to_valid` on the model's output ``(..., valid)`` -> ``(..., n)``."""
-    left, right = padding
-    return y[..., left:y.shape[-1] - right]
-
-
-def separate(model: Demucs, mix: torch.Tensor) -> torch.Tensor:
-    """Apply ``model`` to a mixture of any length: ``(B, C, n)`` -> ``(B, sources, C, n)``."""
-    padded, padding = pad_to_valid(model, mix)
-    return trim(model(padded), padding)
-
-
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Demucs:
-    """Rebuild a :class:`Demucs` from a checkpoint holding ``model_config`` (dict) and ``model``."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    model = Demucs(DemucsConfig.from_dict(state["model_config"]))
-    model.load_state_dict(state["model"])
-    return model.to(map_location)

@@ -1,4 +1,7 @@
-"""Evaluating a separator on whole tracks: overlap-add separation and museval (v4) SDR.
+"""Evaluating a separator on whole tracks: overlap-add separation, museval (v4) SDR and SI-SNR.
+
+Any registered model (:mod:`pipeline.separation.registry`) is evaluated the same way; runs
+are loaded from their checkpoints through the registry (:func:`evaluate_runs`).
 
 Separation (:func:`separate_track`): a track ``(channels, samples)`` is cut into segments of
 ``segment_s`` seconds overlapping by ``overlap_s``; each is separated (padded to the model's
@@ -6,8 +9,9 @@ valid length and trimmed back) and the outputs are blended with triangular weigh
 (:func:`crossfade_weights`, > 0 everywhere), normalised by the summed weights, so a model
 that returns its input gives the input back exactly.
 
-SDR (:func:`track_sdr`): ``museval.evaluate`` in ``v4`` mode (time-invariant distortion
-filters, images SDR) on windows of ``win_s`` = 1 s with hop 1 s, as SiSec 2018 did, then the
+SDR (:func:`track_sdr`): museval's v4 BSS Eval (``museval.metrics.bss_eval`` with the
+arguments ``museval.evaluate(mode="v4")`` passes: time-invariant distortion filters, images
+SDR) on windows of ``win_s`` = 1 s with hop 1 s, as SiSec 2018 did, then the
 median over a track's frames, the median over tracks per source, and ``all`` = the median
 over every (track, source) value (the paper's table 1: "concatenating the metrics from all
 sources and then taking the median").
@@ -25,22 +29,45 @@ channel sum is 0 at every sample):
 3. an *estimate* that is all-zero over the whole track (museval would refuse it) scores
    0 dB in the frames where no evaluated reference is silent: the v4 images SDR of a zero
    estimate, ``10 log10(||s||^2 / ||0 - s||^2)``.
+
+SI-SNR (:func:`track_si_snr`, the frugal paper's metric, :func:`pipeline.separation.losses.si_snr`)
+on the same frames, per source over both channels; a frame whose reference is silent for the
+SI-SNR loss (mean square <= -100 dBFS) is left out for that source only, and the medians
+follow SDR's (per track over frames, then over tracks; ``si_snr_<source>``, ``si_snr_all``).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import json
 import math
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from pipeline.audio import io as audio
-from pipeline.separation.demucs import Demucs, separate
-from pipeline.sources import SOURCES
 from pipeline.corpora.stemset import StemTrack, list_tracks, load_mixture, load_stems
+from pipeline.separation.comparison import (
+    box_plot,
+    contrast_lines,
+    default_contrasts,
+    paired_comparison,
+    run_statistics,
+)
+from pipeline.separation.contract import Separator, separate
+from pipeline.separation.losses import si_snr, silent
+from pipeline.sources import SOURCES
+from pipeline.threads import available_cores
 
 SUMMARY_COLUMNS = (*SOURCES, "all")
 
@@ -83,7 +110,7 @@ def overlap_add(fn: Callable[[torch.Tensor], torch.Tensor], mix: torch.Tensor, s
 
 
 @torch.no_grad()
-def separate_track(model: Demucs, mix: np.ndarray, segment_s: float = 8.0, overlap_s: float = 2.0,
+def separate_track(model: Separator, mix: np.ndarray, segment_s: float = 8.0, overlap_s: float = 2.0,
                    device: str | torch.device = "cpu", batch_size: int = 4) -> np.ndarray:
     """Separate a whole mixture ``(channels, samples)`` at the model's rate: ``(sources, channels, samples)``."""
     model.eval()
@@ -106,14 +133,40 @@ def _frames(length: int, win: int, hop: int) -> list[slice]:
     return [slice(t * hop, min(t * hop + win, length)) for t in range(count)]
 
 
+@functools.lru_cache(maxsize=1)
+def museval_metrics() -> ModuleType:
+    """museval's ``metrics`` module (numpy and scipy only), loaded from its file.
+
+    Importing the museval package (or ``museval.metrics``) runs its ``__init__``, which imports musdb ->
+    stempeg, and stempeg raises at import when no ffmpeg program is on the PATH; the metrics
+    file itself needs neither, so it is loaded on its own under the name ``museval_metrics``.
+    """
+    spec = importlib.util.find_spec("museval")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("museval is not installed (pip install museval): it computes the SDR")
+    path = Path(next(iter(spec.submodule_search_locations))) / "metrics.py"
+    module_spec = importlib.util.spec_from_file_location("museval_metrics", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def bss_eval_v4_sdr(references: np.ndarray, estimates: np.ndarray, win: int, hop: int) -> np.ndarray:
+    """Framewise SDR in dB ``(sources, frames)`` of ``(sources, channels, samples)`` arrays of one
+    length: ``museval.evaluate(references, estimates, win, hop, mode="v4")[0]`` without importing
+    the museval package (see :func:`museval_metrics`); ``win``/``hop`` in samples."""
+    sdr = museval_metrics().bss_eval(np.transpose(references, (0, 2, 1)), np.transpose(estimates, (0, 2, 1)),
+                                     compute_permutation=False, window=win, hop=hop, framewise_filters=False,
+                                     bsseval_sources_version=False)[0]
+    return sdr
+
+
 def track_sdr(references: np.ndarray, estimates: np.ndarray, sample_rate: int, win_s: float = 1.0,
               hop_s: float = 1.0) -> np.ndarray:
     """Framewise SDR in dB ``(sources, frames)`` of estimates vs. references ``(sources, channels, samples)``.
 
     NaN marks frames (or whole sources) left out by the silent-stem rules of the module docstring.
     """
-    import museval
-
     if references.shape != estimates.shape:
         raise ValueError(f"references {references.shape} and estimates {estimates.shape} differ in shape")
     n_sources, _, length = references.shape
@@ -124,15 +177,27 @@ def track_sdr(references: np.ndarray, estimates: np.ndarray, sample_rate: int, w
     zero_est = [j for j in evaluated if _silent(estimates[j])]
     museval_sources = [j for j in evaluated if j not in zero_est]
     if museval_sources:
-        values = museval.evaluate(np.transpose(references[museval_sources], (0, 2, 1)),
-                                  np.transpose(estimates[museval_sources], (0, 2, 1)), win=win, hop=hop,
-                                  mode="v4")[0]
-        sdr[museval_sources] = values
+        sdr[museval_sources] = bss_eval_v4_sdr(references[museval_sources], estimates[museval_sources], win, hop)
     for j in zero_est:
         for t, span in enumerate(frames):
             if not any(_silent(references[k][:, span]) for k in evaluated):
                 sdr[j, t] = 0.0
     return sdr
+
+
+def track_si_snr(references: np.ndarray, estimates: np.ndarray, sample_rate: int, win_s: float = 1.0,
+                 hop_s: float = 1.0) -> np.ndarray:
+    """Framewise SI-SNR in dB ``(sources, frames)`` over both channels, frames as :func:`track_sdr`'s;
+    NaN where the source's reference is silent in the frame (:func:`pipeline.separation.losses.silent`)."""
+    if references.shape != estimates.shape:
+        raise ValueError(f"references {references.shape} and estimates {estimates.shape} differ in shape")
+    win, hop = round(win_s * sample_rate), round(hop_s * sample_rate)
+    frames = _frames(references.shape[-1], win, hop)
+    ref = torch.stack([torch.from_numpy(np.asarray(references[..., span], dtype=np.float64)).flatten(1)
+                       for span in frames], dim=1)  # (sources, frames, channels x win)
+    est = torch.stack([torch.from_numpy(np.asarray(estimates[..., span], dtype=np.float64)).flatten(1)
+                       for span in frames], dim=1)
+    return torch.where(silent(ref), torch.nan, si_snr(est, ref)).numpy()
 
 
 def load_track(track: StemTrack, sample_rate: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -145,19 +210,64 @@ def load_track(track: StemTrack, sample_rate: int, channels: int) -> tuple[np.nd
     return mix, stems
 
 
-def evaluate_separator(model: Demucs, stem_root: str | os.PathLike, split: str = "test",
+TRIVIAL = "trivial (mixture / 4)"
+ORACLE = "oracle (IRM)"
+REFERENCE_ROWS = (TRIVIAL, ORACLE)
+ORACLE_FFT = 4096  # samples; Hann window, hop ORACLE_HOP (93 ms / 23 ms at 44.1 kHz)
+ORACLE_HOP = 1024
+
+
+def trivial_estimates(mix: np.ndarray, n_sources: int = len(SOURCES)) -> np.ndarray:
+    """The "does nothing" row: every source = mixture / 4, ``(sources, channels, samples)``."""
+    return np.repeat((np.asarray(mix, dtype=np.float32) / n_sources)[None], n_sources, axis=0)
+
+
+def oracle_estimates(mix: np.ndarray, references: np.ndarray, n_fft: int = ORACLE_FFT,
+                     hop: int = ORACLE_HOP) -> np.ndarray:
+    """The "perfect" row: ideal ratio masks from the true stems, ``(sources, channels, samples)``.
+
+    ``torch.stft`` (``n_fft`` samples, Hann window, ``hop``, centred) of the mixture
+    ``(channels, samples)`` and of each reference ``(sources, channels, samples)``, in float64;
+    mask of source j = ``|S_j| / sum_k |S_k|`` per channel and bin (magnitude ratio, sigsep's
+    IRM1; 1/4 where every stem is 0); estimate j = the inverse STFT of mask_j x the mixture's STFT.
+    """
+    window = torch.hann_window(n_fft, dtype=torch.float64)
+    length = mix.shape[-1]
+
+    def stft(x: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.asarray(x, dtype=np.float64)).reshape(-1, length)
+        return torch.stft(x, n_fft, hop, window=window, center=True, return_complex=True)
+
+    magnitude = stft(references).abs().reshape(*references.shape[:2], n_fft // 2 + 1, -1)
+    total = magnitude.sum(dim=0, keepdim=True)
+    masks = torch.where(total > 0, magnitude / total.clamp_min(torch.finfo(torch.float64).tiny),
+                        torch.full_like(magnitude, 1.0 / references.shape[0]))
+    spectra = masks * stft(mix)[None]  # (sources, channels, bins, frames)
+    out = torch.istft(spectra.reshape(-1, *spectra.shape[2:]), n_fft, hop, window=window, center=True,
+                      length=length)
+    return out.reshape(references.shape).numpy().astype(np.float32)
+
+
+def reference_estimates(kind: str, mix: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """The estimates of reference row ``kind`` (:data:`TRIVIAL` or :data:`ORACLE`)."""
+    if kind == TRIVIAL:
+        return trivial_estimates(mix, references.shape[0])
+    if kind == ORACLE:
+        return oracle_estimates(mix, references)
+    raise ValueError(f"unknown reference row {kind!r}; known: {REFERENCE_ROWS}")
+
+
+def evaluate_separator(model: Separator, stem_root: str | os.PathLike, split: str = "test",
                        segment_s: float = 8.0, overlap_s: float = 2.0, device: str | torch.device = "cpu",
                        win_s: float = 1.0, hop_s: float = 1.0,
                        max_tracks: int | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Separate every track of ``split`` and score it.
+    """Separate every track of ``split`` with ``model`` (in this process) and score it.
 
     Returns the per-track table (one row per track and source: ``track, source, sdr`` = median
-    over frames in dB, ``frames``, ``valid_frames``, ``silent_reference``) and its
-    :func:`summarize`.
+    over frames in dB, ``frames``, ``valid_frames``, ``silent_reference``, ``si_snr`` = median
+    over frames in dB, ``si_snr_frames``) and its :func:`summarize`.
     """
-    tracks = list_tracks(stem_root, split)[:max_tracks]
-    if not tracks:
-        raise ValueError(f"stem set {stem_root} has no tracks in split {split!r}")
+    tracks = _split_tracks(stem_root, split, max_tracks)
     model = model.to(device)
     rate, channels = model.config.sample_rate, model.config.audio_channels
     rows = []
@@ -169,66 +279,253 @@ def evaluate_separator(model: Demucs, stem_root: str | os.PathLike, split: str =
     return per_track, summarize(per_track)
 
 
+def _split_tracks(stem_root: str | os.PathLike, split: str, max_tracks: int | None) -> list[StemTrack]:
+    tracks = list_tracks(stem_root, split)[:max_tracks or None]
+    if not tracks:
+        raise ValueError(f"stem set {stem_root} has no tracks in split {split!r}")
+    return tracks
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (estimator, track) to score: ``estimator`` is a checkpoint path or a reference row
+    name; the reference rows are scored at ``rate`` Hz and ``channels``."""
+
+    run: str
+    seed: int | None
+    estimator: str
+    track: StemTrack
+    rate: int
+    channels: int
+    segment_s: float = 8.0
+    overlap_s: float = 2.0
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_model(path: str, mtime_ns: int) -> Separator:
+    from pipeline.separation.registry import load_model
+
+    return load_model(path)
+
+
+def score_job(job: Job) -> list[dict]:
+    """Per-source rows of one job (:func:`score_track`'s, with ``run``, ``seed``, ``model``)."""
+    if job.estimator in REFERENCE_ROWS:
+        mix, references = load_track(job.track, job.rate, job.channels)
+        estimates, model_name, rate = reference_estimates(job.estimator, mix, references), "reference", job.rate
+    else:
+        model = _cached_model(job.estimator, os.stat(job.estimator).st_mtime_ns)
+        rate, model_name = model.config.sample_rate, model.name
+        mix, references = load_track(job.track, rate, model.config.audio_channels)
+        estimates = separate_track(model, mix, job.segment_s, job.overlap_s)
+    rows = score_track(job.track.name, references, estimates, rate)
+    return [{"run": job.run, "seed": job.seed, "model": model_name, **row} for row in rows]
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def score_jobs(jobs: list[Job], workers: int = 0, progress: bool = True) -> pd.DataFrame:
+    """Score every job, in ``workers`` processes (0: every core; 1: in this process), each with
+    cores / workers torch threads; the rows come back in the jobs' order, so the table does not
+    depend on ``workers``."""
+    workers = min(workers or available_cores(), len(jobs)) or 1
+    bar = tqdm(total=len(jobs), desc="evaluate", unit="track", disable=not progress)
+    results: list[list[dict] | None] = [None] * len(jobs)
+    try:
+        if workers == 1:
+            for k, job in enumerate(jobs):
+                results[k] = score_job(job)
+                bar.update()
+        else:
+            context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+            threads = max(1, available_cores() // workers)
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                     initargs=(threads,)) as pool:
+                futures = {pool.submit(score_job, job): k for k, job in enumerate(jobs)}
+                for future in as_completed(futures):
+                    results[futures[future]] = future.result()
+                    bar.update()
+    finally:
+        bar.close()
+    return pd.DataFrame([row for rows in results for row in rows])
+
 def score_track(name: str, references: np.ndarray, estimates: np.ndarray, sample_rate: int,
                 win_s: float = 1.0, hop_s: float = 1.0) -> list[dict]:
-    """Per-source rows (``track, source, sdr, frames, valid_frames, silent_reference``) of one track."""
+    """Per-source rows (``track, source, sdr, frames, valid_frames, silent_reference, si_snr,
+    si_snr_frames``) of one track."""
     sdr = track_sdr(references, estimates, sample_rate, win_s, hop_s)
+    sisnr = track_si_snr(references, estimates, sample_rate, win_s, hop_s)
     rows = []
     for j, name_j in enumerate(SOURCES):
         valid = sdr[j][~np.isnan(sdr[j])]
+        valid_si = sisnr[j][~np.isnan(sisnr[j])]
         rows.append({"track": name, "source": name_j, "sdr": float(np.median(valid)) if valid.size else math.nan,
                      "frames": int(sdr.shape[1]), "valid_frames": int(valid.size),
-                     "silent_reference": _silent(references[j])})
+                     "silent_reference": _silent(references[j]),
+                     "si_snr": float(np.median(valid_si)) if valid_si.size else math.nan,
+                     "si_snr_frames": int(valid_si.size)})
     return rows
 
 
 def summarize(per_track: pd.DataFrame) -> dict[str, float]:
     """Median over tracks of the per-track SDR, per source and ``all``; NaN values are left out.
 
-    Also ``tracks`` (count) and ``excluded_<source>``: tracks whose value for that source is NaN.
+    Also ``tracks`` (count) and ``excluded_<source>``: tracks whose value for that source is NaN;
+    with an ``si_snr`` column, the same medians of it as ``si_snr_<source>`` and ``si_snr_all``.
     """
     summary: dict[str, float] = {}
-    for name in SOURCES:
-        values = per_track.loc[per_track["source"] == name, "sdr"]
-        summary[name] = float(values.median()) if values.notna().any() else math.nan
-    summary["all"] = float(per_track["sdr"].median()) if per_track["sdr"].notna().any() else math.nan
+    for column, prefix in (("sdr", ""), ("si_snr", "si_snr_")):
+        if column not in per_track:
+            continue
+        for name in SOURCES:
+            values = per_track.loc[per_track["source"] == name, column]
+            summary[prefix + name] = float(values.median()) if values.notna().any() else math.nan
+        summary[prefix + "all"] = float(per_track[column].median()) if per_track[column].notna().any() else math.nan
     summary["tracks"] = int(per_track["track"].nunique())
     for name in SOURCES:
         summary[f"excluded_{name}"] = int(per_track.loc[per_track["source"] == name, "sdr"].isna().sum())
     return summary
 
 
-def compare_runs(results: dict[str, dict[str, float]]) -> pd.DataFrame:
+def compare_runs(results: dict[str, dict[str, float]], metric: str = "sdr") -> pd.DataFrame:
     """One row per run (e.g. "with remix", "without remix"), columns drums, bass, other, vocals, all
-    (median SDR in dB), like the paper's table 1."""
-    frame = pd.DataFrame([[summary[c] for c in SUMMARY_COLUMNS] for summary in results.values()],
+    (median ``metric`` in dB: ``"sdr"`` or ``"si_snr"``), like the paper's table 1."""
+    prefix = {"sdr": "", "si_snr": "si_snr_"}[metric]
+    frame = pd.DataFrame([[summary[prefix + c] for c in SUMMARY_COLUMNS] for summary in results.values()],
                          index=pd.Index(list(results), name="run"), columns=list(SUMMARY_COLUMNS))
     return frame
 
 
-def evaluate_runs(checkpoints: dict[str, str | os.PathLike], stem_root: str | os.PathLike, out: str | os.PathLike,
-                  split: str = "test", max_tracks: int | None = None) -> dict:
-    """The Evaluate stage: score each run's ``best.pt`` on ``split`` and compare them side by side.
+def run_compute(checkpoint: str | os.PathLike) -> dict[str, int | None]:
+    """``updates`` and ``examples`` of the training run that wrote ``checkpoint`` (its
+    ``summary.json``, :mod:`pipeline.separation.training`); None where it does not say."""
+    path = Path(checkpoint).parent / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    return {"updates": summary.get("updates"), "examples": summary.get("examples")}
 
-    Writes ``per_track.parquet`` (run, track, source, sdr, ...), ``comparison.csv`` /
-    ``comparison.parquet`` (one row per run: median SDR in dB per source and over all) into
-    ``out``; returns counts and the comparison for the manifest.
+
+def _compute_value(values: list[int | None]) -> float | None:
+    """One figure for a row from its seeds' counts: their mean (equal when the budget stopped them)."""
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known and len(known) == len(values) else None
+
+
+def comparison_table(per_track: pd.DataFrame, metric: str, compute: dict[str, dict]) -> pd.DataFrame:
+    """One row per run (reference rows first): the paper's statistic per source and ``all``,
+    then ``mean_all``, ``seed_sd_all`` (spread of ``all`` across seeds), ``seeds``, ``updates``
+    and ``examples`` (per seed; NaN for the reference rows)."""
+    statistics = run_statistics(per_track, metric)
+    table = statistics["median"][list(SUMMARY_COLUMNS)].copy()
+    table["mean_all"] = statistics[("mean", "all")]
+    table["seed_sd_all"] = statistics[("seed_sd", "all")]
+    for column in ("seeds", "updates", "examples"):
+        table[column] = [compute.get(run, {}).get(column) for run in table.index]
+    return table.astype({c: float for c in ("seeds", "updates", "examples")})
+
+
+def _rounded(value: float, digits: int = 3) -> float | None:
+    """``value`` rounded for a manifest (JSON): None for NaN."""
+    return None if pd.isna(value) else round(float(value), digits)
+
+
+def _table_lines(table: pd.DataFrame) -> list[str]:
+    shown = table.copy()
+    for column in SUMMARY_COLUMNS + ("mean_all", "seed_sd_all"):
+        shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    for column in ("seeds", "updates", "examples"):
+        shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
+    return shown.rename(columns={"seed_sd_all": "sd(seeds)"}).to_string().splitlines()
+
+
+def evaluate_runs(runs: dict[str, str | os.PathLike | dict[int, str | os.PathLike]], stem_root: str | os.PathLike,
+                  out: str | os.PathLike, split: str = "test", max_tracks: int | None = None, workers: int = 0,
+                  contrasts: list[tuple[str, str]] | None = None, progress: bool = True) -> dict:
+    """The Evaluate stage: score each run's checkpoint (any registered model, loaded through the
+    registry) and the reference rows on ``split``, side by side, with paired contrasts.
+
+    ``runs``: row label -> ``best.pt`` path, or -> ``{seed: best.pt path}`` (a run trained under
+    several seeds); every run must have the same sample rate and channel count, at which the
+    reference rows (:data:`TRIVIAL`, :data:`ORACLE`) are scored too.  ``contrasts``:
+    ``(run, baseline)`` pairs, reported as ``run - baseline``
+    (:func:`pipeline.separation.comparison.paired_comparison`); ``None``: every pair of runs.
+    ``workers``: scoring processes (0: every core).
+
+    Writes into ``out``: ``per_track.parquet`` (run, seed, model, track, source, sdr, si_snr,
+    ...), ``comparison.csv`` / ``.parquet`` (:func:`comparison_table` of SDR),
+    ``comparison_si_snr.csv`` / ``.parquet`` (SI-SNR), ``contrasts.csv`` / ``.parquet`` (one
+    row per contrast, metric and scope, with ``equal_compute``) and ``boxplot_sdr.png`` /
+    ``boxplot_si_snr.png``; returns counts, the tables as dicts and ``summary`` lines.
     """
-    from pathlib import Path
+    from pipeline.separation.registry import load_model
+    from pipeline.storage.outputs import write_bytes_atomic, write_parquet_atomic
 
-    from pipeline.separation.demucs import load_model
-    from pipeline.storage.outputs import write_parquet_atomic
-
+    if not runs:
+        raise ValueError("evaluate_runs needs at least one run")
     out = Path(out)
-    summaries, tables = {}, []
-    for run, checkpoint in checkpoints.items():
-        per_track, summaries[run] = evaluate_separator(load_model(checkpoint), stem_root, split,
-                                                       max_tracks=max_tracks)
-        tables.append(per_track.assign(run=run))
-    comparison = compare_runs(summaries)
-    write_parquet_atomic(pd.concat(tables, ignore_index=True), out / "per_track.parquet")
-    write_parquet_atomic(comparison.reset_index(), out / "comparison.parquet")
-    (out / "comparison.csv").write_text(comparison.round(3).to_csv())
-    return {"runs": len(checkpoints), "tracks": summaries[next(iter(summaries))]["tracks"],
-            "summary": ["median SDR (dB), museval v4:", *comparison.round(2).to_string().splitlines()],
-            "comparison": {run: {k: round(v, 3) for k, v in row.items()} for run, row in comparison.iterrows()}}
+    seeded = {label: ({int(k): str(v) for k, v in paths.items()} if isinstance(paths, dict) else {None: str(paths)})
+              for label, paths in runs.items()}
+    clash = set(seeded) & set(REFERENCE_ROWS)
+    if clash or any(not paths for paths in seeded.values()):
+        raise ValueError(f"run labels must be new and have a checkpoint: {sorted(clash) or list(seeded)}")
+    contrasts = [tuple(pair) for pair in contrasts] if contrasts else default_contrasts(list(seeded))
+    for pair in contrasts:
+        if len(pair) != 2 or not set(pair) <= set(seeded) | set(REFERENCE_ROWS):
+            raise ValueError(f"contrast {list(pair)} must name two rows of {list(seeded) + list(REFERENCE_ROWS)}")
+    tracks = _split_tracks(stem_root, split, max_tracks)
+    formats = {(label, seed): (model.config.sample_rate, model.config.audio_channels)
+               for label, paths in seeded.items() for seed, path in paths.items() for model in [load_model(path)]}
+    if len(set(formats.values())) > 1:  # SDRs at different rates or channel counts are not comparable
+        raise ValueError(f"the runs compared must share one sample rate and channel count: {formats}")
+    rate, channels = next(iter(formats.values()))
+    jobs = [Job(kind, None, kind, track, rate, channels) for track in tracks for kind in REFERENCE_ROWS]
+    jobs += [Job(label, seed, path, track, rate, channels)
+             for track in tracks for label, paths in seeded.items() for seed, path in paths.items()]
+    per_track = score_jobs(jobs, workers, progress)
+    per_track["seed"] = per_track["seed"].astype("float64")  # NaN for the reference rows
+    write_parquet_atomic(per_track, out / "per_track.parquet")
+
+    compute = {}
+    for label, paths in seeded.items():
+        counts = [run_compute(path) for path in paths.values()]
+        compute[label] = {"seeds": len(paths), "updates": _compute_value([c["updates"] for c in counts]),
+                          "examples": _compute_value([c["examples"] for c in counts])}
+    result: dict = {"runs": len(seeded), "seeds": max(len(p) for p in seeded.values()), "tracks": len(tracks),
+                    "summary": []}
+    result["models"] = dict(per_track[~per_track["run"].isin(REFERENCE_ROWS)].groupby("run", sort=False)["model"]
+                            .first())
+    contrast_rows = []
+    for metric, suffix, label in (("sdr", "", "SDR"), ("si_snr", "_si_snr", "SI-SNR")):
+        table = comparison_table(per_track, metric, compute)
+        write_parquet_atomic(table.reset_index(), out / f"comparison{suffix}.parquet")
+        write_bytes_atomic(out / f"comparison{suffix}.csv", table.round(3).to_csv().encode())
+        result[f"comparison{suffix}"] = {run: {k: _rounded(v) for k, v in row.items()}
+                                         for run, row in table.iterrows()}
+        how = "museval v4" if metric == "sdr" else "frugal paper"
+        title = (f"median {label} (dB, {how}) over {len(tracks)} {split} tracks (per track: median over 1 s "
+                 "frames), mean over tracks, sd across seeds; updates, examples per seed:")
+        result["summary"] += [title, *_table_lines(table)]
+        box_plot(per_track, out / f"boxplot_{metric}.png", metric, f"{label} (dB)")
+        for run, baseline in contrasts:
+            name = f"{run} - {baseline}"
+            paired = paired_comparison(per_track, run, baseline, metric)
+            a, b = compute.get(run, {}), compute.get(baseline, {})
+            equal = (a.get("updates"), a.get("examples")) == (b.get("updates"), b.get("examples"))
+            contrast_rows += [{"contrast": name, "run": run, "baseline": baseline, "metric": metric, "scope": scope,
+                               **row, "equal_compute": equal} for scope, row in paired.iterrows()]
+            if metric == "sdr":
+                result["summary"] += contrast_lines(f"{name}, SDR", paired)
+                if not equal and run not in REFERENCE_ROWS and baseline not in REFERENCE_ROWS:
+                    result["summary"].append(f"  unequal compute: updates {a.get('updates')} vs {b.get('updates')}, "
+                                             f"examples {a.get('examples')} vs {b.get('examples')}")
+    contrast_table = pd.DataFrame(contrast_rows, columns=list(contrast_rows[0]) if contrast_rows else
+                                  ["contrast", "run", "baseline", "metric", "scope", "equal_compute"])
+    write_parquet_atomic(contrast_table, out / "contrasts.parquet")
+    write_bytes_atomic(out / "contrasts.csv", contrast_table.round(4).to_csv(index=False).encode())
+    result["contrasts"] = {}
+    for row in contrast_table[contrast_table["metric"] == "sdr"].itertuples() if len(contrast_table) else ():
+        result["contrasts"].setdefault(row.contrast, {})[row.scope] = {
+            "median_diff": _rounded(row.median_diff), "ci": [_rounded(row.ci_low), _rounded(row.ci_high)],
+            "p": _rounded(row.wilcoxon_p, 4), "pairs": int(row.pairs)}
+    return result

@@ -9,79 +9,89 @@ supervised train split; feed ``s' = m_i + s_i`` and take one step of a separate 
     ||s'_i_hat - s_i||_1 + lambda * ||sum_{j != i} s'_j_hat - m_i||_1,   lambda = 1e-6
 
 Both L1 terms are the mean absolute error per element (over batch, channels and samples),
-the same normalisation as the main loss (:func:`l1_loss`, mean over batch, sources,
-channels and samples).
+the same normalisation as the main L1 loss (:func:`~pipeline.separation.losses.l1_loss`);
+the losses live in :mod:`pipeline.separation.losses`.  Loss (3) does not depend on the
+architecture: the step runs for every registered model, whatever its main loss.
 
-Excerpts come from the D_i index (``pipeline.mining.schema``, ``<run_dir>/index``); only
+Excerpts come from a D_i (:class:`pipeline.mining.datasets.DatasetRun`: its index and the
+excerpt files its rows name); only
 the crop is read from each FLAC (soundfile partial read), then resampled to the model's rate
 and given the model's channel count.  An excerpt shorter than the window is zero-padded at
 its end.  The remix batch carries one source ``i`` for all its items (one decision per step);
 no augmentation is applied to ``s_i`` or ``m_i``.
+
+The excerpts can also come from a WebDataset export of the D_i (``webdataset=``: tar shards of
+:mod:`pipeline.mining.export`, for a D_i too large for many small files on a network
+filesystem): the shards' headers and JSON records are read once, and each crop reads only its
+excerpt's bytes from the tar.  The rows, their order and the crops drawn for a seed are the
+same as from the D_i folder.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
-from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
+import soundfile as sf
 import torch
 from torch import nn
 
 from pipeline.audio import io as audio
-from pipeline.mining.schema import read_index
+from pipeline.mining.datasets import DatasetRun
+from pipeline.mining.export import TarMember, webdataset_members
+from pipeline.separation.contract import center_trim
+from pipeline.separation.losses import l1_loss, remix_loss  # noqa: F401  (l1_loss: the main loss's home)
 from pipeline.sources import SOURCES
 
 
-def l1_loss(estimates: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
-    """Main loss: mean absolute error per element of ``(B, S, C, T)`` estimates vs. sources."""
-    return (estimates - sources).abs().mean()
-
-
-def remix_loss(estimates: torch.Tensor, source_index: int, stem: torch.Tensor, excerpt: torch.Tensor,
-               lam: float) -> torch.Tensor:
-    """Loss (3) of the paper on estimates ``(B, S, C, T)`` of ``s' = stem + excerpt``.
-
-    ``stem`` ``(B, C, T)`` is ``s_i``, ``excerpt`` ``(B, C, T)`` is ``m_i``: strong supervision of
-    source ``source_index``, weak supervision (weight ``lam``) of the sum of the others.
-    """
-    others = torch.cat([estimates[:, :source_index], estimates[:, source_index + 1:]], dim=1).sum(dim=1)
-    strong = (estimates[:, source_index] - stem).abs().mean()
-    weak = (others - excerpt).abs().mean()
-    return strong + lam * weak
-
-
 def remix_step(model: nn.Module, optimizer: torch.optim.Optimizer, source_index: int, stem: torch.Tensor,
-               excerpt: torch.Tensor, lam: float) -> float:
+               excerpt: torch.Tensor, lam: float, grad_clip: float | None = None) -> float:
     """One gradient step of ``optimizer`` on loss (3) for ``s' = stem + excerpt``; returns the loss.
 
-    ``model`` maps ``(B, C, T)`` mixtures to ``(B, S, C, T)`` (``T`` a valid length); it may be a
-    DistributedDataParallel wrapper, in which case every rank must call this together.
+    ``model`` is any registered separator (:mod:`pipeline.separation.contract`): ``(B, C, T)``
+    mixtures (``T`` a valid length) to ``(B, S, C, T')``; ``stem`` and ``excerpt`` are
+    centre-trimmed to ``T'``.  ``grad_clip``: the gradient norm is clipped to it first (the
+    model's recipe, e.g. TasNet's 5).  ``model`` may be a DistributedDataParallel wrapper, in
+    which case every rank must call this together.
     """
     optimizer.zero_grad(set_to_none=True)
     estimates = model(stem + excerpt)
-    loss = remix_loss(estimates, source_index, stem, excerpt, lam)
+    length = estimates.shape[-1]
+    loss = remix_loss(estimates, source_index, center_trim(stem, length), center_trim(excerpt, length), lam)
     loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return float(loss.detach())
 
 
 class RemixSampler:
-    """Draws ``(i, m_i)`` from the D_i sets of an extraction run.
+    """Draws ``(i, m_i)`` from the D_i sets of one catalog.
 
-    ``run_dir`` holds ``index/`` (hive-partitioned by source) and the excerpt files named by
-    the rows' ``audio_path`` (relative to ``run_dir``).  ``None`` or a run without excerpts
-    gives a sampler with no available source (:attr:`available` empty).
+    ``run``: a :class:`pipeline.mining.datasets.DatasetRun` or its folder (``datasets/<key>/``,
+    whose rows' ``audio_path`` resolve against the data root).  ``None`` or a D_i without
+    excerpts gives a sampler with no available source (:attr:`available` empty).
+    ``webdataset``: instead of ``run`` (pass ``None``), the shards of a WebDataset export (its
+    folder, one tar or a list of tars); the rows are the shards' JSON records.
     """
 
-    def __init__(self, run_dir: str | os.PathLike | None, sample_rate: int, audio_channels: int,
-                 window: int) -> None:
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+    def __init__(self, run: DatasetRun | str | os.PathLike | None, sample_rate: int, audio_channels: int,
+                 window: int, webdataset: str | os.PathLike | Iterable[str | os.PathLike] | None = None) -> None:
+        if run is not None and webdataset is not None:
+            raise ValueError("give the D_i folder (run) or its WebDataset shards (webdataset), not both")
+        self.run = DatasetRun.of(run) if run is not None else None
         self.sample_rate, self.channels, self.window = sample_rate, audio_channels, window
-        index = read_index(self.run_dir / "index") if self.run_dir is not None else pd.DataFrame()
+        self.members: dict[str, TarMember] | None = None
+        if webdataset is not None:
+            self.members = webdataset_members(webdataset)
+            index = pd.DataFrame([m.record for m in self.members.values()])
+        else:
+            index = self.run.index() if self.run is not None else pd.DataFrame()
         self.excerpts: dict[int, pd.DataFrame] = {}
         for i, name in enumerate(SOURCES):
             rows = index[index["source"] == name] if len(index) else index
@@ -105,18 +115,30 @@ class RemixSampler:
 
     def crop(self, row: pd.Series, rng: np.random.Generator) -> np.ndarray:
         """A random ``window``-sample crop of one excerpt at the model's rate, ``(channels, window)``."""
-        path = self.run_dir / row["audio_path"]
-        info = audio.probe(path)
-        need = int(math.ceil(self.window * info.sample_rate / self.sample_rate))
-        if info.sample_rate != self.sample_rate:
-            need += 16  # a few samples of margin so the resampled crop still covers the window
-        start = int(rng.integers(0, info.frames - need + 1)) if info.frames > need else 0
-        wav, rate = audio.load(path, start=start, frames=min(need, info.frames - start))
+        if self.members is not None:
+            with sf.SoundFile(io.BytesIO(self.members[row["excerpt_id"]].read())) as fh:
+                frames, rate = fh.frames, fh.samplerate
+                start, need = self._crop_span(frames, rate, rng)
+                fh.seek(start)
+                wav = np.ascontiguousarray(fh.read(min(need, frames - start), dtype="float32", always_2d=True).T)
+        else:
+            path = self.run.audio_file(row)
+            info = audio.probe(path)
+            start, need = self._crop_span(info.frames, info.sample_rate, rng)
+            wav, rate = audio.load(path, start=start, frames=min(need, info.frames - start))
         wav = audio.match_channels(audio.resample(wav, rate, self.sample_rate), self.channels)
         out = np.zeros((self.channels, self.window), dtype=np.float32)
         part = wav[:, :self.window]
         out[:, :part.shape[1]] = part
         return out
+
+    def _crop_span(self, frames: int, rate: int, rng: np.random.Generator) -> tuple[int, int]:
+        """``(start, samples)`` at the file's ``rate`` of a random crop of an excerpt of ``frames``."""
+        need = int(math.ceil(self.window * rate / self.sample_rate))
+        if rate != self.sample_rate:
+            need += 16  # a few samples of margin so the resampled crop still covers the window
+        start = int(rng.integers(0, frames - need + 1)) if frames > need else 0
+        return start, need
 
     def draw(self, count: int, rng: np.random.Generator,
              source_rng: np.random.Generator | None = None) -> tuple[int, np.ndarray]:

@@ -25,11 +25,16 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
+from pipeline.storage.outputs import plain
+
 JOURNAL_FOLDER = "journal"
+# A long stage body's progress callback: ``(items done, items in all, current item)``, e.g. tracks of a
+# shard and the file being read; tasks/base.py passes it on to the scheduler (Luigi stays in tasks/).
+Progress = Callable[[int, int, str], None]
 COLUMNS = ["stage", "family", "key", "shard", "shard_key", "status", "error", "host", "pid", "process_start",
            "started", "finished", "wall_s", "body_s", "counts", "file"]
 
@@ -62,22 +67,6 @@ def journal_path(data_root: str | os.PathLike) -> Path:
     return Path(data_root) / JOURNAL_FOLDER / f"{platform.node() or 'host'}-{os.getpid()}-{stamp}.jsonl"
 
 
-def _plain(value: Any) -> Any:
-    """JSON-ready copy: numpy scalars become numbers, other odd values strings."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):
-        try:
-            return value.item()
-        except (TypeError, ValueError):
-            return str(value)
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
-
-
 def record(data_root: str | os.PathLike, stage: str, family: str, key: str, started: float, finished: float,
            body_s: float, counts: dict[str, Any] | None = None, shard: int | None = None,
            shard_key: str | None = None, status: str = "done", error: str | None = None) -> dict[str, Any]:
@@ -87,12 +76,12 @@ def record(data_root: str | os.PathLike, stage: str, family: str, key: str, star
         "status": status, "error": error, "host": platform.node(), "pid": os.getpid(),
         "process_start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(process_start())),
         "started": round(started, 6), "finished": round(finished, 6), "wall_s": round(finished - started, 6),
-        "body_s": round(body_s, 6), "counts": _plain(counts or {}),
+        "body_s": round(body_s, 6), "counts": plain(counts or {}),
     }
     path = journal_path(data_root)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(line, sort_keys=True) + "\n")
+        fh.write(json.dumps(line, sort_keys=True, default=str) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
     return line

@@ -29,7 +29,7 @@ TMP_MARK = ".tmp-"
 KEY_LENGTH = 16  # hex characters of SHA-256 kept in folder names
 
 # Packages whose versions change results; recorded in every manifest.
-TRACKED_PACKAGES = ("numpy", "scipy", "torch", "kymatio", "soundfile", "soxr", "librosa",
+TRACKED_PACKAGES = ("numpy", "scipy", "torch", "kymatio", "soundfile", "soxr", "av",
                     "pandas", "pyarrow", "luigi", "museval")
 
 
@@ -56,6 +56,26 @@ def tmp_name(final: Path) -> Path:
 def is_temporary(path: Path) -> bool:
     """True for names that readers must ignore (temporary or hidden)."""
     return path.name.startswith(".")
+
+
+def is_temporary_name(name: str) -> bool:
+    """True for the leftovers of writers (``.<name>.tmp-<pid>-<rand>``, see :func:`tmp_name`)."""
+    return name.startswith(".") and TMP_MARK in name
+
+
+def plain(value: Any) -> Any:
+    """A JSON-ready copy of ``value``: mappings become dicts with string keys, tuples and lists
+    become lists, numpy scalars numbers; anything else is returned as it is."""
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            return value.item()
+        except (TypeError, ValueError):
+            return str(value)
+    return value
 
 
 @contextlib.contextmanager
@@ -98,7 +118,7 @@ def clean_temporaries(folder: str | os.PathLike) -> int:
         return 0
     removed = 0
     for path in sorted(folder.rglob(f"*{TMP_MARK}*"), key=lambda p: -len(p.parts)):
-        if path.exists() and path.name.startswith(".") and TMP_MARK in path.name:
+        if path.exists() and is_temporary_name(path.name):
             _remove(path)
             removed += 1
     return removed
@@ -115,7 +135,7 @@ def clean_temporaries_matching(folder: str | os.PathLike, patterns: list[str]) -
     removed = 0
     for pattern in patterns:
         for path in sorted(folder.glob(pattern), key=lambda p: -len(p.parts)):
-            if path.exists() and path.name.startswith(".") and TMP_MARK in path.name:
+            if path.exists() and is_temporary_name(path.name):
                 _remove(path)
                 removed += 1
     return removed
@@ -179,8 +199,11 @@ def write_manifest(
     """Write ``manifest.json`` into ``folder`` (last, atomically) and return it.
 
     It records what made the output: stage, key, parameters, input keys, code and package
-    versions, seed, wall time in seconds, and the stage's own counts.
+    versions, the audio decoders (``decoders``: :func:`pipeline.audio.io.decoder_fingerprint`),
+    seed, wall time in seconds, and the stage's own counts.
     """
+    from pipeline.audio.io import decoder_fingerprint
+
     now = time.time()
     manifest = {
         "stage": stage,
@@ -190,6 +213,7 @@ def write_manifest(
         "seed": seed,
         "code_version": code_version(),
         "packages": package_versions(),
+        "decoders": decoder_fingerprint(),
         "command": " ".join(sys.argv),
         "host": platform.node(),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now if started is None else started)),

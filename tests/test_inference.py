@@ -1,0 +1,86 @@
+"""The detector's numeric paths: the fast CPU path gives float32's probabilities within 1e-3."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from classifiers.detector import DetectorConfig, SilentSourceDetector
+from classifiers.inference import (
+    NUMERIC_PATHS,
+    PASS_WINDOWS,
+    default_numeric_path,
+    for_numeric_path,
+    numeric_path_of,
+    pass_bounds,
+    predict,
+)
+
+TOLERANCE = 1e-3
+
+
+def _model(width: float, features: np.ndarray, seed: int = 0) -> SilentSourceDetector:
+    torch.manual_seed(seed)
+    model = SilentSourceDetector(DetectorConfig(width=width)).eval()
+    model.set_normalisation(features.mean(axis=2, keepdims=True), features.std(axis=2, keepdims=True) + 1e-3)
+    return model
+
+
+def _features(frames: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0, 8, (7, 54, frames)).astype(np.float32)
+    base[..., frames // 3: frames // 2] *= 0.1  # a quiet stretch: the probabilities move
+    return base
+
+
+@pytest.mark.parametrize("width", [0.0625, 0.125])
+def test_fast_path_is_within_tolerance_of_float32(width):
+    features = _features(1200)
+    model = _model(width, features)
+    reference = predict(model, features)
+    fast = predict(for_numeric_path(model, "fast"), features)
+    assert fast.dtype == np.float32 and fast.shape == reference.shape
+    assert np.abs(fast - reference).max() <= TOLERANCE
+
+
+def test_fast_path_with_parallel_passes_and_a_wide_logit_range():
+    # A track long enough for several parallel BiLSTM passes, and a head scaled so that the
+    # probabilities spread over (0, 1), not only around 0.5.
+    features = _features(6000, seed=1)
+    model = _model(0.0625, features, seed=1)
+    with torch.no_grad():  # logits of +-4 at most: the head is linear in its last weights
+        model.head[-1].bias.zero_()
+        probs = predict(model, features)
+        model.head[-1].weight.mul_(4.0 / float(np.abs(np.log(probs) - np.log1p(-probs)).max()))
+    reference = predict(model, features)  # one whole float32 pass
+    assert reference.shape[0] > 4 * PASS_WINDOWS
+    assert reference.min() < 0.1 and reference.max() > 0.9
+    fast = predict(for_numeric_path(model, "fast"), features)
+    assert np.abs(fast - reference).max() <= TOLERANCE
+
+
+def test_pass_bounds_cover_every_frame_once_with_context():
+    for total, keep, context in [(1491, 256, 128), (100, 256, 128), (513, 256, 128), (10, 3, 2)]:
+        bounds = pass_bounds(total, keep, context)
+        kept = np.concatenate([np.arange(first, stop) for first, stop, _, _ in bounds])
+        np.testing.assert_array_equal(kept, np.arange(total))
+        for first, stop, lo, hi in bounds:
+            assert hi - lo == min(total, keep + 2 * context)
+            assert 0 <= lo <= first and stop <= hi <= total
+            assert first - lo >= min(context, first) and hi - stop >= min(context, total - stop)
+
+
+def test_numeric_paths_leave_the_model_alone():
+    features = _features(300)
+    model = _model(0.0625, features)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert for_numeric_path(model, "float32") is model
+    fast = for_numeric_path(model, "fast")
+    assert fast.lstm is model.lstm and fast.frontend is model.frontend  # the same weights, another schedule
+    assert (numeric_path_of(fast), numeric_path_of(model)) == ("fast", "float32")
+    for key, value in model.state_dict().items():
+        assert value.dtype == before[key].dtype and torch.equal(value, before[key])
+    assert default_numeric_path() in NUMERIC_PATHS
+    with pytest.raises(ValueError, match="numeric_path"):
+        for_numeric_path(model, "int4")
