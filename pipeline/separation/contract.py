@@ -26,6 +26,7 @@ encoder's weights (and buffers) from one model to another of the same config.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import asdict, fields
 from typing import Any, ClassVar
 
@@ -41,6 +42,27 @@ def require_known_fields(cls: type, values: dict[str, Any]) -> None:
         raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
 
 
+class RunConfig:
+    """Mixin of a run's frozen config dataclass whose ``model`` field holds a model config: its
+    dict round trip and the fields that determine the result (all but ``runtime_fields``)."""
+
+    runtime_fields: ClassVar[tuple[str, ...]] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)  # type: ignore[call-overload]
+        values["model"] = self.model.to_dict()  # type: ignore[attr-defined]
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        require_known_fields(cls, values)
+        return cls(**values)
+
+    def significant(self) -> dict[str, Any]:
+        """The fields that determine the result (everything but the run-time knobs)."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.runtime_fields}
+
+
 class ModelConfig:
     """Mixin of a model's frozen config dataclass: the dict round trip of its checkpoints."""
 
@@ -53,7 +75,7 @@ class ModelConfig:
         return cls(**values)
 
 
-class Separator(nn.Module):
+class Separator(nn.Module, abc.ABC):
     """Base class of the registered models: ``name``, ``config`` and the length rules.
 
     Subclasses set ``name`` and ``config_class``, implement ``valid_length`` and, when their
@@ -65,17 +87,17 @@ class Separator(nn.Module):
     encoder_modules: ClassVar[tuple[str, ...]] = ()  # attributes that form the encoder
     config: Any
 
+    @abc.abstractmethod
     def valid_length(self, length: int) -> int:
         """Input length (samples) whose output covers ``length`` samples."""
-        raise NotImplementedError
 
     def output_length(self, length: int) -> int:
         """Output length (samples) for an input of ``length`` samples."""
         return length
 
+    @abc.abstractmethod
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
         """The encoder's latent sequence of waveforms ``(B, audio_channels, n)``: ``(B, D, frames)``."""
-        raise NotImplementedError
 
     def embed(self, wav: torch.Tensor) -> torch.Tensor:
         """One embedding per item, ``(B, D)``: :meth:`encode` averaged over its frames."""
@@ -84,7 +106,7 @@ class Separator(nn.Module):
     def encoder_parts(self) -> nn.ModuleDict:
         """The encoder's modules (``encoder_modules``) gathered, sharing this model's parameters."""
         if not self.encoder_modules:
-            raise NotImplementedError(f"{type(self).__name__} names no encoder modules")
+            raise ValueError(f"{type(self).__name__} names no encoder modules")
         return nn.ModuleDict({name: getattr(self, name) for name in self.encoder_modules})
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:

@@ -28,9 +28,9 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -39,7 +39,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from pipeline.separation import registry
-from pipeline.separation.contract import Separator, require_known_fields
+from pipeline.separation.contract import RunConfig, Separator
 from pipeline.separation.data import DEFAULT_MEMORY_LIMIT, StemWindows
 from pipeline.separation.losses import silent
 from pipeline.sources import SOURCES
@@ -62,13 +62,15 @@ def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.T
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(RunConfig):
     """Encoder pretraining parameters; defaults are the DeepDeMix paper's (section 5.2).
 
     ``model_name`` / ``model``: the separator whose encoder is trained (its config as for
     :func:`~pipeline.separation.registry.make_config`).  ``batches_per_epoch=None``: every
     non-overlapping window of the train split once, divided by ``batch_size``.
     """
+
+    runtime_fields: ClassVar[tuple[str, ...]] = _RUNTIME_FIELDS
 
     model_name: str = "demucs"
     model: Any = None
@@ -88,18 +90,6 @@ class PretrainConfig:
         if self.batch_size < 1 or self.epochs < 0 or self.lr <= 0 or self.margin <= 0 or self.window_s <= 0:
             raise ValueError("batch_size >= 1, epochs >= 0, lr > 0, margin > 0 and window_s > 0 are required")
 
-    def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        values["model"] = self.model.to_dict()
-        return values
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "PretrainConfig":
-        require_known_fields(cls, values)
-        return cls(**values)
-
-    def significant(self) -> dict[str, Any]:
-        return {k: v for k, v in self.to_dict().items() if k not in _RUNTIME_FIELDS}
 
 
 class TripletSampler:

@@ -60,9 +60,9 @@ import os
 import re
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -71,7 +71,7 @@ from tqdm import tqdm
 
 from pipeline.separation import adversarial, distributed, registry
 from pipeline.separation.augment import Augment, mixture_of
-from pipeline.separation.contract import center_trim, require_known_fields
+from pipeline.separation.contract import RunConfig, center_trim, require_known_fields
 from pipeline.separation.contrastive import init_encoder
 from pipeline.separation.data import DEFAULT_MEMORY_LIMIT, StemWindows
 from pipeline.separation.losses import LOSSES
@@ -122,7 +122,7 @@ _RUNTIME_FIELDS = ("epochs", "max_updates", "max_examples", "num_threads", "lazy
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(RunConfig):
     """Training parameters; defaults are the Demucs paper's where it gives them.
 
     ``model_name`` names a registered model, ``model`` is its config (a dict of fields is
@@ -137,6 +137,8 @@ class TrainConfig:
     limit.  A step runs only while it keeps both counts within their budget, so a run ends
     at the budget exactly (or at ``epochs``, whichever comes first).
     """
+
+    runtime_fields: ClassVar[tuple[str, ...]] = _RUNTIME_FIELDS
 
     epochs: int = 400
     max_updates: int | None = None
@@ -235,20 +237,6 @@ class TrainConfig:
         require_known_fields(cls, values)
         return cls(**values)
 
-    def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        values["model"] = self.model.to_dict()
-        return values
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        """From :meth:`to_dict`'s output; a dict without ``model_name`` (format 1) is a Demucs run."""
-        require_known_fields(cls, values)
-        return cls(**values)
-
-    def significant(self) -> dict[str, Any]:
-        """The fields that determine the result (everything but run-time knobs and ``epochs``)."""
-        return {k: v for k, v in self.to_dict().items() if k not in _RUNTIME_FIELDS}
 
 
 def _seed_int(*entropy: int) -> int:
