@@ -95,9 +95,11 @@ class Separator(nn.Module, abc.ABC):
         """Output length (samples) for an input of ``length`` samples."""
         return length
 
-    @abc.abstractmethod
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
-        """The encoder's latent sequence of waveforms ``(B, audio_channels, n)``: ``(B, D, frames)``."""
+        """The encoder's latent sequence of waveforms ``(B, audio_channels, n)``: ``(B, D, frames)``.
+
+        A model without an encoder (it cannot be pretrained contrastively) says so."""
+        raise TypeError(f"{type(self).__name__} has no encoder: the contrastive scheme needs one")
 
     def embed(self, wav: torch.Tensor) -> torch.Tensor:
         """One embedding per item, ``(B, D)``: :meth:`encode` averaged over its frames."""
