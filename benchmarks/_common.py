@@ -10,8 +10,12 @@ full run and with ``--smoke`` (tiny sizes, one repeat: seconds of work) alike;
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
-from typing import Any
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
 
 FIGURE = re.compile(r"^figure: (?P<name>\S.*?) = (?P<value>\S+) (?P<unit>\S.*?)(?:  \((?P<note>.*)\))?$")
 
@@ -30,3 +34,39 @@ def parse_args(parser: argparse.ArgumentParser, smoke: dict[str, Any],
     if parser.parse_known_args(argv)[0].smoke:
         parser.set_defaults(**smoke)
     return parser.parse_args(argv)
+
+
+def in_work(benchmark: Callable[[argparse.Namespace, Path], None], args: argparse.Namespace, prefix: str) -> None:
+    """``benchmark(args, work)`` with ``work`` = ``args.work``, or, when that is None, a temporary
+    folder (named ``prefix...``) removed afterwards."""
+    if args.work is None:
+        with tempfile.TemporaryDirectory(prefix=prefix) as work:
+            benchmark(args, Path(work))
+    else:
+        benchmark(args, Path(args.work))
+
+
+def set_options(options: dict[str, dict]) -> None:
+    """Set Luigi configuration ``{section: {key: value}}`` in this process (what a luigi.cfg says)."""
+    import luigi
+
+    config = luigi.configuration.get_config()
+    for section, values in options.items():
+        if not config.has_section(section):
+            config.add_section(section)
+        for key, value in values.items():
+            config.set(section, key, str(value))
+
+
+def run_logged(task: str, workers: int, log: Path) -> float:
+    """``silentmine run TASK`` in this process (its output appended to ``log``); its wall seconds.
+    ``SystemExit`` if it fails."""
+    from tasks.cli import run_tasks
+
+    started = time.perf_counter()
+    with open(log, "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        ok = run_tasks(task, workers=workers)
+    wall = time.perf_counter() - started
+    if not ok:
+        raise SystemExit(f"`silentmine run {task}` failed; see {log}")
+    return wall

@@ -24,9 +24,7 @@ folder (removed at the end) unless ``--work`` is given.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +33,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import figure, parse_args  # noqa: E402
+from _common import figure, in_work, parse_args, run_logged, set_options  # noqa: E402
 
 from pipeline.corpora.demo import DemoConfig, generate, mix, synthesize_song  # noqa: E402
 from pipeline.storage.journal import read_journal  # noqa: E402
@@ -68,30 +66,6 @@ def write_tracks(folder: Path, pool: list[np.ndarray], first: int, count: int) -
     return time.perf_counter() - started
 
 
-def set_options(options: dict[str, dict]) -> None:
-    import luigi
-
-    config = luigi.configuration.get_config()
-    for section, values in options.items():
-        if not config.has_section(section):
-            config.add_section(section)
-        for key, value in values.items():
-            config.set(section, key, str(value))
-
-
-def run(task: str, workers: int, log: Path) -> float:
-    """``silentmine run TASK`` in this process (output to ``log``); return its wall seconds."""
-    from tasks.cli import run_tasks
-
-    started = time.perf_counter()
-    with open(log, "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-        ok = run_tasks(task, workers=workers)
-    wall = time.perf_counter() - started
-    if not ok:
-        raise SystemExit(f"`silentmine run {task}` failed; see {log}")
-    return wall
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tracks", type=int, default=1000)
@@ -107,12 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stem-seconds", type=float, nargs=2, default=[8.0, 12.0], metavar=("LOW", "HIGH"))
     parser.add_argument("--crop-seconds", type=float, default=3.0, help="detector training crops (s)")
     parser.add_argument("--work", default="/tmp/silentmine-bench", help="cache of the corpus and the runs")
-    args = parse_args(parser, SMOKE, argv)
-    if args.work is None:
-        with tempfile.TemporaryDirectory(prefix="silentmine-catalog-") as work:
-            benchmark(args, Path(work))
-    else:
-        benchmark(args, Path(args.work))
+    in_work(benchmark, parse_args(parser, SMOKE, argv), "silentmine-catalog-")
 
 
 def benchmark(args: argparse.Namespace, work: Path) -> None:
@@ -140,11 +109,11 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
         "TrainDetector": {"width": args.width, "epochs": 1, "patience": 1, "crop_seconds": args.crop_seconds},
         "Calibrate": {"min_windows": 5, "target_fraction": 0.5, "target_db": -10, "splits": '["valid", "test"]'},
     })
-    setup_s = run("Calibrate", args.workers, log)
+    setup_s = run_logged("Calibrate", args.workers, log)
     print(f"setup (labels, stem features, detector of width {args.width:g}, calibration): {setup_s:.1f} s")
 
     t0 = time.time()
-    wall = run("Extract", args.workers, log)
+    wall = run_logged("Extract", args.workers, log)
     journal = read_journal(data_root)
     this_run = journal[(journal["started"] >= t0) & (journal["status"] == "done")]
     features = this_run[this_run["family"] == "CatalogFeatures"]
@@ -163,12 +132,12 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
     figure("Luigi + bookkeeping", wall - body, "s", f"wall {wall:.1f} s - bodies {body:.1f} s; "
            f"{(wall - body) / max(len(this_run), 1) * 1000:.0f} ms per task")
 
-    noop = run("Extract", args.workers, log)
+    noop = run_logged("Extract", args.workers, log)
     figure("rerun with nothing to do", noop, "s", digits=2)
     write_tracks(catalog, pool, args.tracks, args.add)
     try:
         t1 = time.time()
-        grown = run("Extract", args.workers, log)
+        grown = run_logged("Extract", args.workers, log)
         ran = read_journal(data_root)
         ran = ran[ran["started"] >= t1]
         figure(f"add {args.add} tracks, rerun", grown, "s", "tasks run: " + ", ".join(

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/features.py [--seconds 120] [--tracks 2] [--threads 2] [--repeats 3] [--smoke]
 
 Both are measured in this run on the same audio.  "stage" is what the Features stage does
-per catalog shard (``pipeline.features.featurize.featurize_catalog_shard``): decode a 44.1 kHz
+per catalog shard (``pipeline.features.featurize.build_features_shard``): decode a 44.1 kHz
 stereo wav in blocks, downmix and resample to 16 kHz (``pipeline.audio.io.stream``), chunked
 scattering and log (``pipeline.features.scattering.FeatureExtractor.stream``), one float16
 shard (``pipeline.features.store``).
@@ -58,7 +58,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from pipeline.audio import io as audio
-    from pipeline.features.featurize import featurize_catalog_shard
+    from pipeline.features.featurize import build_features_shard
     from pipeline.features.scattering import SCATTERING, extract_features, log_compress, n_feature_frames, raw_to_layout
     from pipeline.features.store import FeatureShard
     from pipeline.sources import FEATURE_RATE
@@ -70,9 +70,9 @@ def main() -> None:
             sf.write(paths[-1], music_like(args.seconds, 44_100, i), 44_100, subtype="PCM_16")
         shard = pd.DataFrame({"track_id": [f"t{i}" for i in range(len(paths))], "path": [str(p) for p in paths]})
         total_s = args.tracks * args.seconds
-        featurize_catalog_shard(shard[:1], Path(tmp) / "warmup.npy")  # builds the cached filter banks once
+        build_features_shard(shard[:1], Path(tmp) / "warmup.npy")  # builds the cached filter banks once
         started = time.perf_counter()
-        featurize_catalog_shard(shard, Path(tmp) / "shard.npy")
+        build_features_shard(shard, Path(tmp) / "shard.npy")
         first_stage = time.perf_counter() - started
         stage_rss = peak_rss_mib()
 
@@ -96,7 +96,7 @@ def main() -> None:
             bare_s.append(time.perf_counter() - started)
             if repeat + 1 < args.repeats:
                 started = time.perf_counter()
-                featurize_catalog_shard(shard, Path(tmp) / "shard.npy")
+                build_features_shard(shard, Path(tmp) / "shard.npy")
                 stage_s.append(time.perf_counter() - started)
         stage, plain = statistics.median(stage_s), statistics.median(bare_s)
 

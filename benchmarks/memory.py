@@ -6,9 +6,9 @@ fresh Python process and reads that process's peak RSS (``os.wait4``'s ``ru_maxr
 
 - ``baseline``: the imports of all stage bodies, nothing run (the fixed cost);
 - ``scan``: SHA-256 checksum + probe (what ScanCatalog does per track);
-- ``features``: ``featurize_catalog_shard`` on a one-track shard (decode, 16 kHz mono, scatter,
+- ``features``: ``build_features_shard`` on a one-track shard (decode, 16 kHz mono, scatter,
   write the ``.npy``);
-- ``detect``: ``classifiers.runs.detect`` on that shard with a width-0.125 detector (random
+- ``detect``: ``classifiers.runs.build_detect`` on that shard with a width-0.125 detector (random
   init, normalisation fitted on the first 5000 frames of the shard);
 - ``extract``: ``extract_track`` with probabilities that give four long excerpts (one per
   source, each 3/16 of the track, overlapping; kept when at least ``--min-seconds`` long).
@@ -73,9 +73,9 @@ def run_stage(stage: str, track: Path, work: Path, old: bool, min_seconds: float
 
     from classifiers.detector import DetectorConfig, SilentSourceDetector, save_checkpoint
     from classifiers.inference import predict, probabilities_frame
-    from classifiers.runs import detect
+    from classifiers.runs import build_detect
     from pipeline.audio import io as audio
-    from pipeline.features.featurize import featurize_catalog_shard
+    from pipeline.features.featurize import build_features_shard
     from pipeline.features.scattering import FeatureExtractor, fit_normalisation
     from pipeline.features.store import FeatureShard, FeatureShardWriter
     from pipeline.mining.extraction import extract_track
@@ -88,7 +88,7 @@ def run_stage(stage: str, track: Path, work: Path, old: bool, min_seconds: float
         audio.file_checksum(track)
         audio.probe(track)
     elif stage == "features" and not old:
-        featurize_catalog_shard(pd.DataFrame({"track_id": ["t"], "path": [str(track)]}), shard_path)
+        build_features_shard(pd.DataFrame({"track_id": ["t"], "path": [str(track)]}), shard_path)
     elif stage == "features":
         mono = audio.load(track, sample_rate=FEATURE_RATE, mono=True)[0][0]
         with FeatureShardWriter(shard_path) as writer:
@@ -106,7 +106,7 @@ def run_stage(stage: str, track: Path, work: Path, old: bool, min_seconds: float
         if old:
             probabilities_frame("t", predict(model, shard.get("t")))
         else:
-            detect(checkpoint, shard_path, work / "probabilities.parquet")
+            build_detect(checkpoint, shard_path, work / "probabilities.parquet")
     elif stage == "extract":
         info = audio.probe(track)
         probs = _probabilities(n_windows(info.frames, info.sample_rate))

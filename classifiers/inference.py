@@ -65,7 +65,7 @@ def numeric_path_of(model: SilentSourceDetector) -> str:
 
 def for_numeric_path(model: SilentSourceDetector, numeric_path: str) -> SilentSourceDetector:
     """The model to run for ``numeric_path``: ``model`` itself for ``float32``; for ``fast`` a
-    shallow eval-mode copy (the same weights) marked so that :func:`predict_logits` runs the
+    shallow eval-mode copy (the same weights) marked so that :func:`predict` runs the
     BiLSTM in parallel passes."""
     if numeric_path not in NUMERIC_PATHS:
         raise ValueError(f"numeric_path must be one of {NUMERIC_PATHS}, got {numeric_path!r}")
@@ -125,15 +125,17 @@ def _embed(model: SilentSourceDetector, x, first: int, stop: int, chunk_windows:
 
 
 @torch.inference_mode()
-def predict_logits(
+def predict(
     model: SilentSourceDetector,
     features: np.ndarray | torch.Tensor,
     chunk_windows: int = CHUNK_WINDOWS,
     sequence_windows: int = SEQUENCE_WINDOWS,
     context_windows: int = CONTEXT_WINDOWS,
-) -> torch.Tensor:
-    """Logits ``(4, n_frames)`` for features ``(7, 54, T)`` (see the module docstring).
+) -> np.ndarray:
+    """Probabilities that each source is silent, float32 ``(n_frames, 4)`` in [0, 1], for
+    features ``(7, 54, T)`` (see the module docstring).
 
+    Frame ``k`` is grid window ``k`` (starts at ``k * 0.064`` s); columns follow ``SOURCES``.
     ``features`` may be any array-like with numpy slicing in time, e.g. the reader of
     :meth:`pipeline.features.store.FeatureShard.reader`: only one chunk of input frames is read
     and converted to float32 at a time.
@@ -149,30 +151,16 @@ def predict_logits(
     if total == 0:
         raise ValueError("features have no frames")
     if numeric_path_of(model) == "fast":
-        return _parallel_sequence(model, x, total, chunk_windows)
-    if total <= sequence_windows + 2 * context_windows:
-        return model.sequence(_embed(model, x, 0, total, chunk_windows))[0].cpu()
-    logits = torch.empty(len(SOURCES), total)
-    for first in range(0, total, sequence_windows):
-        stop = min(first + sequence_windows, total)
-        lo, hi = max(0, first - context_windows), min(total, stop + context_windows)
-        window = model.sequence(_embed(model, x, lo, hi, chunk_windows))[0].cpu()
-        logits[:, first:stop] = window[:, first - lo : stop - lo]
-    return logits
-
-
-def predict(
-    model: SilentSourceDetector,
-    features: np.ndarray | torch.Tensor,
-    chunk_windows: int = CHUNK_WINDOWS,
-    sequence_windows: int = SEQUENCE_WINDOWS,
-    context_windows: int = CONTEXT_WINDOWS,
-) -> np.ndarray:
-    """Probabilities that each source is silent, float32 ``(n_frames, 4)`` in [0, 1].
-
-    Frame ``k`` is grid window ``k`` (starts at ``k * 0.064`` s); columns follow ``SOURCES``.
-    """
-    logits = predict_logits(model, features, chunk_windows, sequence_windows, context_windows)
+        logits = _parallel_sequence(model, x, total, chunk_windows)  # (4, n_frames)
+    elif total <= sequence_windows + 2 * context_windows:
+        logits = model.sequence(_embed(model, x, 0, total, chunk_windows))[0].cpu()
+    else:
+        logits = torch.empty(len(SOURCES), total)
+        for first in range(0, total, sequence_windows):
+            stop = min(first + sequence_windows, total)
+            lo, hi = max(0, first - context_windows), min(total, stop + context_windows)
+            window = model.sequence(_embed(model, x, lo, hi, chunk_windows))[0].cpu()
+            logits[:, first:stop] = window[:, first - lo : stop - lo]
     return torch.sigmoid(logits).T.contiguous().numpy().astype(np.float32)
 
 

@@ -121,7 +121,7 @@ def plot_volume_vs_probability(probs: np.ndarray, volumes: np.ndarray, path: str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.storage.outputs import atomic_path
+    from pipeline.storage.outputs import write_png_atomic
 
     probs = np.asarray(probs, dtype=np.float64)
     volumes = np.maximum(np.asarray(volumes, dtype=np.float64), PLOT_FLOOR_DB)
@@ -148,8 +148,7 @@ def plot_volume_vs_probability(probs: np.ndarray, volumes: np.ndarray, path: str
     axes[0].legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    write_png_atomic(fig, path)
     plt.close(fig)
     return path
 

@@ -1,4 +1,5 @@
-"""The detector's stage bodies over stored features: train, detect, report.
+"""The detector's stage bodies over stored features: :func:`build_detector` (train),
+:func:`build_detect` (probabilities) and :func:`build_detector_report`.
 
 Inputs are feature shards (:mod:`pipeline.features.store`) and the labels table of the
 Labels stage (``track_id, window, V_drums .. V_vocals`` in dB); outputs are files in the
@@ -24,7 +25,7 @@ from pipeline.features.store import FeatureShard
 from pipeline.mining.schema import PROBABILITY_SCHEMA
 from pipeline.sources import HOP_S, SOURCES
 from pipeline.storage.journal import Progress
-from pipeline.storage.outputs import write_json_atomic, write_parquet_atomic
+from pipeline.storage.outputs import StageResult, write_json_atomic, write_parquet_atomic
 
 VOLUME_COLUMNS = [f"V_{name}" for name in SOURCES]
 
@@ -42,10 +43,11 @@ def labelled_pairs(store: str | Path, volumes: dict[str, np.ndarray]) -> list[tu
     return [(shard.get(track), volumes[track]) for track in shard.track_ids]
 
 
-def train(train_store: Path, valid_store: Path, labels_path: Path, config: DetectorTrainConfig, seed: int,
-          out: Path) -> dict:
+def build_detector(train_store: Path, valid_store: Path, labels_path: Path, config: DetectorTrainConfig, seed: int,
+                   out: Path) -> StageResult:
     """Train on the train split, stop early on the valid split; write ``detector.pt``,
-    ``history.parquet`` and ``history.json`` into ``out``; return counts."""
+    ``history.parquet`` and ``history.json`` into ``out``; counts ``train_tracks``,
+    ``valid_tracks``, ``epochs``, ``best_epoch``, ``best_valid_loss``."""
     volumes = volumes_by_track(labels_path)
     train_pairs = labelled_pairs(train_store, volumes)
     valid_pairs = labelled_pairs(valid_store, volumes)
@@ -57,12 +59,12 @@ def train(train_store: Path, valid_store: Path, labels_path: Path, config: Detec
     write_parquet_atomic(pd.DataFrame(history), out / "history.parquet")
     write_json_atomic(out / "history.json", history)
     best = min(history, key=lambda r: r["valid_loss"] if np.isfinite(r["valid_loss"]) else np.inf)
-    return {"train_tracks": len(train_pairs), "valid_tracks": len(valid_pairs), "epochs": len(history),
-            "best_epoch": best["epoch"], "best_valid_loss": round(float(best["valid_loss"]), 5)}
+    return StageResult({"train_tracks": len(train_pairs), "valid_tracks": len(valid_pairs), "epochs": len(history),
+                        "best_epoch": best["epoch"], "best_valid_loss": round(float(best["valid_loss"]), 5)})
 
 
-def detect(checkpoint: Path, store: Path, out: Path, num_threads: int | None = None,
-           progress: Progress | None = None) -> dict:
+def build_detect(checkpoint: Path, store: Path, out: Path, num_threads: int | None = None,
+                 progress: Progress | None = None) -> StageResult:
     """Per-frame probabilities for every track of a feature shard, to the Parquet file ``out``.
 
     ``progress(tracks done, total, track_id)`` is called before each track and once at the end.
@@ -87,13 +89,14 @@ def detect(checkpoint: Path, store: Path, out: Path, num_threads: int | None = N
     table = (pd.concat(frames, ignore_index=True) if frames
              else PROBABILITY_SCHEMA.empty_table().to_pandas())
     write_parquet_atomic(pa.Table.from_pandas(table, schema=PROBABILITY_SCHEMA, preserve_index=False), out)
-    return {"tracks": len(frames), "frames": len(table), "audio_seconds": round(len(table) * HOP_S, 1),
-            "numeric_path": numeric_path}
+    return StageResult({"tracks": len(frames), "frames": len(table), "audio_seconds": round(len(table) * HOP_S, 1),
+                        "numeric_path": numeric_path})
 
 
-def report(checkpoint: Path, store: Path, labels_path: Path, out: Path) -> dict:
+def build_detector_report(checkpoint: Path, store: Path, labels_path: Path, out: Path) -> StageResult:
     """Quality on held-out tracks: ``quality.parquet`` / ``quality.csv`` and
-    ``volume_vs_probability.png``; returns the table's headline figures."""
+    ``volume_vs_probability.png``; counts ``tracks`` and ``quality`` (the table's records),
+    one summary line per source."""
     model, _, _ = load_checkpoint(checkpoint)
     pairs = labelled_pairs(store, volumes_by_track(labels_path))
     table, _ = detector_report(model, pairs, out / "volume_vs_probability.png")
@@ -101,7 +104,7 @@ def report(checkpoint: Path, store: Path, labels_path: Path, out: Path) -> dict:
     (out / "quality.csv").write_text(table.to_csv(index=False))
     lines = [f"{r.source}: ROC AUC {r.auc_13:.3f} (-13 dB), {r.auc_20:.3f} (-20 dB); AP {r.ap_13:.3f}; "
              f"Spearman(P, V) {r.spearman_volume:+.2f}" for r in table.itertuples()]
-    return {"tracks": len(pairs), "quality": json.loads(table.to_json(orient="records")), "summary": lines}
+    return StageResult({"tracks": len(pairs), "quality": json.loads(table.to_json(orient="records"))}, lines)
 
 
 def train_config(width: float, epochs: int, patience: int, crop_seconds: float, gain_db: float,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import luigi
 
-from pipeline.mining.audit import write_audit
+from pipeline.mining.audit import build_audit
 from tasks.base import Stage, config
 from tasks.extract import Extract
 from tasks.inputs import resolved
@@ -22,7 +22,7 @@ class Audit(Stage):
     clip_seconds = luigi.FloatParameter(default=6.0)
 
     def requires(self):
-        needs = {"datasets": Extract(), "calibration": Extract().requires()["calibration"]}
+        needs = {"datasets": Extract(), "calibration": Extract().calibration_task()}
         if Path(MeasureExtraction().truth).exists():
             needs["measure"] = MeasureExtraction()  # the yield-against-purity curve
         return needs
@@ -34,11 +34,10 @@ class Audit(Stage):
     def build(self, folder):
         truth = MeasureExtraction().truth
         known = Path(truth).exists()
-        report = write_audit(self.requires()["datasets"].dataset, self.input_folder("calibration"), folder / "report",
-                             truth=truth if known else None, catalog_root=config().catalog if known else None,
-                             per_source=self.per_source, clip_seconds=self.clip_seconds, seed=config().seed,
-                             measure_dir=self.input_folder("measure") if known else None)
-        return {"summary": [f"report: {report}"]}
+        return build_audit(self.requires()["datasets"].dataset, self.input_folder("calibration"), folder / "report",
+                           truth=truth if known else None, catalog_root=config().catalog if known else None,
+                           per_source=self.per_source, clip_seconds=self.clip_seconds, seed=config().seed,
+                           measure_dir=self.input_folder("measure") if known else None)
 
     @property
     def report(self):

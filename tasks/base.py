@@ -33,6 +33,7 @@ import luigi
 from pipeline.audio.io import decoder_fingerprint
 from pipeline.storage import journal
 from pipeline.storage import outputs as storage
+from pipeline.storage.outputs import StageResult
 
 
 class silentmine(luigi.Config):
@@ -49,20 +50,12 @@ def config() -> silentmine:
     return silentmine()
 
 
-# Entries of a build's counts that are not counts: ``summary`` (lines for people, in the manifest)
-# and ``files`` (what a shard wrote, in its marker).
-_NOT_COUNTS = ("summary", "files")
-
-
-def _without_summary(counts: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in counts.items() if k not in _NOT_COUNTS}
-
-
 class Stage(luigi.Task):
     """A pipeline stage with a content-keyed output folder and a manifest written last.
 
     Subclasses set ``stage_name``, declare parameters and ``requires()``, and define
-    ``build(folder) -> counts``: one call into the library that writes the stage's files.
+    ``build(folder) -> StageResult``: one call into the library's ``build_<stage_name>``, which
+    writes the stage's files (:class:`pipeline.storage.outputs.StageResult`).
     """
 
     stage_name: ClassVar[str] = ""
@@ -107,33 +100,35 @@ class Stage(luigi.Task):
             return
         started = time.time()
         fields = dict(stage=self.stage_name, family=self.task_family, key=self.key, **self.journal_fields())
-        body_s, counts = 0.0, {}
+        body_s, result = 0.0, StageResult()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             self.clean_temporaries()
             body_started = time.perf_counter()
             try:
-                counts = dict(self.build(self.folder) or {})
+                result = self.build(self.folder) or StageResult()
             finally:
                 body_s = time.perf_counter() - body_started
-            self.write_completion(counts, started)
+            if not isinstance(result, StageResult):
+                raise TypeError(f"{self.task_family}.build() returned {type(result).__name__}, not a StageResult")
+            self.write_completion(result, started)
         except BaseException as err:
+            counts = result.counts if isinstance(result, StageResult) else {}
             journal.record(config().data_root, started=started, finished=time.time(), body_s=body_s,
-                           counts=_without_summary(counts), status="failed",
-                           error=f"{type(err).__name__}: {err}"[:2000], **fields)
+                           counts=counts, status="failed", error=f"{type(err).__name__}: {err}"[:2000], **fields)
             raise
         journal.record(config().data_root, started=started, finished=time.time(), body_s=body_s,
-                       counts=_without_summary(counts), **fields)
+                       counts=result.counts, **fields)
 
     def clean_temporaries(self) -> None:
         """Remove what killed writers left in the folder (a keyed stage owns its whole folder)."""
         storage.clean_temporaries(self.folder)
 
-    def write_completion(self, counts: dict[str, Any], started: float) -> None:
+    def write_completion(self, result: StageResult, started: float) -> None:
         """Write the completion marker, last: ``manifest.json``."""
         storage.write_manifest(self.folder, self.stage_name, self.key, self.key_params(), self.input_keys(),
-                               counts=_without_summary(counts), seed=config().seed, started=started,
-                               extra={"summary": counts.get("summary") or [], **self.manifest_extra()})
+                               counts=result.counts, seed=config().seed, started=started,
+                               extra={"summary": list(result.summary), **self.manifest_extra()})
 
     def journal_fields(self) -> dict[str, Any]:
         """What identifies this run in the journal besides stage, family and key."""
@@ -204,9 +199,9 @@ class ShardStage(Stage):
     def clean_temporaries(self) -> None:
         storage.clean_temporaries_matching(self.folder, self.temporary_patterns())
 
-    def write_completion(self, counts: dict[str, Any], started: float) -> None:
+    def write_completion(self, result: StageResult, started: float) -> None:
         """The marker, last: what made the shard, its counts and (when the build lists them,
-        ``counts["files"]``) the files it wrote, relative to the stage folder."""
+        ``result.files``) the files it wrote, relative to the stage folder."""
         marker = {
             "stage": self.stage_name,
             "key": self.key,
@@ -214,14 +209,14 @@ class ShardStage(Stage):
             "shard_key": self.shard_key,
             "params": self.key_params(),
             "inputs": self.input_keys(),
-            "counts": _without_summary(counts),
+            "counts": result.counts,
             "code_version": storage.code_version(),
             "wall_s": round(time.time() - started, 3),
         }
-        if "files" in counts:
-            marker["files"] = counts["files"]
-        if counts.get("summary"):
-            marker["summary"] = counts["summary"]
+        if result.files is not None:
+            marker["files"] = result.files
+        if result.summary:
+            marker["summary"] = list(result.summary)
         storage.write_json_atomic(self.marker, marker)
 
 

@@ -2,7 +2,7 @@
 
 import luigi
 
-from pipeline.mining.calibration import RULES, calibrate_stage
+from pipeline.mining.calibration import RULES, build_calibration
 from tasks.base import Stage
 from tasks.detector import DetectStems
 from tasks.labels import Labels
@@ -31,9 +31,9 @@ class Calibrate(Stage):
 
     def build(self, folder):
         files = [self.requires()[f"detect_{s}"].probabilities for s in self.splits]
-        return calibrate_stage(files, self.input_folder("labels") / "labels.parquet", folder,
-                               self.target_db, self.target_fraction, self.min_windows, self.rule,
-                               self.min_seconds, self.max_gap)
+        return build_calibration(files, self.input_folder("labels") / "labels.parquet", folder,
+                                 self.target_db, self.target_fraction, self.min_windows, self.rule,
+                                 self.min_seconds, self.max_gap)
 
     @property
     def thresholds(self):

@@ -2,7 +2,7 @@
 
 import luigi
 
-from pipeline.corpora.catalog import scan_catalog
+from pipeline.corpora.catalog import build_catalog
 from pipeline.storage.outputs import completed_outputs
 from tasks.base import Stage, config
 from tasks.inputs import catalog_fingerprint, resolved
@@ -31,7 +31,7 @@ class ScanCatalog(Stage):
 
     def build(self, folder):
         previous = self.reused_outputs()
-        return scan_catalog(
+        return build_catalog(
             self.catalog_path, self.shard_size, folder, previous[0] / "tracks.parquet" if previous else None
         )
 

@@ -351,7 +351,7 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from pipeline.mining.export import export_dataset
+    from pipeline.mining.export import build_exports
 
     options = dict(shard_size=args.shard_size, nemo_reference=args.nemo_reference)
     if args.run_dir and not args.out:
@@ -365,11 +365,11 @@ def _export(args: argparse.Namespace) -> int:
                 return 1
             run = _current("Extract").dataset
         try:
-            counts = export_dataset(run, args.format, args.out, **options)
+            result = build_exports(run, args.format, args.out, **options)
         except (OSError, ValueError) as err:
             print(f"export: {err}", file=sys.stderr)
             return 2
-        print("\n".join(counts["summary"]))
+        print("\n".join(result.summary))
         return 0
     extra = [
         "--Export-format",

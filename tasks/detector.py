@@ -29,8 +29,8 @@ class TrainDetector(Stage):
     def build(self, folder):
         settings = runs.train_config(self.width, self.epochs, self.patience, self.crop_seconds, self.gain_db,
                                      self.shift_rows, config().threads or None)
-        return runs.train(self.requires()["train"].store, self.requires()["valid"].store,
-                          self.input_folder("labels") / "labels.parquet", settings, config().seed, folder)
+        return runs.build_detector(self.requires()["train"].store, self.requires()["valid"].store,
+                                   self.input_folder("labels") / "labels.parquet", settings, config().seed, folder)
 
     @property
     def checkpoint(self):
@@ -48,8 +48,8 @@ class DetectStems(Stage):
         return {"detector": TrainDetector(), "features": StemFeatures(split=self.split)}
 
     def build(self, folder):
-        return runs.detect(self.requires()["detector"].checkpoint, self.requires()["features"].store,
-                           self.probabilities, config().threads or None)
+        return runs.build_detect(self.requires()["detector"].checkpoint, self.requires()["features"].store,
+                                 self.probabilities, config().threads or None)
 
     @property
     def probabilities(self):
@@ -69,12 +69,17 @@ class DetectCatalog(ShardStage):
     def build(self, folder):
         tracks = self.shard_tracks()
         names = dict(zip(tracks["track_id"].astype(str), tracks["path"].astype(str)))
-        return runs.detect(self.requires()["detector"].checkpoint, self.requires()["features"].store,
-                           self.probabilities, config().threads or None, progress=self.progress_callback(names))
+        return runs.build_detect(self.requires()["detector"].checkpoint, self.requires()["features"].store,
+                                 self.probabilities, config().threads or None, progress=self.progress_callback(names))
 
     @property
     def probabilities(self):
         return self.folder / "shards" / f"{self.shard_key}.parquet"
+
+    @property
+    def feature_store(self):
+        """The features this shard's probabilities were computed from (their rejects too)."""
+        return self.requires()["features"].store
 
 
 class DetectorReport(Stage):
@@ -87,5 +92,5 @@ class DetectorReport(Stage):
         return {"detector": TrainDetector(), "features": StemFeatures(split=self.split), "labels": Labels()}
 
     def build(self, folder):
-        return runs.report(self.requires()["detector"].checkpoint, self.requires()["features"].store,
-                           self.input_folder("labels") / "labels.parquet", folder)
+        return runs.build_detector_report(self.requires()["detector"].checkpoint, self.requires()["features"].store,
+                                          self.input_folder("labels") / "labels.parquet", folder)

@@ -2,7 +2,7 @@
 
 import luigi
 
-from pipeline.mining.export import FORMATS, NEMO_REFERENCES, SHARD_SIZE, export_dataset
+from pipeline.mining.export import FORMATS, NEMO_REFERENCES, SHARD_SIZE, build_exports
 from tasks.base import Stage
 from tasks.extract import Extract
 
@@ -30,6 +30,5 @@ class Export(Stage):
         return params
 
     def build(self, folder):
-        return export_dataset(self.requires()["dataset"].dataset, self.format, folder, shard_size=self.shard_size,
-                              nemo_reference=self.nemo_reference,
-                              progress=self.progress_callback(unit="excerpts"))
+        return build_exports(self.requires()["dataset"].dataset, self.format, folder, shard_size=self.shard_size,
+                             nemo_reference=self.nemo_reference, progress=self.progress_callback(unit="excerpts"))

@@ -7,8 +7,8 @@ import luigi
 from pipeline.corpora.catalog import read_scan_rejects, scan_shards
 from pipeline.features.featurize import read_feature_rejects
 from pipeline.mining.calibration import read_thresholds
-from pipeline.mining.datasets import DatasetRun, ShardStore, gather_view, view_manifest_fields
-from pipeline.mining.extraction import SecondOpinion, SeparatorScorer, extract_stage_shard
+from pipeline.mining.datasets import DatasetRun, ShardStore, build_datasets, view_manifest_fields
+from pipeline.mining.extraction import SecondOpinion, SeparatorScorer, build_excerpts
 from tasks.base import CatalogStage, ShardStage, config
 from tasks.calibrate import Calibrate
 from tasks.catalog import ScanCatalog
@@ -17,60 +17,73 @@ from tasks.detector import DetectCatalog, TrainDetector
 STORE_TEMPLATE_SHARD = -1  # shard number of the template task that names the store (see Extract.store_task)
 
 
-def run_rule_params(task) -> dict:
-    """The run rule and second-opinion parameters an Extract passes to its shards."""
-    return dict(min_seconds=task.min_seconds, max_gap=task.max_gap, separator=task.separator,
-                separator_max_db=task.separator_max_db)
-
-
-def paper_rule_keys(params: dict) -> dict:
-    """Key parameters without ``max_gap = 0`` and an empty ``separator``: the paper's rule keeps
-    the keys it had before these options existed."""
-    params = dict(params)
-    if not params.get("max_gap"):
-        params.pop("max_gap", None)
-    if not params.get("separator"):
-        params.pop("separator", None)
-        params.pop("separator_max_db", None)
-    return params
-
-
 def separator_task(params):
     """The TrainSeparator of Extract's ``separator`` parameters (over ``[TrainSeparator]``); it
     must not read the D_i (no remix step), or the DAG would be a cycle."""
     from tasks.separator import TrainSeparator  # tasks.separator imports this module
 
     task = TrainSeparator(**dict(params))
-    if "datasets" in task.requires():
+    if task.reads_datasets:
         raise ValueError(f"Extract's separator {dict(params)} trains on the D_i (remix): give a run without "
                          "remix, e.g. {\"remix\": false}")
     return task
 
 
-class ExtractShard(ShardStage):
+class RunRule:
+    """The parameters of extraction's run rule and second opinion, shared by ExtractShard and
+    Extract (which passes its own to its shards and to Calibrate)."""
+
+    min_seconds = luigi.FloatParameter(default=5.0)
+    max_gap = luigi.IntParameter(default=0, description="longest dip below p_i inside a run, frames (0: the paper)")
+    separator = luigi.DictParameter(default={}, description="TrainSeparator parameters of the second opinion "
+                                    "(a run without remix; {}: none)")
+    separator_max_db = luigi.OptionalFloatParameter(default=None, description="drop excerpts whose separator_db_mean "
+                                                    "is above this, dB (None: score only)")
+
+    def calibration_task(self) -> Calibrate:
+        """The Calibrate whose thresholds this rule extracts with (it sees the same rule)."""
+        return Calibrate(min_seconds=self.min_seconds, max_gap=self.max_gap)
+
+    def rule_params(self) -> dict:
+        """These parameters, to pass on."""
+        return dict(min_seconds=self.min_seconds, max_gap=self.max_gap, separator=self.separator,
+                    separator_max_db=self.separator_max_db)
+
+    def key_params(self) -> dict:
+        """Without ``max_gap = 0`` and an empty ``separator``: the paper's rule keeps the keys it
+        had before these options existed."""
+        params = dict(super().key_params())  # type: ignore[misc]
+        if not params.get("max_gap"):
+            params.pop("max_gap", None)
+        if not params.get("separator"):
+            params.pop("separator", None)
+            params.pop("separator_max_db", None)
+        return params
+
+
+class ExtractShard(RunRule, ShardStage):
     """Excerpts of one shard, written into the shard store ``excerpts/<key>/`` shared by every
     catalog: the key holds the detector, the calibration and ``min_seconds`` (not the catalog),
     and nothing in the store is deleted by a run."""
 
     stage_name = "excerpts"
     decodes_audio = True
-    min_seconds = luigi.FloatParameter(default=5.0)
-    max_gap = luigi.IntParameter(default=0, description="longest dip below p_i inside a run, frames (0: the paper)")
-    separator = luigi.DictParameter(default={}, description="TrainSeparator parameters of the second opinion "
-                                    "({}: none)")
-    separator_max_db = luigi.OptionalFloatParameter(default=None, description="drop excerpts whose separator_db_mean "
-                                                    "is above this, dB (None: score only)")
 
     def requires(self):
         shard = dict(shard=self.shard, shard_key=self.shard_key, tracks_file=self.tracks_file)
-        needs = {"calibration": Calibrate(min_seconds=self.min_seconds, max_gap=self.max_gap),
-                 "detector": TrainDetector(), "detect": DetectCatalog(**shard)}
+        needs = {"calibration": self.calibration_task(), "detector": TrainDetector(), "detect": DetectCatalog(**shard)}
         if self.separator:
             needs["separator"] = separator_task(self.separator)
         return needs
 
-    def key_params(self):
-        return paper_rule_keys(super().key_params())
+    @property
+    def probabilities(self):
+        """The detector's per-frame probabilities of this shard."""
+        return self.requires()["detect"].probabilities
+
+    @property
+    def feature_store(self):
+        return self.requires()["detect"].feature_store
 
     def input_keys(self):
         keys = super().input_keys()
@@ -91,13 +104,14 @@ class ExtractShard(ShardStage):
 
             second_opinion = SecondOpinion(SeparatorScorer(load_model(self.requires()["separator"].best)),
                                            self.separator_max_db)
-        return extract_stage_shard(self.shard_tracks(), self.requires()["detect"].probabilities, thresholds,
-                                   self.min_seconds, folder, self.shard_key, detector.key, calibration.key,
-                                   audio_base=config().data_root, max_gap=self.max_gap,
-                                   second_opinion=second_opinion, progress=self.progress_callback())
+        return build_excerpts(self.shard_tracks(), self.probabilities, thresholds=thresholds,
+                              min_seconds=self.min_seconds, run_dir=folder, shard_key=self.shard_key,
+                              detector_key=detector.key, calibration_key=calibration.key,
+                              audio_base=config().data_root, max_gap=self.max_gap,
+                              second_opinion=second_opinion, progress=self.progress_callback())
 
 
-class Extract(CatalogStage):
+class Extract(RunRule, CatalogStage):
     """A catalog scan's D_i: ``datasets/<key>/``, a view over the shard store.
 
     Keyed by the store's key and the scan's, so each catalog (and each version of one) has its
@@ -109,19 +123,14 @@ class Extract(CatalogStage):
     """
 
     stage_name = "datasets"
-    min_seconds = luigi.FloatParameter(default=5.0)
-    max_gap = luigi.IntParameter(default=0, description="longest dip below p_i inside a run, frames (0: the paper)")
-    separator = luigi.DictParameter(default={}, description="TrainSeparator parameters of the second opinion "
-                                    "(a run without remix; {}: none)")
-    separator_max_db = luigi.OptionalFloatParameter(default=None, description="drop excerpts whose separator_db_mean "
-                                                    "is above this, dB (None: score only)")
 
     def requires(self):
-        return {"calibration": Calibrate(min_seconds=self.min_seconds, max_gap=self.max_gap),
-                "detector": TrainDetector(), "scan": ScanCatalog()}
+        return {"calibration": self.calibration_task(), "detector": TrainDetector(), "scan": ScanCatalog()}
 
-    def key_params(self):
-        return paper_rule_keys(super().key_params())
+    @property
+    def scan(self) -> ScanCatalog:
+        """The catalog scan whose D_i this is."""
+        return self.requires()["scan"]
 
     def store_task(self) -> ExtractShard:
         """An ExtractShard that names the store (every shard's key and folder are the same)."""
@@ -129,7 +138,7 @@ class Extract(CatalogStage):
             shard=STORE_TEMPLATE_SHARD,
             shard_key="store",
             tracks_file=self.requires()["scan"].tracks_file,
-            **run_rule_params(self),
+            **self.rule_params(),
         )
 
     def input_keys(self):
@@ -138,7 +147,7 @@ class Extract(CatalogStage):
     def shard_jobs(self):
         scan = self.requires()["scan"]
         return [
-            ExtractShard(shard=number, shard_key=key, tracks_file=scan.tracks_file, **run_rule_params(self))
+            ExtractShard(shard=number, shard_key=key, tracks_file=scan.tracks_file, **self.rule_params())
             for number, key in scan_shards(scan.tracks_file)
         ]
 
@@ -160,16 +169,11 @@ class Extract(CatalogStage):
     def build(self, folder):
         jobs = self.shard_jobs()
         feature_rejects = {
-            job.shard_key: read_feature_rejects(job.requires()["detect"].requires()["features"].store) for job in jobs
+            job.shard_key: read_feature_rejects(job.feature_store) for job in jobs
         }
-        keys = [job.shard_key for job in jobs]
-        counts = gather_view(
-            folder, self.store, keys, read_scan_rejects(self.requires()["scan"].folder), feature_rejects
-        )
-        finished = self.__dict__.get("_finished_before", set())
-        reused = [key for key in keys if key in finished]
-        counts.update(shards_reused=len(reused), shards_computed=len(keys) - len(reused), reused_shard_keys=reused)
-        return counts
+        return build_datasets(folder, self.store, [job.shard_key for job in jobs],
+                              read_scan_rejects(self.requires()["scan"].folder), feature_rejects,
+                              finished_before=self.__dict__.get("_finished_before", set()))
 
     def manifest_extra(self):
         return view_manifest_fields(

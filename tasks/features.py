@@ -3,7 +3,7 @@
 import luigi
 
 from pipeline.features import scattering as features
-from pipeline.features.featurize import featurize_catalog_shard, featurize_stem_split
+from pipeline.features.featurize import build_features, build_features_shard
 from pipeline.storage.outputs import stable_hash
 from tasks.base import ShardStage, Stage, config
 from tasks.inputs import stem_set_fingerprint
@@ -23,8 +23,8 @@ class StemFeatures(Stage):
         return {"stem_set": stem_set_fingerprint(config().stem_root, (self.split,)), "definition": DEFINITION}
 
     def build(self, folder):
-        return featurize_stem_split(config().stem_root, self.split, folder / f"{self.split}.npy",
-                                    num_threads=config().threads or None)
+        return build_features(config().stem_root, self.split, folder / f"{self.split}.npy",
+                              num_threads=config().threads or None)
 
     @property
     def store(self):
@@ -41,8 +41,8 @@ class CatalogFeatures(ShardStage):
         return {"definition": DEFINITION}
 
     def build(self, folder):
-        return featurize_catalog_shard(self.shard_tracks(), self.store, num_threads=config().threads or None,
-                                       progress=self.progress_callback())
+        return build_features_shard(self.shard_tracks(), self.store, num_threads=config().threads or None,
+                                    progress=self.progress_callback())
 
     @property
     def store(self):

@@ -140,6 +140,22 @@ def stage_names() -> tuple[set[str], set[str]]:
 
 
 @contextlib.contextmanager
+def kept_config() -> Iterator[configparser.ConfigParser]:
+    """Inside: the live Luigi configuration, to change at will; as it was again after."""
+    live = luigi.configuration.get_config()
+    saved = {section: dict(live.items(section, raw=True)) for section in live.sections()}
+    try:
+        yield live
+    finally:
+        for section in live.sections():
+            live.remove_section(section)
+        for section, items in saved.items():
+            live.add_section(section)
+            for option, value in items.items():
+                live.set(section, option, value)
+
+
+@contextlib.contextmanager
 def overlaid(path: str | os.PathLike) -> Iterator[None]:
     """Inside: the Luigi configuration with the options of the file ``path`` on top; restored after."""
     path = Path(path)
@@ -150,24 +166,17 @@ def overlaid(path: str | os.PathLike) -> Iterator[None]:
         extra.read(path)
     except configparser.Error as err:
         raise ValueError(f"{path} is not a readable luigi.cfg: {err}") from err
-    live = luigi.configuration.get_config()
-    saved = {section: dict(live.items(section, raw=True)) for section in live.sections()}
-    try:
-        for section in extra.sections():
-            if not live.has_section(section):
-                live.add_section(section)
-            for option, value in extra.items(section, raw=True):
-                live.set(section, option, value)
-        forget_inputs()
-        yield
-    finally:
-        for section in live.sections():
-            live.remove_section(section)
-        for section, items in saved.items():
-            live.add_section(section)
-            for option, value in items.items():
-                live.set(section, option, value)
-        forget_inputs()
+    with kept_config() as live:
+        try:
+            for section in extra.sections():
+                if not live.has_section(section):
+                    live.add_section(section)
+                for option, value in extra.items(section, raw=True):
+                    live.set(section, option, value)
+            forget_inputs()
+            yield
+        finally:
+            forget_inputs()
 
 
 def _protected(described: list[status.StageDescription]) -> set[Path]:

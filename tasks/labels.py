@@ -2,7 +2,7 @@
 
 import luigi
 
-from pipeline.corpora.labels import label_stem_set
+from pipeline.corpora.labels import build_labels
 from pipeline.corpora.stemset import SPLITS
 from tasks.base import Stage, config
 from tasks.inputs import stem_set_fingerprint
@@ -17,4 +17,4 @@ class Labels(Stage):
         return {"stem_set": stem_set_fingerprint(config().stem_root, tuple(self.splits))}
 
     def build(self, folder):
-        return label_stem_set(config().stem_root, list(self.splits), folder / "labels.parquet")
+        return build_labels(config().stem_root, list(self.splits), folder / "labels.parquet")

@@ -3,7 +3,7 @@
 import luigi
 
 from pipeline.mining.calibration import RULES
-from pipeline.mining.ground_truth import measure_rules_from_files, measure_stage
+from pipeline.mining.ground_truth import build_measure
 from tasks.base import Stage, config
 from tasks.calibrate import Calibrate
 from tasks.extract import Extract
@@ -31,15 +31,8 @@ class MeasureExtraction(Stage):
 
     def build(self, folder):
         extract = self.requires()["datasets"]
-        counts = measure_stage(extract.dataset, self.truth, config().catalog, folder)
-        jobs = extract.shard_jobs()
-        ruled = measure_rules_from_files([job.requires()["detect"].probabilities for job in jobs],
-                                         extract.requires()["scan"].tracks_file,
-                                         {r: self.requires()[f"calibration_{r}"].thresholds for r in RULES},
-                                         self.truth, config().catalog, folder, extract.dataset.index(),
-                                         extract.min_seconds, extract.max_gap)
-        counts["rules"] = ruled["rules"]
-        rule = extract.requires()["calibration"].rule
-        counts["summary"] = [f"extracted ({rule} rule): {line}" for line in counts["summary"]]
-        counts["summary"] += ruled["summary"]
-        return counts
+        return build_measure(extract.dataset, self.truth, config().catalog, folder,
+                             [job.probabilities for job in extract.shard_jobs()],
+                             extract.scan.tracks_file,
+                             {r: self.requires()[f"calibration_{r}"].thresholds for r in RULES},
+                             extract.calibration_task().rule, extract.min_seconds, extract.max_gap)

@@ -13,7 +13,7 @@ from tasks.separator import Evaluate
 
 class All(luigi.WrapperTask):
     def requires(self):
-        final = {"detector": DetectorReport(), "calibration": Extract().requires()["calibration"],
+        final = {"detector": DetectorReport(), "calibration": Extract().calibration_task(),
                  "datasets": Extract()}
         truth = MeasureExtraction()
         if Path(truth.truth).exists():

@@ -3,7 +3,7 @@ whose ``encoder.pt`` initialises TrainSeparator's model in the ``contrastive`` s
 
 import luigi
 
-from pipeline.separation.contrastive import ENCODER, LR, MARGIN, PretrainConfig, pretrain_encoder
+from pipeline.separation.contrastive import ENCODER, LR, MARGIN, PretrainConfig, build_pretrain
 from pipeline.separation.registry import model_names
 from tasks.base import Stage, config
 from tasks.inputs import stem_set_fingerprint
@@ -44,9 +44,7 @@ class PretrainEncoder(Stage):
                               num_threads=config().threads or None)
 
     def build(self, folder):
-        history = pretrain_encoder(self.settings(), config().stem_root, folder, resume=True)
-        return {"model": self.model, "epochs": len(history),
-                "final_triplet_loss": history[-1]["triplet_loss"] if history else None}
+        return build_pretrain(self.settings(), config().stem_root, folder)
 
     @property
     def encoder_file(self):

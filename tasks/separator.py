@@ -5,10 +5,10 @@ from dataclasses import fields
 
 import luigi
 
-from pipeline.separation.evaluation import evaluate_runs
+from pipeline.separation.evaluation import build_evaluate
 from pipeline.separation.registry import get as registered_model
 from pipeline.separation.registry import make_config, model_names
-from pipeline.separation.training import SCHEMES, TrainConfig, canonical_scheme, scheme_parts, train_separator
+from pipeline.separation.training import SCHEMES, TrainConfig, build_separator, canonical_scheme, scheme_parts
 from tasks.base import Stage, config
 from tasks.catalog import ScanCatalog
 from tasks.extract import Extract
@@ -63,6 +63,11 @@ class TrainSeparator(Stage):
         if self.scheme:
             return canonical_scheme(self.scheme)
         return "remix" if self.remix else "supervised"
+
+    @property
+    def reads_datasets(self) -> bool:
+        """Whether this run feeds on the D_i (its scheme has the remix step)."""
+        return "remix" in scheme_parts(self.effective_scheme)
 
     def requires(self):
         parts = scheme_parts(self.effective_scheme)
@@ -122,30 +127,15 @@ class TrainSeparator(Stage):
         )
 
     def build(self, folder):
-        settings = self.train_settings()
         needs = self.requires()
-        run_dir = needs["datasets"].folder if "datasets" in needs else None
-        history = train_separator(
-            settings,
+        return build_separator(
+            self.train_settings(),
             config().stem_root,
-            run_dir,
+            needs["datasets"].folder if "datasets" in needs else None,
             folder,
-            resume=True,
             catalog_tracks=needs["catalog"].tracks_file if "catalog" in needs else None,
             encoder=needs["encoder"].encoder_file if "encoder" in needs else None,
         )
-        last = history[-1] if history else {}
-        return {
-            "model": self.model,
-            "scheme": settings.scheme,
-            "epochs": len(history),
-            "seed": self.run_seed,
-            "updates": last.get("updates", 0),
-            "examples": last.get("examples", 0),
-            "remix_steps": int(sum(r.get("remix_steps", 0) for r in history)),
-            "final_train_loss": history[-1].get("train_loss"),
-            "final_valid_loss": history[-1].get("valid_loss"),
-        }
 
     @property
     def best(self):
@@ -205,7 +195,7 @@ class Evaluate(Stage):
             label: {task.run_seed: task.best for task in tasks.values()} for label, tasks in self.run_tasks().items()
         }
         contrasts = [tuple(pair) for pair in self.contrasts] or None
-        return evaluate_runs(
+        return build_evaluate(
             runs,
             config().stem_root,
             folder,

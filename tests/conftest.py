@@ -63,26 +63,19 @@ def small_catalog(tmp_path) -> Path:
 @contextlib.contextmanager
 def luigi_options(options: dict[str, dict] | None = None) -> Iterator[Callable[[str, str, object], None]]:
     """Set Luigi configuration ``{section: {key: value}}``; yield a setter; restore on exit."""
-    config = luigi.configuration.get_config()
-    saved = {s: dict(config.items(s)) for s in config.sections()}
+    from tasks.graph import kept_config
 
-    def set_option(section: str, key: str, value) -> None:
-        if not config.has_section(section):
-            config.add_section(section)
-        config.set(section, key, str(value))
+    with kept_config() as config:
 
-    for section, values in (options or {}).items():
-        for key, value in values.items():
-            set_option(section, key, value)
-    try:
+        def set_option(section: str, key: str, value) -> None:
+            if not config.has_section(section):
+                config.add_section(section)
+            config.set(section, key, str(value))
+
+        for section, values in (options or {}).items():
+            for key, value in values.items():
+                set_option(section, key, value)
         yield set_option
-    finally:
-        for section in config.sections():
-            config.remove_section(section)
-        for section, items in saved.items():
-            config.add_section(section)
-            for key, value in items.items():
-                config.set(section, key, value)
 
 
 @pytest.fixture

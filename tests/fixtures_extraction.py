@@ -5,7 +5,7 @@ stereo, one in a folder whose name needs HTML escaping), cuts FLAC excerpts from
 shared 64 ms grid exactly as the extraction contract describes, into a shard store
 (``data/excerpts/<K>/``: ``audio/<source>/<xx>/<excerpt_id>.flac``, hive-partitioned index parts,
 rejects parts, one marker per shard with its counts and files) and gathers a view of both shards
-(``data/datasets/<V>/``, manifest written last) with the library's ``gather_view``; it also
+(``data/datasets/<V>/``, manifest written last) with the library's ``build_datasets``; it also
 writes the calibration folder (``thresholds.parquet``, ``curves.parquet``, ``curves.png``) and
 the ground-truth table of relative volumes on the grid.  ``other`` is not calibratable and has no excerpts, so every
 report and check also meets an empty source.
@@ -24,8 +24,8 @@ from matplotlib.figure import Figure
 from pipeline.audio.io import file_checksum
 from pipeline.mining.datasets import (
     ShardStore,
+    build_datasets,
     excerpt_relpath,
-    gather_view,
     rejects_part_relpath,
     view_manifest_fields,
 )
@@ -182,11 +182,11 @@ def make_extraction_run(tmp_path: Path, n_tracks: int = 3) -> tuple[Path, Path, 
         write_json_atomic(store.marker_path(shard_key), {"stage": "excerpts", "key": STORE_KEY, "shard": number,
                                                          "shard_key": shard_key, "counts": counts, "files": files})
 
-    counts = gather_view(run_dir, store, shard_keys, pd.DataFrame(columns=REJECTS_SCHEMA.names), {})
+    gathered = build_datasets(run_dir, store, shard_keys, pd.DataFrame(columns=REJECTS_SCHEMA.names), {})
     write_manifest(run_dir, stage="datasets", key=run_dir.name, params={"min_seconds": 1.0},
                    inputs={"scan": SCAN_KEY, "detector": DETECTOR_KEY, "calibration": CALIBRATION_KEY,
                            "store": STORE_KEY},
-                   counts={k: v for k, v in counts.items() if k != "summary"},
-                   extra={"summary": counts["summary"],
+                   counts=gathered.counts,
+                   extra={"summary": list(gathered.summary),
                           **view_manifest_fields(store, data_root, STORE_KEY, SCAN_KEY, shard_keys)})
     return run_dir, calibration_dir, catalog_root, pd.concat(truth, ignore_index=True)

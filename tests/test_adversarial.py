@@ -12,11 +12,12 @@ import pytest
 import soundfile as sf
 import torch
 import torch.multiprocessing as mp
+from fixtures_separation import killed_after_epoch
 from test_remix import RATE, noise, write_excerpt_index, write_stem_set
 from test_separator_training import TINY
 from torch import nn
 
-from pipeline.corpora.catalog import scan_catalog
+from pipeline.corpora.catalog import build_catalog
 from pipeline.separation import adversarial as adv
 from pipeline.separation.training import SeparatorTrainer, TrainConfig, canonical_scheme, train_separator
 from pipeline.separation.unlabelled import CatalogExcerpts
@@ -147,7 +148,7 @@ def _write_catalog(folder: Path, out: Path, bad: bool = True) -> Path:
     if bad:
         (folder / "d.wav").write_bytes(b"RIFF-but-not-really-a-wave-file" * 20)
     out.mkdir(parents=True)
-    scan_catalog(folder, 64, out)
+    build_catalog(folder, 64, out)
     return out / "tracks.parquet"
 
 
@@ -172,7 +173,7 @@ def test_catalog_excerpts_with_no_decodable_track_raise(tmp_path):
     folder.mkdir()
     (folder / "x.wav").write_bytes(b"not audio" * 50)
     (tmp_path / "scan").mkdir()
-    scan_catalog(folder, 64, tmp_path / "scan")
+    build_catalog(folder, 64, tmp_path / "scan")
     with pytest.raises(ValueError, match="no catalog track could be decoded"):
         CatalogExcerpts(tmp_path / "scan" / "tracks.parquet", 8000, 2, 100).sample(1, np.random.default_rng(0))
 
@@ -199,17 +200,8 @@ def test_adversarial_resume_after_interruption_is_bit_identical(data, tmp_path, 
     stems, run, tracks = data
     config = _config("remix+adversarial")
     full = train_separator(config, stems, run, tmp_path / "full", progress=False, catalog_tracks=tracks)
-    original = SeparatorTrainer._save_checkpoint
-
-    def save_then_die(self):
-        original(self)
-        if self.epoch == 2:
-            raise KeyboardInterrupt("simulated kill after epoch 2")
-
-    monkeypatch.setattr(SeparatorTrainer, "_save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_separator(config, stems, run, tmp_path / "cut", progress=False, catalog_tracks=tracks)
-    monkeypatch.undo()
+    killed_after_epoch(monkeypatch, SeparatorTrainer, "_save_checkpoint", lambda: train_separator(
+        config, stems, run, tmp_path / "cut", progress=False, catalog_tracks=tracks))
     resumed = train_separator(config, stems, run, tmp_path / "cut", progress=False, catalog_tracks=tracks)
 
     assert sum(r["remix_steps"] for r in full) > 0  # both unlabelled paths ran

@@ -2,14 +2,14 @@
 
 One catalog holds one file of each troublesome kind plus normal tracks.  The catalog stages
 run on it for real, through the library functions the Luigi tasks call: scan, features, a
-tiny untrained detector, extraction and ``gather_view``.  Extraction uses a threshold of 0
+tiny untrained detector, extraction and ``build_datasets``.  Extraction uses a threshold of 0
 for drums (``P >= 0`` always holds), so every track that reaches it with at least 5 s yields
 exactly one whole-track excerpt, which makes rates, channels and samples checkable.  Shards
 hold one track each, so a file that crashes a stage fails its own test only.
 
 Every file must either be processed correctly (features with the right frame count,
 probabilities on the grid, valid excerpts) or be in the run's gathered rejects with the
-expected stage and a reason in plain words; ``gather_view``'s summary counts the rejects by
+expected stage and a reason in plain words; ``build_datasets``'s summary counts the rejects by
 stage and kind.  Decisions this file pins down:
 
 * 8 channels, 8 kHz and 96 kHz are processed; excerpts keep the file's channels and rate.
@@ -47,14 +47,14 @@ from classifiers import runs
 from classifiers.detector import DetectorConfig, SilentSourceDetector, save_checkpoint
 from pipeline.audio import io as audio
 from pipeline.corpora.catalog import escaped_path, listing, scan, shards
-from pipeline.features.featurize import featurize_catalog_shard, read_feature_rejects
+from pipeline.features.featurize import build_features_shard, read_feature_rejects
 from pipeline.features.scattering import n_feature_frames
 from pipeline.features.store import FeatureShard
-from pipeline.mining.datasets import ShardStore, gather_view
-from pipeline.mining.extraction import extract_stage_shard
+from pipeline.mining.datasets import ShardStore, build_datasets
+from pipeline.mining.extraction import build_excerpts
 from pipeline.mining.schema import read_index, read_rejects
 from pipeline.sources import FEATURE_RATE, SOURCES, n_windows
-from pipeline.storage.outputs import write_json_atomic
+from pipeline.storage.outputs import StageResult, write_json_atomic
 
 THRESHOLDS = {"drums": 0.0, "bass": None, "other": None, "vocals": None}  # every frame qualifies for drums
 MIN_SECONDS = 5.0
@@ -209,7 +209,7 @@ class Run:
     probabilities: pd.DataFrame
     index: pd.DataFrame
     rejects: pd.DataFrame
-    counts: dict
+    gathered: StageResult
     crashes: dict[str, str]  # catalog path -> the exception that stopped its shard
 
 
@@ -223,7 +223,7 @@ def tiny_detector(path: Path, seed: int = 0) -> Path:
 
 def run_catalog(catalog: Path, work: Path, checkpoint: Path, shard_size: int = 1) -> Run:
     """Scan, features, detection and extraction of every shard (``run_dir``: the shard store), then
-    ``gather_view`` into ``work/view``.
+    ``build_datasets`` into ``work/view``.
 
     A shard whose stage raises is recorded in ``crashes`` (a finding: it fails the tests of
     its files) and left out of the run; the other shards go on.
@@ -235,22 +235,24 @@ def run_catalog(catalog: Path, work: Path, checkpoint: Path, shard_size: int = 1
         store = work / "features" / f"{key}.npy"
         probs_path = work / "detect" / f"{key}.parquet"
         try:
-            featurize_catalog_shard(shard_tracks, store, num_threads=2)
-            runs.detect(checkpoint, store, probs_path, num_threads=2)
-            extracted = extract_stage_shard(shard_tracks, probs_path, THRESHOLDS, MIN_SECONDS, run_dir, key,
-                                            "tiny-detector", "threshold-0")
-            write_json_atomic(ShardStore(run_dir).marker_path(key), {"counts": extracted, "files": extracted["files"]})
+            build_features_shard(shard_tracks, store, num_threads=2)
+            runs.build_detect(checkpoint, store, probs_path, num_threads=2)
+            extracted = build_excerpts(shard_tracks, probs_path, thresholds=THRESHOLDS, min_seconds=MIN_SECONDS,
+                                       run_dir=run_dir, shard_key=key, detector_key="tiny-detector",
+                                       calibration_key="threshold-0")
+            write_json_atomic(ShardStore(run_dir).marker_path(key), {"counts": extracted.counts,
+                                                                     "files": extracted.files})
         except Exception as err:  # noqa: BLE001 -- any exception is the finding under test
             crashes.update({p: f"{type(err).__name__}: {err}" for p in shard_tracks["path"]})
             continue
         stores[key] = store
         probabilities.append(pd.read_parquet(probs_path))
     view = work / "view"
-    counts = gather_view(view, run_dir, list(stores), scan_rejects,
-                         {key: read_feature_rejects(store) for key, store in stores.items()})
+    gathered = build_datasets(view, run_dir, list(stores), scan_rejects,
+                              {key: read_feature_rejects(store) for key, store in stores.items()})
     return Run(tracks, scan_rejects, run_dir, stores,
                pd.concat(probabilities, ignore_index=True) if probabilities else pd.DataFrame(),
-               read_index(view / "index"), read_rejects(view), counts, crashes)
+               read_index(view / "index"), read_rejects(view), gathered, crashes)
 
 
 def outcome(run: Run, path: Path) -> str:
@@ -365,7 +367,7 @@ def test_unusual_names_are_recorded_exactly(battery):
 
 def test_the_summary_counts_every_reject_by_stage_and_kind(battery):
     catalog, run, missing = battery
-    counts, rejects = run.counts, run.rejects
+    counts, summary, rejects = run.gathered.counts, run.gathered.summary, run.rejects
     assert counts["rejects"] == len(rejects)
     expected = [c for c in CASES if c.stage and c.kind not in missing and recorded_path(case_path(catalog, c))
                 not in run.crashes]
@@ -375,9 +377,9 @@ def test_the_summary_counts_every_reject_by_stage_and_kind(battery):
     assert sum(counts["rejects_by_kind"].values()) == len(rejects)
     assert "other" not in counts["rejects_by_kind"], rejects.to_string()
     by_stage = ", ".join(f"{s} {counts[f'rejects_{s}']}" for s in ("scan", "features", "extract"))
-    assert f"rejects: {len(rejects)} files ({by_stage})" in counts["summary"]
+    assert f"rejects: {len(rejects)} files ({by_stage})" in summary
     for kind, count in counts["rejects_by_kind"].items():
-        assert any(line.strip().startswith(f"{kind}: {count}") for line in counts["summary"]), kind
+        assert any(line.strip().startswith(f"{kind}: {count}") for line in summary), kind
     assert counts["rejects_by_kind"]["empty"] == 2 and counts["rejects_by_kind"]["too short"] == 2
 
 
@@ -390,7 +392,7 @@ import numpy as np
 import pandas as pd
 from pipeline.corpora.catalog import listing, scan, shards
 from pipeline.features.scattering import FeatureExtractor
-from pipeline.features.featurize import featurize_catalog_shard
+from pipeline.features.featurize import build_features_shard
 from pipeline.storage.outputs import write_parquet_atomic
 
 import tempfile
@@ -407,7 +409,7 @@ with tempfile.TemporaryDirectory() as warm:
     write_parquet_atomic(warm_tracks, warm / "tracks.parquet")
     pd.read_parquet(warm / "tracks.parquet")
     for _, key, shard_tracks in shards(warm_tracks):
-        featurize_catalog_shard(shard_tracks, warm / f"{key}.npy", num_threads=1)
+        build_features_shard(shard_tracks, warm / f"{key}.npy", num_threads=1)
 catalog, out, previous = Path(sys.argv[1]), Path(sys.argv[2]), pd.read_parquet(sys.argv[3])
 if os.getuid() == 0:
     nobody = pwd.getpwnam("nobody")
@@ -418,7 +420,7 @@ tracks, rejects = scan(listing(catalog), 8, previous)
 write_parquet_atomic(tracks, out / "tracks.parquet")
 write_parquet_atomic(rejects, out / "rejects.parquet")
 for _, key, shard_tracks in shards(tracks):
-    featurize_catalog_shard(shard_tracks, out / "features" / f"{key}.npy", num_threads=1)
+    build_features_shard(shard_tracks, out / "features" / f"{key}.npy", num_threads=1)
 print(os.getuid())
 """
 
@@ -460,7 +462,7 @@ def test_unreadable_files_are_rejected_as_permission_denied(tmp_path):
         tracks = pd.read_parquet(out / "tracks.parquet")
         scan_rejects = pd.read_parquet(out / "rejects.parquet")
         feature_rejects = {store.stem: read_feature_rejects(store) for store in (out / "features").glob("*.npy")}
-        counts = gather_view(tmp_path / "run", tmp_path / "store", [], scan_rejects, feature_rejects)
+        gathered = build_datasets(tmp_path / "run", tmp_path / "store", [], scan_rejects, feature_rejects)
         rejects = read_rejects(tmp_path / "run").set_index("path")
         assert sorted(tracks["path"]) == [str(catalog / "locked later.wav"), str(catalog / "readable.wav")]
         assert rejects.loc[str(catalog / "locked.wav"), "stage"] == "scan"
@@ -468,8 +470,8 @@ def test_unreadable_files_are_rejected_as_permission_denied(tmp_path):
         for name in ("locked.wav", "locked later.wav"):
             assert "permission denied" in rejects.loc[str(catalog / name), "reason"]
         assert str(catalog / "readable.wav") not in rejects.index
-        assert counts["rejects_by_kind"] == {"unreadable": 2}
-        assert "rejects: 2 files (scan 1, features 1)" in counts["summary"]
+        assert gathered.counts["rejects_by_kind"] == {"unreadable": 2}
+        assert "rejects: 2 files (scan 1, features 1)" in gathered.summary
 
 
 # --------------------------------------------------------------------------- longer than an hour

@@ -29,6 +29,7 @@ from pipeline.mining.datasets import DatasetRun
 from pipeline.mining.verify import verify_run
 from pipeline.sources import SOURCES
 from pipeline.storage.journal import read_journal
+from pipeline.storage.outputs import StageResult
 from tests.conftest import luigi_options, write_stem_track
 
 SHARD_STAGES = ("CatalogFeatures", "DetectCatalog", "ExtractShard")
@@ -80,10 +81,10 @@ def seed_detector_and_thresholds(checkpoint: Path) -> None:
         return
     detector.folder.mkdir(parents=True)
     detector.checkpoint.write_bytes(checkpoint.read_bytes())
-    detector.write_completion({}, time.time())
+    detector.write_completion(StageResult(), time.time())
     calibration.folder.mkdir(parents=True)
     pd.DataFrame({"source": list(SOURCES), "calibratable": True, "threshold": 0.0}).to_parquet(calibration.thresholds)
-    calibration.write_completion({}, time.time())
+    calibration.write_completion(StageResult(), time.time())
 
 
 def run_extract(world, data_root: Path, catalog: Path, run_pipeline) -> tuple[list[str], DatasetRun]:

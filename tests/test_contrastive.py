@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from fixtures_separation import killed_after_epoch
 from test_remix import write_stem_set
 from test_separator_training import TINY
 
@@ -118,17 +119,8 @@ def test_pretraining_lowers_the_loss_and_writes_its_curve(tmp_path):
 def test_pretraining_resume_is_bit_identical(stems, tmp_path, monkeypatch):
     config = _pretrain_config()
     full = pretrain_encoder(config, stems, tmp_path / "full", progress=False)
-    original = EncoderPretrainer._save
-
-    def save_then_die(self):
-        original(self)
-        if self.epoch == 2:
-            raise KeyboardInterrupt("simulated kill after epoch 2")
-
-    monkeypatch.setattr(EncoderPretrainer, "_save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain_encoder(config, stems, tmp_path / "cut", progress=False)
-    monkeypatch.undo()
+    killed_after_epoch(monkeypatch, EncoderPretrainer, "_save",
+                       lambda: pretrain_encoder(config, stems, tmp_path / "cut", progress=False))
     resumed = pretrain_encoder(config, stems, tmp_path / "cut", progress=False)
     a = torch.load(tmp_path / "full" / "encoder.pt", weights_only=True)["encoder"]
     b = torch.load(tmp_path / "cut" / "encoder.pt", weights_only=True)["encoder"]
@@ -170,17 +162,8 @@ def test_contrastive_separator_resume_is_bit_identical(stems, tmp_path, monkeypa
     encoder = tmp_path / "pre" / "encoder.pt"
     config = _train_config()
     full = train_separator(config, stems, None, tmp_path / "full", progress=False, encoder=encoder)
-    original = SeparatorTrainer._save_checkpoint
-
-    def save_then_die(self):
-        original(self)
-        if self.epoch == 2:
-            raise KeyboardInterrupt("simulated kill after epoch 2")
-
-    monkeypatch.setattr(SeparatorTrainer, "_save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_separator(config, stems, None, tmp_path / "cut", progress=False, encoder=encoder)
-    monkeypatch.undo()
+    killed_after_epoch(monkeypatch, SeparatorTrainer, "_save_checkpoint", lambda: train_separator(
+        config, stems, None, tmp_path / "cut", progress=False, encoder=encoder))
     resumed = train_separator(config, stems, None, tmp_path / "cut", progress=False, encoder=encoder)
     a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["model"]

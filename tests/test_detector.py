@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from classifiers.detector import DetectorConfig, SilentSourceDetector, load_checkpoint, n_output_frames, save_checkpoint
-from classifiers.inference import predict, predict_logits, probabilities_frame
+from classifiers.inference import predict, probabilities_frame
 from classifiers.report import average_precision, detector_report, quality_table, rankdata, roc_auc, spearman
 from classifiers.training import (
     DetectorTrainConfig,
@@ -113,7 +113,7 @@ def test_chunked_inference_equals_the_full_sequence():
         probs = predict(model, feats, chunk_windows=chunk)
         assert probs.shape == (201, 4) and probs.dtype == np.float32
         np.testing.assert_allclose(probs, full, atol=1e-5)
-    assert predict_logits(model, feats[..., :10]).shape == (4, 1)
+    assert predict(model, feats[..., :10]).shape == (1, 4)
     assert np.all((probs >= 0) & (probs <= 1))
 
 

@@ -15,9 +15,9 @@ from pipeline.separation.demucs import Demucs, DemucsConfig
 from pipeline.separation.evaluation import (
     ORACLE,
     TRIVIAL,
+    build_evaluate,
     compare_runs,
     crossfade_weights,
-    evaluate_runs,
     evaluate_separator,
     oracle_estimates,
     overlap_add,
@@ -193,12 +193,12 @@ def test_parallel_scoring_equals_serial_and_writes_the_comparison(tmp_path):
                           silent=(("test", 1, "bass"),))
     runs = {"plain": {0: _checkpoint(tmp_path / "a0" / "best.pt", 0), 1: _checkpoint(tmp_path / "a1" / "best.pt", 1)},
             "remix": _checkpoint(tmp_path / "b" / "best.pt", 2)}
-    serial = evaluate_runs(runs, root, tmp_path / "serial", workers=1, progress=False)
-    parallel = evaluate_runs(runs, root, tmp_path / "parallel", workers=2, progress=False)
+    serial = build_evaluate(runs, root, tmp_path / "serial", workers=1, progress=False)
+    parallel = build_evaluate(runs, root, tmp_path / "parallel", workers=2, progress=False)
     one = pd.read_parquet(tmp_path / "serial" / "per_track.parquet")
     two = pd.read_parquet(tmp_path / "parallel" / "per_track.parquet")
     pd.testing.assert_frame_equal(one, two)
-    assert serial["summary"] == parallel["summary"]
+    assert serial.summary == parallel.summary
     # 3 tracks x 4 sources for each of 2 reference rows, 2 seeds of "plain", 1 of "remix".
     assert len(one) == 3 * 4 * 5 and set(one["run"]) == {TRIVIAL, ORACLE, "plain", "remix"}
     comparison = pd.read_csv(tmp_path / "serial" / "comparison.csv", index_col=0)
@@ -209,8 +209,8 @@ def test_parallel_scoring_equals_serial_and_writes_the_comparison(tmp_path):
     contrasts = pd.read_csv(tmp_path / "serial" / "contrasts.csv")
     assert set(contrasts["contrast"]) == {"remix - plain"} and set(contrasts["metric"]) == {"sdr", "si_snr"}
     assert not contrasts["equal_compute"].any()
-    assert any(line.startswith("remix - plain, SDR") for line in serial["summary"])
-    assert any("unequal compute" in line for line in serial["summary"])
+    assert any(line.startswith("remix - plain, SDR") for line in serial.summary)
+    assert any("unequal compute" in line for line in serial.summary)
     assert (tmp_path / "serial" / "boxplot_sdr.png").exists() and (tmp_path / "serial" / "boxplot_si_snr.png").exists()
     with pytest.raises(ValueError, match="contrast"):
-        evaluate_runs(runs, root, tmp_path / "bad", workers=1, contrasts=[("remix", "nope")], progress=False)
+        build_evaluate(runs, root, tmp_path / "bad", workers=1, contrasts=[("remix", "nope")], progress=False)

@@ -14,7 +14,7 @@ import soundfile as sf
 from fixtures_extraction import make_extraction_run
 
 from pipeline.mining.datasets import DatasetRun
-from pipeline.mining.export import export_dataset, webdataset_members
+from pipeline.mining.export import build_exports, webdataset_members
 from pipeline.separation.remix import RemixSampler
 from pipeline.sources import SOURCES
 
@@ -53,7 +53,7 @@ def test_index_parts_keep_the_source_column(run, index):
 
 def test_lhotse(run, index, tmp_path):
     import lhotse  # in the test extras: a missing one fails
-    counts = export_dataset(run, "lhotse", tmp_path)
+    counts = build_exports(run, "lhotse", tmp_path).counts
     cuts = lhotse.CutSet.from_file(tmp_path / "cuts.jsonl.gz")
     recordings = lhotse.RecordingSet.from_file(tmp_path / "recordings.jsonl.gz")
     assert len(cuts) == len(recordings) == len(index) == counts["excerpts"]
@@ -69,7 +69,7 @@ def test_lhotse(run, index, tmp_path):
 
 def test_hf(run, index, tmp_path):
     import datasets  # in the test extras: a missing one fails
-    export_dataset(run, "hf", tmp_path / "hf", shard_size=2)
+    build_exports(run, "hf", tmp_path / "hf", shard_size=2)
     loaded = datasets.load_dataset(str(tmp_path / "hf"), cache_dir=str(tmp_path / "cache"))
     present = [s for s in SOURCES if (index["source"] == s).any()]
     assert sorted(loaded) == sorted(present)  # one split per source with excerpts ("other" has none)
@@ -91,9 +91,9 @@ def test_hf(run, index, tmp_path):
 
 def test_webdataset_and_remix_from_shards(run, index, tmp_path):
     import webdataset as wds  # in the test extras: a missing one fails
-    counts = export_dataset(run, "webdataset", tmp_path, shard_size=5)
+    result = build_exports(run, "webdataset", tmp_path, shard_size=5)
     tars = sorted((tmp_path / "shards").glob("*.tar"))
-    assert len(tars) == math.ceil(len(index) / 5) == len(counts["files"])
+    assert len(tars) == math.ceil(len(index) / 5) == len(result.files)
     samples = list(wds.WebDataset([str(t) for t in tars], shardshuffle=False))
     assert sorted(s["__key__"] for s in samples) == sorted(index.index)
     for sample in samples:
@@ -118,8 +118,8 @@ def test_webdataset_and_remix_from_shards(run, index, tmp_path):
 
 
 def test_nemo(run, index, tmp_path):
-    export_dataset(run, "nemo", tmp_path / "excerpt")
-    export_dataset(run, "nemo", tmp_path / "catalog", nemo_reference="catalog")
+    build_exports(run, "nemo", tmp_path / "excerpt")
+    build_exports(run, "nemo", tmp_path / "catalog", nemo_reference="catalog")
     lines = [json.loads(t) for t in (tmp_path / "excerpt" / "manifest.jsonl").read_text().splitlines()]
     into_catalog = [json.loads(t) for t in (tmp_path / "catalog" / "manifest.jsonl").read_text().splitlines()]
     assert len(lines) == len(into_catalog) == len(index)
@@ -137,7 +137,7 @@ def test_nemo(run, index, tmp_path):
 
 
 def test_csv(run, index, tmp_path):
-    export_dataset(run, "csv", tmp_path)
+    build_exports(run, "csv", tmp_path)
     table = pd.read_csv(tmp_path / "excerpts.csv")
     assert len(table) == len(index) and set(run.index().columns) <= set(table.columns)
     for item in table.to_dict("records"):
@@ -148,16 +148,16 @@ def test_csv(run, index, tmp_path):
 
 def test_bad_requests(run, tmp_path):
     with pytest.raises(ValueError, match="unknown export format"):
-        export_dataset(run, "zip", tmp_path)
+        build_exports(run, "zip", tmp_path)
     with pytest.raises(ValueError, match="shard_size"):
-        export_dataset(run, "webdataset", tmp_path, shard_size=0)
+        build_exports(run, "webdataset", tmp_path, shard_size=0)
     with pytest.raises(FileNotFoundError, match="not a D_i folder"):
-        export_dataset(tmp_path / "nothing", "csv", tmp_path / "out")
+        build_exports(tmp_path / "nothing", "csv", tmp_path / "out")
     empty = tmp_path / "empty"
     (empty / "index").mkdir(parents=True)
     with pytest.raises(ValueError, match="no excerpts"):
-        export_dataset(empty, "hf", tmp_path / "hf")
-    assert export_dataset(empty, "csv", tmp_path / "csv")["excerpts"] == 0
+        build_exports(empty, "hf", tmp_path / "hf")
+    assert build_exports(empty, "csv", tmp_path / "csv").counts["excerpts"] == 0
 
 
 def test_export_stage_keys_only_its_own_options():

@@ -10,6 +10,7 @@ import luigi
 import pytest
 
 from pipeline.storage import journal
+from pipeline.storage.outputs import StageResult
 from tasks.base import ShardStage, Stage
 
 
@@ -25,14 +26,14 @@ class _Sleep(Stage):
         if self.fail:
             raise RuntimeError("broken on purpose")
         (folder / "out.txt").write_text("ok")
-        return {"items": 3, "summary": ["not journalled"]}
+        return StageResult({"items": 3}, ["not journalled"])
 
 
 class _Shard(ShardStage):
     stage_name = "journal_shards"
 
     def build(self, folder):
-        return {"tracks": 2}
+        return StageResult({"tracks": 2})
 
 
 def _build(*tasks) -> bool:

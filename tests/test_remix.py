@@ -17,10 +17,13 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import write_stem_track
+from test_tasnet import TINY as TINY_TASNET
 
 from pipeline.mining.schema import INDEX_SCHEMA
 from pipeline.separation.demucs import Demucs, DemucsConfig
+from pipeline.separation.losses import si_snr_loss
 from pipeline.separation.remix import RemixSampler, l1_loss, remix_loss, remix_step
+from pipeline.separation.tasnet import TasNet
 from pipeline.sources import SOURCES
 
 RATE = 44_100
@@ -146,21 +149,31 @@ def test_pick_source_is_uniform_over_available_and_empty_runs(tmp_path):
             empty.pick_source(rng)
 
 
-def test_remix_step_touches_only_the_remix_optimizer():
+# model, its main loss, main and remix learning rates, samples, remix source index, gradient clipping
+REMIX_STEP_CASES = {
+    "demucs": (lambda: Demucs(DemucsConfig(channels=4, depth=2, lstm_layers=1, sample_rate=8000)), l1_loss,
+               5e-4, 5e-5, 1000, 1, None),
+    "tasnet": (lambda: TasNet(TINY_TASNET), si_snr_loss, 1e-3, 1e-4, 800, 2, 5.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REMIX_STEP_CASES))
+def test_remix_step_touches_only_the_remix_optimizer(name):
+    make, main_loss, main_lr, remix_lr, samples, source, grad_clip = REMIX_STEP_CASES[name]
     torch.manual_seed(0)
-    model = Demucs(DemucsConfig(channels=4, depth=2, lstm_layers=1, sample_rate=8000))
-    main = torch.optim.Adam(model.parameters(), lr=5e-4)
-    remix = torch.optim.Adam(model.parameters(), lr=5e-5)
-    n = model.valid_length(1000)
+    model = make()
+    main = torch.optim.Adam(model.parameters(), lr=main_lr)
+    remix = torch.optim.Adam(model.parameters(), lr=remix_lr)
+    n = model.valid_length(samples)
     sources = torch.randn(2, 4, 2, n)
     main.zero_grad()
-    l1_loss(model(sources.sum(1)), sources).backward()
+    main_loss(model(sources.sum(1)), sources).backward()
     main.step()
     main_before = copy.deepcopy(main.state_dict())
     params_before = [p.detach().clone() for p in model.parameters()]
     assert remix.state_dict()["state"] == {}
 
-    loss = remix_step(model, remix, 1, torch.randn(2, 2, n), torch.randn(2, 2, n), lam=1e-6)
+    loss = remix_step(model, remix, source, torch.randn(2, 2, n), torch.randn(2, 2, n), lam=1e-6, grad_clip=grad_clip)
 
     assert np.isfinite(loss)
     main_after = main.state_dict()
@@ -176,7 +189,7 @@ def test_remix_step_touches_only_the_remix_optimizer():
     assert all(p.grad is None for p in model.parameters())  # no gradient left for the main step
     # Adam's first step moves each weight by about the learning rate of the remix optimizer.
     step = max((a - b).abs().max().item() for a, b in zip(params_before, model.parameters()))
-    assert step == pytest.approx(5e-5, rel=0.05)
+    assert step == pytest.approx(remix_lr, rel=0.05)
 
 
 def test_sampler_reads_a_views_excerpts_from_the_shard_store(tmp_path):

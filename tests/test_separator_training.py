@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.multiprocessing as mp
+from fixtures_separation import killed_after_epoch
 from test_remix import RATE, noise, write_excerpt_index, write_stem_set
 
 from pipeline.corpora.stemset import list_tracks, load_stems
@@ -91,18 +92,8 @@ def test_resume_after_interruption_is_bit_identical(data, tmp_path, monkeypatch,
     stems, run = data
     config = _config(model_name, lr_patience=1)  # TasNet: a plateau decay is likely within 3 epochs
     full = train_separator(config, stems, run, tmp_path / "full", progress=False)
-
-    original = SeparatorTrainer._save_checkpoint
-
-    def save_then_die(self):
-        original(self)
-        if self.epoch == 2:
-            raise KeyboardInterrupt("simulated kill after epoch 2")
-
-    monkeypatch.setattr(SeparatorTrainer, "_save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_separator(config, stems, run, tmp_path / "cut", progress=False)
-    monkeypatch.undo()
+    killed_after_epoch(monkeypatch, SeparatorTrainer, "_save_checkpoint",
+                       lambda: train_separator(config, stems, run, tmp_path / "cut", progress=False))
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] == 2
     resumed = train_separator(config, stems, run, tmp_path / "cut", progress=False)
 

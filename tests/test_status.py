@@ -15,8 +15,11 @@ SETTINGS = {"ScanCatalog": {"shard_size": 1},
 
 
 @pytest.fixture
-def configured(luigi_config, small_stem_set, small_catalog):
+def configured(luigi_config, small_stem_set, small_catalog, tmp_path):
     luigi_config("silentmine", "stem_root", small_stem_set)
+    # No ground truth (the demo's would be found relative to the working folder when it exists):
+    # MeasureExtraction then needs only the paper's rule, and the DAG holds one Calibrate.
+    luigi_config("MeasureExtraction", "truth", tmp_path / "none.parquet")
     luigi_config("silentmine", "catalog", small_catalog)
     luigi_config("silentmine", "threads", 1)
     for section, values in SETTINGS.items():

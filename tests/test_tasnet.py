@@ -3,18 +3,17 @@ signals, one remix step, and a tiny model's training loss falling on demo data."
 
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
 import pytest
 import torch
+from fixtures_separation import assert_rejects_bad_shapes
 
 from pipeline.corpora.demo import DemoConfig, generate
 from pipeline.separation.contract import center_trim, pad_to_valid, separate
 from pipeline.separation.evaluation import track_si_snr
 from pipeline.separation.losses import si_snr, si_snr_loss, si_snr_totals
-from pipeline.separation.remix import remix_step
 from pipeline.separation.tasnet import TasNet, TasNetConfig
 from pipeline.separation.training import TrainConfig, train_separator
 
@@ -60,11 +59,7 @@ def test_shapes_any_length_and_masks(mask):
 
 def test_forward_rejects_bad_input():
     model = TasNet(TINY)
-    n = model.valid_length(500)
-    with pytest.raises(ValueError, match="valid length"):
-        model(torch.randn(1, 2, n + 1))
-    with pytest.raises(ValueError, match="expected"):
-        model(torch.randn(1, 1, n))
+    assert_rejects_bad_shapes(model, model.valid_length(500))
     with pytest.raises(ValueError, match="mask"):
         TasNetConfig(mask="relu")
     with pytest.raises(ValueError, match="hop"):
@@ -126,35 +121,6 @@ def test_track_si_snr_frames_and_silent_frames():
     ref, est = references[0, :, :rate].ravel(), estimates[0, :, :rate].ravel()
     target = ref @ est / (ref @ ref) * ref
     assert values[0, 0] == pytest.approx(10 * np.log10(target @ target / ((est - target) @ (est - target))), abs=1e-4)
-
-
-def test_remix_step_with_tasnet_touches_only_the_remix_optimizer():
-    torch.manual_seed(0)
-    model = TasNet(TINY)
-    main = torch.optim.Adam(model.parameters(), lr=1e-3)
-    remix = torch.optim.Adam(model.parameters(), lr=1e-4)
-    n = model.valid_length(800)
-    sources = torch.randn(2, 4, 2, n)
-    main.zero_grad()
-    si_snr_loss(model(sources.sum(1)), sources).backward()
-    main.step()
-    main_before = copy.deepcopy(main.state_dict())
-    params_before = [p.detach().clone() for p in model.parameters()]
-
-    loss = remix_step(model, remix, 2, torch.randn(2, 2, n), torch.randn(2, 2, n), lam=1e-6, grad_clip=5.0)
-
-    assert np.isfinite(loss)
-    main_after = main.state_dict()
-    for key, state in main_before["state"].items():
-        for name, value in state.items():
-            assert torch.equal(main_after["state"][key][name], value), (key, name)
-    assert main_after["param_groups"] == main_before["param_groups"]
-    remix_state = remix.state_dict()["state"]
-    assert len(remix_state) == len(params_before) and all(float(s["step"]) == 1 for s in remix_state.values())
-    assert all(not torch.equal(a, b) for a, b in zip(params_before, model.parameters()))
-    assert all(p.grad is None for p in model.parameters())
-    step = max((a - b).abs().max().item() for a, b in zip(params_before, model.parameters()))
-    assert step == pytest.approx(1e-4, rel=0.05)  # Adam's first step: about the remix learning rate
 
 
 def test_center_trim_targets():

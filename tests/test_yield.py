@@ -21,7 +21,7 @@ from pipeline.mining.extraction import (
 from pipeline.mining.ground_truth import (
     RULE_COLUMNS,
     file_durations,
-    measure_rules_stage,
+    measure_rules,
     rule_table,
     separator_table,
     simulated_index,
@@ -195,8 +195,8 @@ def test_separator_table_filters_the_extracted_index(catalog, tmp_path):
     table = separator_table(index, truth, root, limits=(-20.0,)).set_index(["rule", "source"])
     assert table.loc[("scored, all kept", "bass"), "n_excerpts"] == 2
     assert table.loc[("separator <= -20 dB", "bass"), "n_excerpts"] == 1
-    counts = measure_rules_stage(probabilities, tracks, {"windows": {"bass": 0.9}}, truth, root, tmp_path / "out",
-                                 index=index)
+    measured = measure_rules(probabilities, tracks, {"windows": {"bass": 0.9}}, truth, root, tmp_path / "out",
+                             index=index)
     for name in ("rules.parquet", "rules.csv", "yield_curve.parquet", "yield_curve.csv", "yield_curve.png"):
         assert (tmp_path / "out" / name).is_file()
-    assert any(line.startswith("bass [windows]: p = 0.900") for line in counts["summary"])
+    assert any(line.startswith("bass [windows]: p = 0.900") for line in measured.summary)

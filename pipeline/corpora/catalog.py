@@ -19,7 +19,7 @@ import pandas as pd
 
 from pipeline import rejects as kinds
 from pipeline.audio.io import file_checksum
-from pipeline.storage.outputs import stable_hash
+from pipeline.storage.outputs import StageResult, stable_hash
 
 # Extensions listed from a folder tree (lower case, without the dot).  Anything else in the
 # tree (cover images, playlists, text) is not a candidate and is not listed.
@@ -215,10 +215,11 @@ def read_shard(tracks_file: str | os.PathLike, shard: int) -> pd.DataFrame:
     return pd.read_parquet(tracks_file, filters=[("shard", "==", int(shard))]).reset_index(drop=True)
 
 
-def scan_catalog(
+def build_catalog(
     catalog: str | os.PathLike, shard_size: int, out: Path, previous_tracks: str | os.PathLike | None = None
-) -> dict[str, int]:
-    """Scan ``catalog`` into ``out/tracks.parquet`` and ``out/rejects.parquet``; return counts.
+) -> StageResult:
+    """The catalog stage: scan ``catalog`` into ``out/tracks.parquet`` and ``out/rejects.parquet``;
+    counts ``tracks``, ``shards``, ``rejects``, ``bytes``.
 
     ``previous_tracks`` is the ``tracks.parquet`` of the latest earlier scan of the same
     catalog and shard size, whose checksums and shard assignment are reused.
@@ -229,9 +230,9 @@ def scan_catalog(
     tracks, rejects = scan(listing(catalog), shard_size, previous)
     write_parquet_atomic(tracks, Path(out) / "tracks.parquet")
     write_parquet_atomic(rejects, Path(out) / "rejects.parquet")
-    return {
+    return StageResult({
         "tracks": len(tracks),
         "shards": int(tracks["shard"].nunique()),
         "rejects": len(rejects),
         "bytes": int(tracks["size"].sum()),
-    }
+    })

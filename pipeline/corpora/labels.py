@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.sources import LABEL_SILENT_DB, SOURCES, n_windows, window_samples, window_starts
+from pipeline.storage.outputs import StageResult
 
 SILENT_ENERGY = 1e-10  # sum of squares over a window below which the mixture is silent
 
@@ -62,11 +63,11 @@ def silent_labels(volumes: np.ndarray, threshold_db: float = LABEL_SILENT_DB) ->
     return (volumes <= threshold_db).astype(np.float32)
 
 
-def label_stem_set(stem_root, splits: list[str], out) -> dict[str, int]:
-    """Write the labels of every track of ``splits`` to the Parquet file ``out``.
+def build_labels(stem_root, splits: list[str], out) -> StageResult:
+    """The labels stage: the labels of every track of ``splits``, to the Parquet file ``out``.
 
     Columns: ``split, name, track_id, window, start_s, V_drums .. V_vocals`` (dB, float32).
-    Returns counts for the stage manifest.
+    Counts ``tracks``, ``windows`` and ``silent_13db_<s>`` (windows at or below -13 dB).
     """
     from pipeline.corpora import stemset
     from pipeline.sources import HOP_S
@@ -84,5 +85,6 @@ def label_stem_set(stem_root, splits: list[str], out) -> dict[str, int]:
         raise ValueError(f"stem set {stem_root} has no tracks in splits {splits}")
     table = pd.concat(frames, ignore_index=True)
     write_parquet_atomic(table, out)
-    return {"tracks": len(frames), "windows": len(table),
-            **{f"silent_13db_{name}": int((table[f"V_{name}"] <= LABEL_SILENT_DB).sum()) for name in SOURCES}}
+    return StageResult({"tracks": len(frames), "windows": len(table),
+                        **{f"silent_13db_{name}": int((table[f"V_{name}"] <= LABEL_SILENT_DB).sum())
+                           for name in SOURCES}})

@@ -1,4 +1,6 @@
-"""The Features stage body: decode, downmix, resample to 16 kHz, scatter, store per shard.
+"""The features stage bodies (:func:`build_features` for a stem-set split,
+:func:`build_features_shard` for a catalog shard): decode, downmix, resample to 16 kHz,
+scatter, store.
 
 A shard's features go to one ``<name>.npy`` plus ``<name>.index.parquet``
 (:mod:`pipeline.features.store`); tracks that cannot be decoded go to
@@ -30,7 +32,7 @@ from pipeline.features.store import FeatureShardWriter
 from pipeline.mining.schema import REJECTS_SCHEMA
 from pipeline.sources import FEATURE_RATE
 from pipeline.storage.journal import Progress
-from pipeline.storage.outputs import write_parquet_atomic
+from pipeline.storage.outputs import StageResult, write_parquet_atomic
 
 STAGE = "features"
 STREAM_BLOCK_FRAMES = 1 << 17  # samples per channel decoded per block (3 s at 44.1 kHz)
@@ -42,7 +44,8 @@ Item = tuple[str, str, Callable[[], Iterable[np.ndarray]]]
 
 def featurize(items: Iterable[Item], npy_path: Path, total: int | None = None,
               num_threads: int | None = None, progress: Progress | None = None) -> dict[str, int]:
-    """Write the features of ``items`` to ``npy_path`` (+ index, + rejects); return counts.
+    """Write the features of ``items`` to ``npy_path`` (+ index, + rejects); return counts:
+    ``tracks`` (stored), ``rejects`` and ``audio_seconds`` (at 16 kHz, of the stored tracks).
 
     ``progress(tracks done, total, path)`` is called before each track and once at the end."""
     extractor = FeatureExtractor(num_threads=num_threads)
@@ -104,19 +107,20 @@ def catalog_blocks(path: str, block_frames: int = STREAM_BLOCK_FRAMES) -> Iterat
         yield block[0]
 
 
-def featurize_catalog_shard(tracks: pd.DataFrame, npy_path: Path, num_threads: int | None = None,
-                            progress: Progress | None = None) -> dict[str, int]:
+def build_features_shard(tracks: pd.DataFrame, npy_path: Path, num_threads: int | None = None,
+                         progress: Progress | None = None) -> StageResult:
     """Features of one catalog shard (rows with ``track_id, path``), each track streamed;
-    ``progress`` as in :func:`featurize`."""
+    counts and ``progress`` as in :func:`featurize`."""
     items = [(row.track_id, row.path, lambda path=row.path: catalog_blocks(path)) for row in tracks.itertuples()]
-    return featurize(items, npy_path, total=len(items), num_threads=num_threads, progress=progress)
+    return StageResult(featurize(items, npy_path, total=len(items), num_threads=num_threads, progress=progress))
 
 
-def featurize_stem_split(stem_root: str, split: str, npy_path: Path, num_threads: int | None = None) -> dict[str, int]:
-    """Features of the mixtures of one stem-set split (each mixture loaded whole: one block)."""
+def build_features(stem_root: str, split: str, npy_path: Path, num_threads: int | None = None) -> StageResult:
+    """Features of the mixtures of one stem-set split (each mixture loaded whole: one block);
+    counts as in :func:`featurize`."""
     def source(track: stemset.StemTrack) -> Callable[[], Iterable[np.ndarray]]:
         return lambda: [stemset.load_mixture(track, sample_rate=FEATURE_RATE, mono=True)[0][0]]
 
     tracks = stemset.list_tracks(stem_root, split)
     items = [(t.track_id, str(t.folder or t.stem_file), source(t)) for t in tracks]
-    return featurize(items, npy_path, total=len(items), num_threads=num_threads)
+    return StageResult(featurize(items, npy_path, total=len(items), num_threads=num_threads))

@@ -1,7 +1,8 @@
 """Audit report of a catalog's D_i (:class:`pipeline.mining.datasets.DatasetRun`): static HTML to read and hear.
 
-:func:`write_audit` writes ``out_dir/index.html`` (the overview), one page per source
-(``out_dir/<source>.html``), pictures in ``out_dir/img/`` and preview clips in ``out_dir/clips/``.
+:func:`write_audit` (the audit stage's body, :func:`build_audit`) writes ``out_dir/index.html``
+(the overview), one page per source (``out_dir/<source>.html``), pictures in ``out_dir/img/``
+and preview clips in ``out_dir/clips/``.
 Every link is relative and the pages use only inline CSS and JavaScript, so the folder can be
 zipped and opened anywhere without a network.
 
@@ -47,8 +48,9 @@ from PIL import Image
 
 from pipeline.audio.io import AudioError, load
 from pipeline.mining.datasets import DatasetRun
-from pipeline.sources import INAUDIBLE_DB, SOURCES, TRULY_SILENT_DB, WINDOW_S
-from pipeline.storage.outputs import MANIFEST, atomic_path, read_manifest, stable_hash
+from pipeline.mining.ground_truth import relative_file, window_inside
+from pipeline.sources import INAUDIBLE_DB, SOURCES, TRULY_SILENT_DB
+from pipeline.storage.outputs import MANIFEST, StageResult, atomic_path, read_manifest, stable_hash
 
 CLIP_RATE = 22_050  # Hz, preview clips (mono)
 SPECTROGRAM_SHAPE = (60, 160)  # pixels (rows = log-frequency, columns = time)
@@ -59,7 +61,6 @@ MAX_REJECT_ROWS = 200  # rejects listed one by one; the rest are only counted
 MAX_REASON_ROWS = 50  # grouped reasons listed
 TOP_N = 20  # catalog folders and tracks in the provenance tables
 N_WEAKEST_OVERVIEW = 3  # lowest-probability excerpts played on the overview, per source
-_TOLERANCE_S = 1e-6
 _VOLUME_FLOOR_DB = -60.0  # histogram range of true volumes (lower values are drawn in the first bin)
 
 _CSS = """
@@ -220,12 +221,7 @@ def truth_inside_excerpts(index: pd.DataFrame, truth: pd.DataFrame,
     missing = {"file", "start_s"} - set(truth.columns)
     if missing:
         raise ValueError(f"truth table lacks columns {sorted(missing)}")
-    root = os.path.realpath(catalog_root)
-    relative = {}
-    for path in index["catalog_path"].unique():
-        rel = os.path.relpath(os.path.realpath(path), root)
-        outside = rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel)
-        relative[path] = None if outside else rel.replace(os.sep, "/")
+    relative = {path: relative_file(path, catalog_root) for path in index["catalog_path"].unique()}
     files = index["catalog_path"].map(relative)
     by_file = {name: rows.sort_values("start_s", kind="mergesort") for name, rows in truth.groupby("file", sort=False)}
 
@@ -239,10 +235,8 @@ def truth_inside_excerpts(index: pd.DataFrame, truth: pd.DataFrame,
         column = f"V_{sources[i]}"
         if rows is None or column not in rows.columns:
             continue
-        starts = rows["start_s"].to_numpy()
-        lo = np.searchsorted(starts, starts_s[i] - _TOLERANCE_S, side="left")
-        hi = np.searchsorted(starts + WINDOW_S, ends_s[i] + _TOLERANCE_S, side="right")
-        volume = rows[column].to_numpy(dtype=np.float64)[lo:max(lo, hi)]
+        inside = window_inside(rows["start_s"].to_numpy(), starts_s[i], ends_s[i])
+        volume = rows[column].to_numpy(dtype=np.float64)[inside]
         counts[i] = volume.size
         if volume.size:
             medians[i], maxima[i] = np.median(volume), volume.max()
@@ -597,6 +591,23 @@ def write_audit(
                              Path(measure_dir) if measure_dir is not None else None)
         (tmp / "index.html").write_text(_page(f"D_i audit: {run_dir.name}", nav, overview), encoding="utf-8")
     return out_dir / "index.html"
+
+
+def build_audit(
+    run: DatasetRun | str | os.PathLike,
+    calibration_dir: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    truth: str | os.PathLike | None = None,
+    catalog_root: str | os.PathLike | None = None,
+    per_source: int = 50,
+    clip_seconds: float = 6.0,
+    seed: int = 0,
+    measure_dir: str | os.PathLike | None = None,
+) -> StageResult:
+    """The audit stage: :func:`write_audit` of these arguments; the summary names the report."""
+    report = write_audit(run, calibration_dir, out_dir, truth=truth, catalog_root=catalog_root, per_source=per_source,
+                         clip_seconds=clip_seconds, seed=seed, measure_dir=measure_dir)
+    return StageResult(summary=[f"report: {report}"])
 
 
 def _source_page(source: str, info: dict, sample: pd.DataFrame, clips: _Clips, truth_cols: pd.DataFrame | None,

@@ -54,7 +54,7 @@ import pandas as pd
 
 from pipeline.mining.extraction import MIN_SECONDS, run_spans, select_runs
 from pipeline.sources import SOURCES, TRULY_SILENT_DB
-from pipeline.storage.outputs import atomic_path
+from pipeline.storage.outputs import StageResult, write_png_atomic
 
 TARGET_DB = TRULY_SILENT_DB  # dB: a selected window counts as silent when V_i <= this
 TARGET_FRACTION = 0.95  # fraction of selected windows that must be silent
@@ -151,12 +151,23 @@ def calibrate(
         rows.append({"source": source, **row})
         curve.insert(0, "source", source)
         curves.append(curve)
-    thresholds = pd.DataFrame(rows, columns=list(THRESHOLD_COLUMNS))
-    thresholds["calibratable"] = thresholds["calibratable"].astype(bool)
-    for column in ("n_windows_above", "n_windows_total"):
-        thresholds[column] = thresholds[column].astype(np.int64)
-    curve_table = pd.concat(curves, ignore_index=True)[list(CURVE_COLUMNS)]
+    thresholds, curve_table = _typed_tables(rows, THRESHOLD_COLUMNS, ("n_windows_above", "n_windows_total"),
+                                            curves, CURVE_COLUMNS)
     return Calibration(thresholds, curve_table, float(target_db), float(target_fraction), int(min_windows))
+
+
+def _typed_tables(rows: list[dict], columns, int_columns, curves: list[pd.DataFrame], curve_columns,
+                  curve_int_columns=()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A rule's per-source rows (``calibratable`` as bool, ``int_columns`` as int64) and its
+    per-source curves as one table (``curve_int_columns`` as int64)."""
+    thresholds = pd.DataFrame(rows, columns=list(columns))
+    thresholds["calibratable"] = thresholds["calibratable"].astype(bool)
+    for column in int_columns:
+        thresholds[column] = thresholds[column].astype(np.int64)
+    curve_table = pd.concat(curves, ignore_index=True)[list(curve_columns)]
+    for column in curve_int_columns:
+        curve_table[column] = curve_table[column].astype(np.int64)
+    return thresholds, curve_table
 
 
 def _calibrate_source(
@@ -310,14 +321,8 @@ def calibrate_excerpts(
                          "v95_db": inverted_cdf_quantile(v[inside], 0.95), "extracted_s": float(best["extracted_s"])})
         curve.insert(0, "source", source)
         curves.append(curve)
-    thresholds = pd.DataFrame(rows, columns=list(EXCERPT_COLUMNS))
-    thresholds["calibratable"] = thresholds["calibratable"].astype(bool)
-    for column in ("n_excerpts", "n_windows_inside"):
-        thresholds[column] = thresholds[column].astype(np.int64)
-    curve_table = pd.concat(curves, ignore_index=True)[list(EXCERPT_CURVE_COLUMNS)]
-    for column in ("n_excerpts", "n_windows_inside"):
-        curve_table[column] = curve_table[column].astype(np.int64)
-    return ExcerptCalibration(thresholds, curve_table)
+    counted = ("n_excerpts", "n_windows_inside")
+    return ExcerptCalibration(*_typed_tables(rows, EXCERPT_COLUMNS, counted, curves, EXCERPT_CURVE_COLUMNS, counted))
 
 
 def calibration_table(probabilities: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
@@ -381,8 +386,7 @@ def plot_curves(calibration: Calibration, path: str | os.PathLike) -> None:
         ax.set_xlabel("threshold on P(silent)")
     for ax in axes[::2]:
         ax.set_ylabel("fraction")
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
+    write_png_atomic(figure, path)
 
 
 RULE_COLUMNS = ("rule", "threshold_windows", "threshold_excerpts", "heldout_s_windows", "heldout_s_excerpts",
@@ -434,15 +438,15 @@ def rules_table(windows: Calibration, excerpts: ExcerptCalibration, table: pd.Da
     return out[[*THRESHOLD_COLUMNS, *RULE_COLUMNS]]
 
 
-def calibrate_stage(probability_files: list[str | os.PathLike], labels_path: str | os.PathLike,
-                    out: str | os.PathLike, target_db: float = TARGET_DB,
-                    target_fraction: float = TARGET_FRACTION, min_windows: int = MIN_WINDOWS,
-                    rule: str = "windows", min_seconds: float = MIN_SECONDS, max_gap: int = 0) -> dict:
-    """The Calibrate stage: thresholds from held-out probabilities and their labels, by ``rule``.
+def build_calibration(probability_files: list[str | os.PathLike], labels_path: str | os.PathLike,
+                      out: str | os.PathLike, target_db: float = TARGET_DB,
+                      target_fraction: float = TARGET_FRACTION, min_windows: int = MIN_WINDOWS,
+                      rule: str = "windows", min_seconds: float = MIN_SECONDS, max_gap: int = 0) -> StageResult:
+    """The calibration stage: thresholds from held-out probabilities and their labels, by ``rule``.
 
     Writes ``thresholds.parquet`` / ``.csv`` (:func:`rules_table`), ``curves.parquet`` and
     ``curves.png`` (the windows rule's), ``excerpt_curves.parquet`` (the excerpts rule's
-    candidates) into ``out``; returns counts and one summary line per source for the manifest.
+    candidates) into ``out``; counts ``windows``, ``calibrated``, ``rule``; one summary line per source.
     """
     from pathlib import Path
 
@@ -474,5 +478,5 @@ def calibrate_stage(probability_files: list[str | os.PathLike], labels_path: str
 
     lines = [f"{r.source} [{rule}]: " + ("; ".join(rule_text(r, name) for name in RULES))
              for r in thresholds.itertuples()]
-    return {"windows": len(probs), "calibrated": int(thresholds["calibratable"].sum()), "rule": rule,
-            "summary": lines}
+    return StageResult({"windows": len(probs), "calibrated": int(thresholds["calibratable"].sum()), "rule": rule},
+                       lines)

@@ -20,7 +20,7 @@ where the filesystem cannot link) of exactly the parts of the scan's shards, plu
 and the features stage's rejects, so that ``pd.read_parquet("<view>/index")`` reads exactly
 this catalog's D_i.  ``manifest.json`` (written last by the pipeline) records the store, the
 scan and the shard keys covered (:func:`view_manifest_fields`) and the counts of
-:func:`gather_view`.  Audio is not linked: an index row's ``audio_path`` is relative to the
+:func:`build_datasets`.  Audio is not linked: an index row's ``audio_path`` is relative to the
 data root (``excerpts/<K>/audio/...``), which is the view folder's grandparent.
 
 :func:`rejects_summary` counts the rejects by stage and by kind (the ``kind`` column, set where
@@ -35,7 +35,7 @@ import shutil
 from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Mapping
+from typing import Any, Collection, Iterator, Mapping
 
 import pandas as pd
 import pyarrow as pa
@@ -43,7 +43,7 @@ import pyarrow as pa
 from pipeline import rejects as kinds
 from pipeline.mining.schema import INDEX_SCHEMA, REJECTS_SCHEMA, read_index, read_rejects
 from pipeline.sources import SOURCES
-from pipeline.storage.outputs import MANIFEST, atomic_path, read_manifest, write_parquet_atomic
+from pipeline.storage.outputs import MANIFEST, StageResult, atomic_path, read_manifest, write_parquet_atomic
 
 INDEX_DIR = "index"
 AUDIO_DIR = "audio"
@@ -300,10 +300,11 @@ def _view_parts(view_dir: Path) -> set[str]:
     return {p for p in parts if not PurePosixPath(p).name.startswith(".")}
 
 
-def gather_view(view_dir: str | os.PathLike, store: ShardStore | str | os.PathLike, shard_keys: list[str],
-                scan_rejects: pd.DataFrame, feature_rejects: dict[str, pd.DataFrame]) -> dict:
-    """Make ``view_dir`` hold exactly the D_i of ``shard_keys`` (finished shards of ``store``) and
-    every reject; return counts.  Nothing in the store is touched.
+def build_datasets(view_dir: str | os.PathLike, store: ShardStore | str | os.PathLike, shard_keys: list[str],
+                   scan_rejects: pd.DataFrame, feature_rejects: dict[str, pd.DataFrame],
+                   finished_before: Collection[str] = ()) -> StageResult:
+    """The datasets stage: make ``view_dir`` hold exactly the D_i of ``shard_keys`` (finished
+    shards of ``store``) and every reject.  Nothing in the store is touched.
 
     The shards' index and rejects parts are linked into the view; ``scan_rejects`` and
     ``feature_rejects`` (shard key -> that shard's rejects from the features stage) are written
@@ -312,8 +313,10 @@ def gather_view(view_dir: str | os.PathLike, store: ShardStore | str | os.PathLi
     counts hold ``shards``, ``excerpts``, ``excerpts_<s>``, ``hours_<s>``, ``rejects`` (total),
     ``rejects_<stage>``, ``rejects_by_kind`` ({kind: n}, kinds of :mod:`pipeline.rejects`),
     ``shards_unlisted`` and ``unlisted_shard_keys`` (finished shards of the store that this view
-    does not list: other catalogs, other versions of this one) and ``summary``: lines for people,
-    excerpts per source, then the rejects by stage and by kind with an example of each.
+    does not list: other catalogs, other versions of this one), ``shards_reused``,
+    ``shards_computed`` and ``reused_shard_keys`` (the listed shards in ``finished_before``:
+    finished before this run); the summary: excerpts per source, then the rejects by stage and
+    by kind with an example of each.
     """
     view_dir = Path(view_dir)
     store = store if isinstance(store, ShardStore) else ShardStore(store)
@@ -349,8 +352,11 @@ def gather_view(view_dir: str | os.PathLike, store: ShardStore | str | os.PathLi
     counts["rejects_by_kind"] = by_kind
     counts["shards_unlisted"] = len(unlisted)
     counts["unlisted_shard_keys"] = unlisted
-    counts["summary"] = [f"{s}: {counts[f'excerpts_{s}']} excerpts, {counts[f'hours_{s}'] * 60:.1f} min"
-                         for s in SOURCES] + reject_lines
+    finished = set(finished_before)
+    reused = [key for key in shard_keys if key in finished]
+    counts.update(shards_reused=len(reused), shards_computed=len(shard_keys) - len(reused), reused_shard_keys=reused)
+    summary = [f"{s}: {counts[f'excerpts_{s}']} excerpts, {counts[f'hours_{s}'] * 60:.1f} min"
+               for s in SOURCES] + reject_lines
     if unlisted:
-        counts["summary"].append(f"store: {len(unlisted)} finished shards of other catalog scans kept, not listed")
-    return counts
+        summary.append(f"store: {len(unlisted)} finished shards of other catalog scans kept, not listed")
+    return StageResult(counts, summary)

@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 from pipeline.mining.datasets import DatasetRun
 from pipeline.sources import SOURCES
 from pipeline.storage.journal import Progress
-from pipeline.storage.outputs import atomic_path, write_bytes_atomic, write_json_atomic
+from pipeline.storage.outputs import StageResult, atomic_path, write_bytes_atomic, write_json_atomic
 
 FORMATS = ("lhotse", "hf", "webdataset", "nemo", "csv")
 SHARD_SIZE = 1000  # excerpts per WebDataset tar shard (a parameter of the export)
@@ -245,12 +245,13 @@ def export_csv(records: list[dict[str, Any]], out: Path, columns: list[str],
     return ["excerpts.csv"]
 
 
-def export_dataset(run: DatasetRun | str | os.PathLike, fmt: str, out: str | os.PathLike,
-                   shard_size: int = SHARD_SIZE, nemo_reference: str = "excerpt",
-                   progress: Progress | None = None) -> dict[str, Any]:
-    """Write ``run``'s D_i in format ``fmt`` (one of :data:`FORMATS`) into the folder ``out``;
-    return counts: ``excerpts``, ``excerpts_<s>``, ``seconds_<s>``, ``format``, ``files`` (relative
-    to ``out``) and ``summary`` (lines for people).  ``export.json`` is written last."""
+def build_exports(run: DatasetRun | str | os.PathLike, fmt: str, out: str | os.PathLike,
+                  shard_size: int = SHARD_SIZE, nemo_reference: str = "excerpt",
+                  progress: Progress | None = None) -> StageResult:
+    """The exports stage (and ``silentmine export``): write ``run``'s D_i in format ``fmt`` (one
+    of :data:`FORMATS`) into the folder ``out``; counts ``format``, ``excerpts``, ``excerpts_<s>``,
+    ``seconds_<s>``, the summary lines and the ``files`` written (relative to ``out``).
+    ``export.json`` (format, D_i, options, counts, files) is written last."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; one of {', '.join(FORMATS)}")
     run = DatasetRun.of(run)
@@ -274,15 +275,13 @@ def export_dataset(run: DatasetRun | str | os.PathLike, fmt: str, out: str | os.
         rows = [r for r in records if r["source"] == source]
         counts[f"excerpts_{source}"] = len(rows)
         counts[f"seconds_{source}"] = round(sum(r["duration"] for r in rows), 3)
-    counts["summary"] = [f"{fmt}: {len(records)} excerpts in {len(files)} files under {out}"] + [
+    summary = [f"{fmt}: {len(records)} excerpts in {len(files)} files under {out}"] + [
         f"  {s}: {counts[f'excerpts_{s}']} excerpts, {counts[f'seconds_{s}'] / 60:.1f} min" for s in SOURCES]
     write_json_atomic(out / EXPORT_RECORD, {"format": fmt, "dataset": str(run.folder.resolve()),
                                             "shard_size": shard_size if fmt in ("webdataset", "hf") else None,
                                             "nemo_reference": nemo_reference if fmt == "nemo" else None,
-                                            "counts": {k: v for k, v in counts.items() if k != "summary"},
-                                            "files": files})
-    counts["files"] = files
-    return counts
+                                            "counts": counts, "files": files})
+    return StageResult(counts, summary, files)
 
 
 @dataclass(frozen=True)

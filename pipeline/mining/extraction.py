@@ -61,9 +61,9 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -77,7 +77,7 @@ from pipeline.mining.datasets import excerpt_relpath, index_part_relpath, reject
 from pipeline.mining.schema import INDEX_SCHEMA, REJECTS_SCHEMA
 from pipeline.sources import HOP_S, SOURCES, WINDOW_S
 from pipeline.storage.journal import Progress
-from pipeline.storage.outputs import atomic_path, tmp_name, write_parquet_atomic
+from pipeline.storage.outputs import StageResult, atomic_path, tmp_name, write_parquet_atomic
 
 MIN_SECONDS = 5.0  # shortest excerpt kept, seconds
 STAGE = "extract"
@@ -96,14 +96,16 @@ class ExtractionError(rejects.Rejected):
     ``kind`` its kind (:mod:`pipeline.rejects`)."""
 
 
-@dataclass(frozen=True)
-class ShardResult:
-    """What one shard produced: ``index`` (INDEX_SCHEMA columns), ``rejects`` (REJECTS_SCHEMA) and
-    ``files``: ``{"index": [...], "audio": [...], "rejects": path}``, relative to the run folder."""
+@dataclass(frozen=True, eq=False)
+class ShardResult(StageResult):
+    """What one shard produced: the stage result (``counts``: ``tracks``, ``excerpts``,
+    ``excerpts_<s>``, ``rejects``, ``audio_seconds``: what the tracks' detector frames cover,
+    with a second opinion ``separator_scored`` and ``separator_dropped``; ``files``: ``{"index":
+    [...], "audio": [...], "rejects": path}``, relative to the run folder, for the marker), and
+    its ``index`` (INDEX_SCHEMA columns) and ``rejects`` (REJECTS_SCHEMA) as tables."""
 
-    index: pd.DataFrame
-    rejects: pd.DataFrame
-    files: dict
+    index: pd.DataFrame = field(default_factory=pd.DataFrame)
+    rejects: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def min_frames_for(min_seconds: float, hop_s: float = HOP_S, window_s: float = WINDOW_S) -> int:
@@ -529,6 +531,8 @@ def extract_shard(
             )
         except (AudioError, ExtractionError) as err:
             rejected.append({"path": path, "track_id": track_id, "stage": STAGE, "kind": err.kind, "reason": str(err)})
+    if progress:
+        progress(len(tracks), len(tracks), "")
 
     index = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
     reject_table = pa.Table.from_pylist(rejected, schema=REJECTS_SCHEMA)
@@ -536,7 +540,17 @@ def extract_shard(
     write_parquet_atomic(reject_table, run_dir / rejects_part_relpath(shard_key))
     audio = sorted(excerpt_relpath(r["source"], r["track_id"], r["excerpt_id"]) for r in rows)
     files = {"index": index_parts, "audio": audio, "rejects": rejects_part_relpath(shard_key)}
-    return ShardResult(index.to_pandas(), reject_table.to_pandas(), files)
+    frames = int(probabilities["track_id"].isin(set(tracks["track_id"])).sum()) if len(probabilities) else 0
+    counts = {
+        "tracks": len(tracks),
+        "excerpts": len(rows),
+        "rejects": len(rejected),
+        "audio_seconds": round(frames * HOP_S, 1),  # catalog audio the detector frames cover, for throughput
+    }
+    if second_opinion is not None:
+        counts.update(separator_scored=second_opinion.scored, separator_dropped=second_opinion.dropped)
+    counts.update({f"excerpts_{s}": sum(r["source"] == s for r in rows) for s in SOURCES})
+    return ShardResult(counts, files=files, index=index.to_pandas(), rejects=reject_table.to_pandas())
 
 
 def write_index_parts(index: pa.Table, run_dir: str | os.PathLike, shard_key: str) -> list[str]:
@@ -561,52 +575,10 @@ def write_index_parts(index: pa.Table, run_dir: str | os.PathLike, shard_key: st
     return written
 
 
-def extract_stage_shard(
-    tracks: pd.DataFrame,
-    probabilities_path: str | os.PathLike,
-    thresholds: dict[str, float | None],
-    min_seconds: float,
-    run_dir: str | os.PathLike,
-    shard_key: str,
-    detector_key: str,
-    calibration_key: str,
-    audio_base: str | os.PathLike | None = None,
-    max_gap: int = 0,
-    second_opinion: SecondOpinion | None = None,
-    progress: Progress | None = None,
-) -> dict:
-    """The Extract stage for one shard: tracks that have probabilities are extracted (the
-    others were rejected, with their reason, by the features stage); returns counts
-    (``tracks``, ``excerpts``, ``excerpts_<s>``, ``rejects``, ``audio_seconds``: what the
-    tracks' detector frames cover; with a second opinion
-    ``separator_scored`` and ``separator_dropped``) and ``files`` (for the marker)."""
+def build_excerpts(tracks: pd.DataFrame, probabilities_path: str | os.PathLike, **options: Any) -> ShardResult:
+    """The excerpts stage, one shard into the shard store: :func:`extract_shard` of the tracks
+    that have probabilities in ``probabilities_path`` (the others were rejected, with their
+    reason, by the features stage); ``options``: :func:`extract_shard`'s arguments after
+    ``probabilities``."""
     probabilities = pd.read_parquet(probabilities_path)
-    tracks = tracks[tracks["track_id"].isin(set(probabilities["track_id"]))]
-    result = extract_shard(
-        tracks,
-        probabilities,
-        thresholds,
-        min_seconds,
-        run_dir,
-        shard_key,
-        detector_key,
-        calibration_key,
-        audio_base=audio_base,
-        max_gap=max_gap,
-        second_opinion=second_opinion,
-        progress=progress,
-    )
-    if progress:
-        progress(len(tracks), len(tracks), "")
-    counts = {
-        "tracks": len(tracks),
-        "excerpts": len(result.index),
-        "rejects": len(result.rejects),
-        # seconds of catalog audio the shard's detector frames cover (frames x 64 ms), for throughput
-        "audio_seconds": round(int(probabilities["track_id"].isin(set(tracks["track_id"])).sum()) * HOP_S, 1),
-    }
-    if second_opinion is not None:
-        counts.update(separator_scored=second_opinion.scored, separator_dropped=second_opinion.dropped)
-    counts.update({f"excerpts_{s}": int((result.index["source"] == s).sum()) for s in SOURCES})
-    counts["files"] = result.files
-    return counts
+    return extract_shard(tracks[tracks["track_id"].isin(set(probabilities["track_id"]))], probabilities, **options)

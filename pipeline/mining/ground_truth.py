@@ -42,6 +42,7 @@ import pandas as pd
 from pipeline.mining.calibration import inverted_cdf_quantile
 from pipeline.mining.extraction import MIN_SECONDS, select_runs
 from pipeline.sources import INAUDIBLE_DB, SOURCES, TRULY_SILENT_DB, WINDOW_S
+from pipeline.storage.outputs import StageResult
 
 if TYPE_CHECKING:
     from pipeline.mining.datasets import DatasetRun
@@ -78,15 +79,23 @@ def merge_intervals(intervals: np.ndarray) -> np.ndarray:
     return np.stack([starts, ends], axis=1)
 
 
+def window_inside(window_starts: np.ndarray, start_s, end_s, window_s: float = WINDOW_S) -> np.ndarray:
+    """Bool per window: ``[w, w + window_s)`` lies inside ``[start_s, end_s)`` (scalars, or one
+    interval per window), to within 1e-6 s: what "a window inside an excerpt" means everywhere."""
+    window_starts = np.asarray(window_starts, dtype=np.float64)
+    after_start = window_starts >= np.asarray(start_s) - _TOLERANCE_S
+    return after_start & (window_starts + window_s <= np.asarray(end_s) + _TOLERANCE_S)
+
+
 def windows_inside(window_starts: np.ndarray, union: np.ndarray, window_s: float = WINDOW_S) -> np.ndarray:
-    """Bool per window: ``[start, start + window_s)`` lies inside one interval of ``union`` (disjoint, sorted)."""
+    """Bool per window: it lies inside one interval of ``union`` (disjoint, sorted; :func:`window_inside`)."""
     window_starts = np.asarray(window_starts, dtype=np.float64)
     if union.shape[0] == 0:
         return np.zeros(window_starts.shape, dtype=bool)
     slot = np.searchsorted(union[:, 0], window_starts + _TOLERANCE_S, side="right") - 1
     valid = slot >= 0
     slot = np.maximum(slot, 0)
-    return valid & (window_starts + window_s <= union[slot, 1] + _TOLERANCE_S)
+    return valid & window_inside(window_starts, union[slot, 0], union[slot, 1], window_s)
 
 
 def covered_seconds(spans: np.ndarray, union: np.ndarray) -> np.ndarray:
@@ -155,28 +164,6 @@ def measure_extraction(
             "recall": n_recovered / n_runs if n_runs else float("nan"),
         })
     return pd.DataFrame(rows, columns=list(MEASURE_COLUMNS))
-
-
-def measure_stage(run: "DatasetRun | str | os.PathLike", truth_path: str | os.PathLike,
-                  catalog_root: str | os.PathLike, out: str | os.PathLike) -> dict:
-    """The MeasureExtraction stage: :func:`measure_extraction` of a D_i's index (a
-    :class:`pipeline.mining.datasets.DatasetRun` or its folder) against a truth file, written to
-    ``measure.parquet`` / ``measure.csv``; returns counts and summary lines."""
-    from pathlib import Path
-
-    from pipeline.mining.datasets import DatasetRun
-    from pipeline.storage.outputs import write_parquet_atomic
-
-    out = Path(out)
-    table = measure_extraction(DatasetRun.of(run).index(), pd.read_parquet(truth_path), catalog_root)
-    write_parquet_atomic(table, out / "measure.parquet")
-    (out / "measure.csv").write_text(table.to_csv(index=False))
-    lines = [f"{r.source}: {r.extracted_seconds / 60:.1f} min in {r.n_excerpts} excerpts, "
-             f"{r.fraction_silent:.1%} truly <= {TRULY_SILENT_DB:g} dB, V95 {r.v95_db:.1f} dB, "
-             f"recall of silent runs {r.recall:.0%} ({r.n_recovered}/{r.n_true_runs})"
-             for r in table.itertuples() if r.n_excerpts or r.n_true_runs]
-    return {"excerpts": int(table["n_excerpts"].sum()), "summary": lines,
-            "measure": json.loads(table.to_json(orient="records"))}
 
 
 def file_durations(truth: pd.DataFrame) -> dict[str, float]:
@@ -279,7 +266,7 @@ def plot_yield_curve(curve: pd.DataFrame, rules: pd.DataFrame | None, path: str 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from pipeline.storage.outputs import atomic_path
+    from pipeline.storage.outputs import write_png_atomic
 
     figure = Figure(figsize=(10, 7), layout="constrained")
     FigureCanvasAgg(figure)
@@ -299,8 +286,7 @@ def plot_yield_curve(curve: pd.DataFrame, rules: pd.DataFrame | None, path: str 
         ax.set_ylabel(f"share of windows <= {TRULY_SILENT_DB:g} dB")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="lower left")
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
+    write_png_atomic(figure, path)
 
 
 def _rule_line(r) -> str:
@@ -311,28 +297,13 @@ def _rule_line(r) -> str:
             f"recall {r.recall:.0%} ({r.n_recovered}/{r.n_true_runs})")
 
 
-def measure_rules_from_files(probability_files: list[str | os.PathLike], tracks_file: str | os.PathLike,
-                             threshold_files: dict[str, str | os.PathLike], truth_file: str | os.PathLike,
-                             catalog_root: str | os.PathLike, out: str | os.PathLike, index: pd.DataFrame | None = None,
-                             min_seconds: float = MIN_SECONDS, max_gap: int = 0) -> dict:
-    """:func:`measure_rules_stage` on the files the pipeline keeps: the detection shards'
-    probabilities, the scan's ``tracks.parquet``, each rule's ``thresholds.parquet`` and the truth."""
-    from pipeline.mining.calibration import read_thresholds
-
-    probabilities = pd.concat([pd.read_parquet(p) for p in probability_files], ignore_index=True)
-    tracks = pd.read_parquet(tracks_file, columns=["track_id", "path"])
-    rules = {rule: read_thresholds(path) for rule, path in threshold_files.items()}
-    return measure_rules_stage(probabilities, tracks, rules, pd.read_parquet(truth_file), catalog_root, out, index,
-                               min_seconds, max_gap)
-
-
-def measure_rules_stage(probabilities: pd.DataFrame, tracks: pd.DataFrame, rules: dict[str, dict[str, float | None]],
-                        truth: pd.DataFrame, catalog_root: str | os.PathLike, out: str | os.PathLike,
-                        index: pd.DataFrame | None = None, min_seconds: float = MIN_SECONDS,
-                        max_gap: int = 0) -> dict:
-    """The rules part of MeasureExtraction: ``rules.parquet`` / ``.csv`` (:func:`rule_table`, plus
+def measure_rules(probabilities: pd.DataFrame, tracks: pd.DataFrame, rules: dict[str, dict[str, float | None]],
+                  truth: pd.DataFrame, catalog_root: str | os.PathLike, out: str | os.PathLike,
+                  index: pd.DataFrame | None = None, min_seconds: float = MIN_SECONDS,
+                  max_gap: int = 0) -> StageResult:
+    """The rules part of the measure stage: ``rules.parquet`` / ``.csv`` (:func:`rule_table`, plus
     :func:`separator_table` of ``index`` when it has scores), ``yield_curve.parquet`` / ``.csv`` and
-    ``yield_curve.png`` in ``out``; returns ``rules`` (records) and summary lines."""
+    ``yield_curve.png`` in ``out``; counts ``rules`` (the table's records), a summary line a row."""
     from pathlib import Path
 
     from pipeline.storage.outputs import write_parquet_atomic
@@ -348,6 +319,47 @@ def measure_rules_stage(probabilities: pd.DataFrame, tracks: pd.DataFrame, rules
     write_parquet_atomic(curve, out / "yield_curve.parquet")
     (out / "yield_curve.csv").write_text(curve.to_csv(index=False))
     plot_yield_curve(curve, table[table["rule"].isin(list(rules))], out / "yield_curve.png")
-    return {"rules": json.loads(table.to_json(orient="records")),
-            "summary": [_rule_line(r) for r in table.itertuples()]}
+    return StageResult({"rules": json.loads(table.to_json(orient="records"))},
+                       [_rule_line(r) for r in table.itertuples()])
+
+
+def build_measure(run: "DatasetRun | str | os.PathLike", truth_path: str | os.PathLike,
+                  catalog_root: str | os.PathLike, out: str | os.PathLike,
+                  probability_files: list[str | os.PathLike], tracks_file: str | os.PathLike,
+                  threshold_files: dict[str, str | os.PathLike], rule: str = "windows",
+                  min_seconds: float = MIN_SECONDS, max_gap: int = 0) -> StageResult:
+    """The measure stage: what an extraction got right, against the truth file.
+
+    :func:`measure_extraction` of the D_i's index (``run``: a
+    :class:`pipeline.mining.datasets.DatasetRun` or its folder; extracted under calibration
+    ``rule``), written to ``measure.parquet`` / ``measure.csv``; then :func:`measure_rules` of
+    the files the pipeline keeps: the detection shards' probabilities (``probability_files``),
+    the scan's ``tracks.parquet`` and each calibration rule's ``thresholds.parquet``
+    (``threshold_files``: rule -> file), with extraction's ``min_seconds`` and ``max_gap``.
+    Counts ``excerpts``, ``measure`` and ``rules`` (the tables' records); the summary: one line a
+    source of the extracted D_i, then one a rule and source.
+    """
+    from pathlib import Path
+
+    from pipeline.mining.calibration import read_thresholds
+    from pipeline.mining.datasets import DatasetRun
+    from pipeline.storage.outputs import write_parquet_atomic
+
+    out = Path(out)
+    index = DatasetRun.of(run).index()
+    table = measure_extraction(index, pd.read_parquet(truth_path), catalog_root)
+    write_parquet_atomic(table, out / "measure.parquet")
+    (out / "measure.csv").write_text(table.to_csv(index=False))
+    lines = [f"extracted ({rule} rule): {r.source}: {r.extracted_seconds / 60:.1f} min in {r.n_excerpts} excerpts, "
+             f"{r.fraction_silent:.1%} truly <= {TRULY_SILENT_DB:g} dB, V95 {r.v95_db:.1f} dB, "
+             f"recall of silent runs {r.recall:.0%} ({r.n_recovered}/{r.n_true_runs})"
+             for r in table.itertuples() if r.n_excerpts or r.n_true_runs]
+    probabilities = pd.concat([pd.read_parquet(p) for p in probability_files], ignore_index=True)
+    tracks = pd.read_parquet(tracks_file, columns=["track_id", "path"])
+    rules = {name: read_thresholds(path) for name, path in threshold_files.items()}
+    ruled = measure_rules(probabilities, tracks, rules, pd.read_parquet(truth_path), catalog_root, out, index,
+                          min_seconds, max_gap)
+    counts = {"excerpts": int(table["n_excerpts"].sum()), "measure": json.loads(table.to_json(orient="records")),
+              **ruled.counts}
+    return StageResult(counts, [*lines, *ruled.summary])
 

@@ -1,6 +1,6 @@
 """Does a run beat another?  Paired statistics of separator runs scored on the same tracks.
 
-Input: the per-track table of :func:`pipeline.separation.evaluation.evaluate_runs`, one row
+Input: the per-track table of :func:`pipeline.separation.evaluation.build_evaluate`, one row
 per (run, seed, track, source) with the per-track value of a metric (``sdr`` or ``si_snr``, dB:
 the median over 1 s frames).  A run trained under several seeds is first reduced to one value
 per (track, source): the mean over its seeds (:func:`track_values`); the track stays the unit.
@@ -188,7 +188,7 @@ def box_plot(per_track: pd.DataFrame, path: str | os.PathLike, metric: str = "sd
     (seed-averaged), median line and mean marker, outliers drawn (the paper's appendix B)."""
     from matplotlib.figure import Figure
 
-    from pipeline.storage.outputs import atomic_path
+    from pipeline.storage.outputs import write_png_atomic
 
     values = track_values(per_track, metric)
     runs = list(values.columns)
@@ -203,5 +203,4 @@ def box_plot(per_track: pd.DataFrame, path: str | os.PathLike, metric: str = "sd
         ax.grid(True, axis="y", alpha=0.3)
     axes[0].set_ylabel(label)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    write_png_atomic(fig, path)

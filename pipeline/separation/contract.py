@@ -27,12 +27,14 @@ encoder's weights (and buffers) from one model to another of the same config.
 from __future__ import annotations
 
 import abc
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from pipeline.separation.data import DEFAULT_MEMORY_LIMIT
 
 
 def require_known_fields(cls: type, values: dict[str, Any]) -> None:
@@ -42,11 +44,30 @@ def require_known_fields(cls: type, values: dict[str, Any]) -> None:
         raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
 
 
+@dataclass(frozen=True)
 class RunConfig:
-    """Mixin of a run's frozen config dataclass whose ``model`` field holds a model config: its
-    dict round trip and the fields that determine the result (all but ``runtime_fields``)."""
+    """Base of a run's frozen config dataclass (training, pretraining): the fields every run has,
+    its dict round trip and the fields that determine the result (all but ``runtime_fields``).
+
+    ``model_name``: a registered model (:mod:`pipeline.separation.registry`); ``model``: its
+    config (a dict of fields is accepted; ``None``: the model's defaults); ``seed``; and the
+    run-time knobs ``num_threads`` (torch threads; None: torch's), ``lazy`` (stems read from
+    disk per window; None: when they exceed ``memory_limit_bytes``).
+    """
 
     runtime_fields: ClassVar[tuple[str, ...]] = ()
+
+    model_name: str = "demucs"
+    model: Any = None
+    seed: int = 0
+    num_threads: int | None = None
+    lazy: bool | None = None
+    memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT
+
+    def __post_init__(self) -> None:
+        from pipeline.separation import registry  # the registry imports this module
+
+        object.__setattr__(self, "model", registry.make_config(self.model_name, self.model))
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)  # type: ignore[call-overload]

@@ -40,10 +40,16 @@ from tqdm import tqdm
 
 from pipeline.separation import registry
 from pipeline.separation.contract import RunConfig, Separator
-from pipeline.separation.data import DEFAULT_MEMORY_LIMIT, StemWindows
+from pipeline.separation.data import StemWindows
 from pipeline.separation.losses import silent
 from pipeline.sources import SOURCES
-from pipeline.storage.outputs import atomic_path, write_bytes_atomic, write_json_atomic
+from pipeline.storage.outputs import (
+    StageResult,
+    atomic_path,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_png_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,21 +78,15 @@ class PretrainConfig(RunConfig):
 
     runtime_fields: ClassVar[tuple[str, ...]] = _RUNTIME_FIELDS
 
-    model_name: str = "demucs"
-    model: Any = None
     epochs: int = 40
     batches_per_epoch: int | None = None
     batch_size: int = 16
     window_s: float = 5.0
     lr: float = LR
     margin: float = MARGIN
-    seed: int = 0
-    num_threads: int | None = None
-    lazy: bool | None = None
-    memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "model", registry.make_config(self.model_name, self.model))
+        super().__post_init__()
         if self.batch_size < 1 or self.epochs < 0 or self.lr <= 0 or self.margin <= 0 or self.window_s <= 0:
             raise ValueError("batch_size >= 1, epochs >= 0, lr > 0, margin > 0 and window_s > 0 are required")
 
@@ -229,6 +229,14 @@ def pretrain_encoder(config: PretrainConfig, stem_root: str | os.PathLike, out_d
     return EncoderPretrainer(config, stem_root, out_dir, device, progress).run(resume)
 
 
+def build_pretrain(config: PretrainConfig, stem_root: str | os.PathLike, out_dir: str | os.PathLike) -> StageResult:
+    """The pretrain stage: :func:`pretrain_encoder`, resumed from ``out_dir``'s checkpoint if
+    there is one; counts ``model``, ``epochs``, ``final_triplet_loss``."""
+    history = pretrain_encoder(config, stem_root, out_dir, resume=True)
+    return StageResult({"model": config.model_name, "epochs": len(history),
+                        "final_triplet_loss": history[-1]["triplet_loss"] if history else None})
+
+
 def init_encoder(model: Separator, path: str | os.PathLike) -> None:
     """Load the encoder of ``encoder.pt`` at ``path`` into ``model``; ``ValueError`` unless it was
     pretrained for the same model and config."""
@@ -255,5 +263,4 @@ def plot_loss_curve(history: pd.DataFrame, path: str | os.PathLike) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    write_png_atomic(fig, path)

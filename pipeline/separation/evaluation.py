@@ -1,7 +1,7 @@
 """Evaluating a separator on whole tracks: overlap-add separation, museval (v4) SDR and SI-SNR.
 
 Any registered model (:mod:`pipeline.separation.registry`) is evaluated the same way; runs
-are loaded from their checkpoints through the registry (:func:`evaluate_runs`).
+are loaded from their checkpoints through the registry (:func:`build_evaluate`, the evaluate stage).
 
 Separation (:func:`separate_track`): a track ``(channels, samples)`` is cut into segments of
 ``segment_s`` seconds overlapping by ``overlap_s``; each is separated (padded to the model's
@@ -67,6 +67,7 @@ from pipeline.separation.comparison import (
 from pipeline.separation.contract import Separator, separate
 from pipeline.separation.losses import si_snr, silent
 from pipeline.sources import SOURCES
+from pipeline.storage.outputs import StageResult
 from pipeline.threads import available_cores
 
 SUMMARY_COLUMNS = (*SOURCES, "all")
@@ -439,10 +440,10 @@ def _table_lines(table: pd.DataFrame) -> list[str]:
     return shown.rename(columns={"seed_sd_all": "sd(seeds)"}).to_string().splitlines()
 
 
-def evaluate_runs(runs: dict[str, str | os.PathLike | dict[int, str | os.PathLike]], stem_root: str | os.PathLike,
-                  out: str | os.PathLike, split: str = "test", max_tracks: int | None = None, workers: int = 0,
-                  contrasts: list[tuple[str, str]] | None = None, progress: bool = True) -> dict:
-    """The Evaluate stage: score each run's checkpoint (any registered model, loaded through the
+def build_evaluate(runs: dict[str, str | os.PathLike | dict[int, str | os.PathLike]], stem_root: str | os.PathLike,
+                   out: str | os.PathLike, split: str = "test", max_tracks: int | None = None, workers: int = 0,
+                   contrasts: list[tuple[str, str]] | None = None, progress: bool = True) -> StageResult:
+    """The evaluate stage: score each run's checkpoint (any registered model, loaded through the
     registry) and the reference rows on ``split``, side by side, with paired contrasts.
 
     ``runs``: row label -> ``best.pt`` path, or -> ``{seed: best.pt path}`` (a run trained under
@@ -456,13 +457,15 @@ def evaluate_runs(runs: dict[str, str | os.PathLike | dict[int, str | os.PathLik
     ...), ``comparison.csv`` / ``.parquet`` (:func:`comparison_table` of SDR),
     ``comparison_si_snr.csv`` / ``.parquet`` (SI-SNR), ``contrasts.csv`` / ``.parquet`` (one
     row per contrast, metric and scope, with ``equal_compute``) and ``boxplot_sdr.png`` /
-    ``boxplot_si_snr.png``; returns counts, the tables as dicts and ``summary`` lines.
+    ``boxplot_si_snr.png``.  Counts ``runs``, ``seeds``, ``tracks``, ``models`` (run -> model) and
+    the tables as dicts (``comparison``, ``comparison_si_snr``, ``contrasts``); the summary: the
+    tables and contrasts as text.
     """
     from pipeline.separation.registry import load_model
     from pipeline.storage.outputs import write_bytes_atomic, write_parquet_atomic
 
     if not runs:
-        raise ValueError("evaluate_runs needs at least one run")
+        raise ValueError("build_evaluate needs at least one run")
     out = Path(out)
     seeded = {label: ({int(k): str(v) for k, v in paths.items()} if isinstance(paths, dict) else {None: str(paths)})
               for label, paths in runs.items()}
@@ -491,8 +494,8 @@ def evaluate_runs(runs: dict[str, str | os.PathLike | dict[int, str | os.PathLik
         counts = [run_compute(path) for path in paths.values()]
         compute[label] = {"seeds": len(paths), "updates": _compute_value([c["updates"] for c in counts]),
                           "examples": _compute_value([c["examples"] for c in counts])}
-    result: dict = {"runs": len(seeded), "seeds": max(len(p) for p in seeded.values()), "tracks": len(tracks),
-                    "summary": []}
+    result: dict = {"runs": len(seeded), "seeds": max(len(p) for p in seeded.values()), "tracks": len(tracks)}
+    summary: list[str] = []
     result["models"] = dict(per_track[~per_track["run"].isin(REFERENCE_ROWS)].groupby("run", sort=False)["model"]
                             .first())
     contrast_rows = []
@@ -505,7 +508,7 @@ def evaluate_runs(runs: dict[str, str | os.PathLike | dict[int, str | os.PathLik
         how = "museval v4" if metric == "sdr" else "frugal paper"
         title = (f"median {label} (dB, {how}) over {len(tracks)} {split} tracks (per track: median over 1 s "
                  "frames), mean over tracks, sd across seeds; updates, examples per seed:")
-        result["summary"] += [title, *_table_lines(table)]
+        summary += [title, *_table_lines(table)]
         box_plot(per_track, out / f"boxplot_{metric}.png", metric, f"{label} (dB)")
         for run, baseline in contrasts:
             name = f"{run} - {baseline}"
@@ -515,9 +518,9 @@ def evaluate_runs(runs: dict[str, str | os.PathLike | dict[int, str | os.PathLik
             contrast_rows += [{"contrast": name, "run": run, "baseline": baseline, "metric": metric, "scope": scope,
                                **row, "equal_compute": equal} for scope, row in paired.iterrows()]
             if metric == "sdr":
-                result["summary"] += contrast_lines(f"{name}, SDR", paired)
+                summary += contrast_lines(f"{name}, SDR", paired)
                 if not equal and run not in REFERENCE_ROWS and baseline not in REFERENCE_ROWS:
-                    result["summary"].append(f"  unequal compute: updates {a.get('updates')} vs {b.get('updates')}, "
+                    summary.append(f"  unequal compute: updates {a.get('updates')} vs {b.get('updates')}, "
                                              f"examples {a.get('examples')} vs {b.get('examples')}")
     contrast_table = pd.DataFrame(contrast_rows, columns=list(contrast_rows[0]) if contrast_rows else
                                   ["contrast", "run", "baseline", "metric", "scope", "equal_compute"])
@@ -528,4 +531,4 @@ def evaluate_runs(runs: dict[str, str | os.PathLike | dict[int, str | os.PathLik
         result["contrasts"].setdefault(row.contrast, {})[row.scope] = {
             "median_diff": _rounded(row.median_diff), "ci": [_rounded(row.ci_low), _rounded(row.ci_high)],
             "p": _rounded(row.wilcoxon_p, 4), "pairs": int(row.pairs)}
-    return result
+    return StageResult(result, summary)

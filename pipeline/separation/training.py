@@ -73,12 +73,12 @@ from pipeline.separation import adversarial, distributed, registry
 from pipeline.separation.augment import Augment, mixture_of
 from pipeline.separation.contract import RunConfig, center_trim, require_known_fields
 from pipeline.separation.contrastive import init_encoder
-from pipeline.separation.data import DEFAULT_MEMORY_LIMIT, StemWindows
+from pipeline.separation.data import StemWindows
 from pipeline.separation.losses import LOSSES
 from pipeline.separation.remix import RemixSampler, remix_step
 from pipeline.separation.unlabelled import CatalogExcerpts
 from pipeline.sources import SOURCES
-from pipeline.storage.outputs import atomic_path, write_bytes_atomic, write_json_atomic
+from pipeline.storage.outputs import StageResult, atomic_path, write_bytes_atomic, write_json_atomic, write_png_atomic
 
 log = logging.getLogger(__name__)
 
@@ -176,15 +176,9 @@ class TrainConfig(RunConfig):
     unlabelled_scale: tuple[float, float] = adversarial.UNLABELLED_SCALE
     unlabelled_batch_size: int | None = None  # None: batch_size
     valid_max_windows: int | None = None
-    model_name: str = "demucs"
-    model: Any = None
-    seed: int = 0
-    num_threads: int | None = None
-    lazy: bool | None = None
-    memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "model", registry.make_config(self.model_name, self.model))
+        super().__post_init__()
         object.__setattr__(self, "scheme", canonical_scheme(self.scheme))
         object.__setattr__(self, "critic_sources", tuple(self.critic_sources))
         object.__setattr__(self, "unlabelled_scale", tuple(float(v) for v in self.unlabelled_scale))
@@ -753,6 +747,34 @@ def train_separator(
     ).run(resume)
 
 
+def build_separator(
+    config: TrainConfig,
+    stem_root: str | os.PathLike,
+    dataset_run_dir: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    *,
+    catalog_tracks: str | os.PathLike | None = None,
+    encoder: str | os.PathLike | None = None,
+) -> StageResult:
+    """The separator stage: :func:`train_separator`, resumed from ``out_dir``'s checkpoint if
+    there is one; counts ``model``, ``scheme``, ``epochs``, ``seed``, the compute spent
+    (``updates``, ``examples``, ``remix_steps``) and the last epoch's losses."""
+    history = train_separator(config, stem_root, dataset_run_dir, out_dir, resume=True,
+                              catalog_tracks=catalog_tracks, encoder=encoder)
+    last = history[-1] if history else {}
+    return StageResult({
+        "model": config.model_name,
+        "scheme": config.scheme,
+        "epochs": len(history),
+        "seed": config.seed,
+        "updates": last.get("updates", 0),
+        "examples": last.get("examples", 0),
+        "remix_steps": int(sum(r.get("remix_steps", 0) for r in history)),
+        "final_train_loss": last.get("train_loss"),
+        "final_valid_loss": last.get("valid_loss"),
+    })
+
+
 def plot_history(history: pd.DataFrame, path: str | os.PathLike, loss_label: str = LOSSES["l1"].label) -> None:
     """Plot train (main), remix and valid losses per epoch into a PNG at ``path`` (log scale when
     every value is positive; the remix loss is L1 whatever ``loss_label`` says of the others)."""
@@ -773,8 +795,7 @@ def plot_history(history: pd.DataFrame, path: str | os.PathLike, loss_label: str
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    write_png_atomic(fig, path)
 
 
 def _json_value(value: Any) -> Any:

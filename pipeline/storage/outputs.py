@@ -6,6 +6,9 @@ folder and nothing stale is ever reused.  Files are written under a hidden tempo
 (``.<name>.tmp-<pid>-<rand>``) and renamed into place; ``manifest.json`` is written last
 and is the stage's completion marker, so a killed run never leaves a folder that looks
 complete.  Readers skip names that start with ``.``.
+
+Every stage's body is one library function, ``build_<stage>`` (``<stage>``: its folder name
+under the data root), that writes the stage's files and returns a :class:`StageResult`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import secrets
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
@@ -185,6 +189,26 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage body (``build_<stage>``) returns.
+
+    ``counts``: plain JSON values (counts, figures, small tables as records) for the manifest
+    (or a shard's marker) and the run journal; ``summary``: lines for people, in the manifest
+    (and a shard's marker when there are any); ``files``: what a shard of a catalog-wide stage
+    wrote, relative to the stage folder, listed in its marker (a list, or an object of lists;
+    None: not listed).
+    """
+
+    counts: dict[str, Any] = field(default_factory=dict)
+    summary: tuple[str, ...] = ()
+    files: list[str] | dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "counts", dict(self.counts))
+        object.__setattr__(self, "summary", tuple(self.summary))
+
+
 def write_manifest(
     folder: str | os.PathLike,
     stage: str,
@@ -230,6 +254,12 @@ def write_manifest(
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     with open(Path(folder) / MANIFEST) as fh:
         return json.load(fh)
+
+
+def write_png_atomic(figure, final: str | os.PathLike, dpi: int = 100) -> None:
+    """Save the matplotlib ``figure`` as a PNG file at ``final``, atomically."""
+    with atomic_path(final) as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi)
 
 
 def write_parquet_atomic(table, final: str | os.PathLike) -> None:

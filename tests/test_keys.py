@@ -1,0 +1,128 @@
+"""The stage keys of a fixed configuration's DAG equal recorded values: a refactor of the tasks
+(parameters, requirements, input keys) must not change any output's key, or every existing
+output would silently be rebuilt.
+
+What a key hashes that differs between machines is fixed here: the decoders' versions
+(``decoder_fingerprint``), the stem set's and the catalog's listings (file sizes, mtimes) and
+absolute paths (``resolved``).  Everything else (the stage names, significant parameters, how
+keys chain through requirements, the shard-store and paper-rule keys) is what is recorded.
+
+A deliberate key change (a new significant parameter, a new input) must update ``RECORDED``:
+run this file with ``SILENTMINE_PRINT_KEYS=1`` and ``-s`` to print the current table.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.conftest import luigi_options
+
+# The demo's luigi.cfg (as of the layout refactor), minus what does not enter a key.
+CONFIG = {
+    "silentmine": {"data_root": "data", "stem_root": "stems", "catalog": "catalog", "seed": "0"},
+    "ScanCatalog": {"shard_size": "8"},
+    "TrainDetector": {"width": "0.125", "epochs": "6", "patience": "3", "crop_seconds": "5.0",
+                      "gain_db": "12", "shift_rows": "2"},
+    "TrainSeparator": {"channels": "8", "depth": "4", "model_config": '{"sample_rate": 16000}',
+                       "train_config": '{"lr": 1e-3}', "max_updates": "500", "epochs": "14",
+                       "batches_per_epoch": "50", "batch_size": "8", "window_s": "3.0", "lr_decay_every": "100"},
+    "Evaluate": {"max_tracks": "4",
+                 "runs": '{"with remix": {"remix": true}, "without remix": {"remix": false}, '
+                         '"tasnet with remix": {"remix": true, "model": "tasnet", "max_updates": 300, '
+                         '"model_config": {"filters": 32, "lstm_layers": 2, "hidden": 32, "sample_rate": 16000}}}',
+                 "contrasts": '[["with remix", "without remix"]]'},
+    "Calibrate": {"rule": "windows"},
+    "Extract": {"max_gap": "0", "separator": "{}"},
+}
+
+RECORDED = {
+    'Audit': '280838ae3b65b2f9',
+    'Calibrate(rule=excerpts)': 'e4897b575b9e4978',
+    'Calibrate(rule=windows)': '04e7c1208c9e3212',
+    'CatalogFeatures': '187e4f1708ede1c5',
+    'DetectCatalog': '273534ebca2866c7',
+    'DetectStems': '95e4ff8d058c4497',
+    'DetectorReport': '228f4da852aca091',
+    'Evaluate': '5fc2c8234aed388b',
+    'Export': 'ad993d326d28261b',
+    'Extract': '619ee7a672bc2d35',
+    'ExtractShard': '94045f394c2b05d1',
+    'Labels': '8e2e2d0604659fa5',
+    'MeasureExtraction': 'a0ed6f8b6f5aebb5',
+    'PretrainEncoder': '13555c3bf2d8d4c0',
+    'ScanCatalog': '7105d69246201df4',
+    'StemFeatures(split=test)': '29ef6917cadd9512',
+    'StemFeatures(split=train)': '413e9ee3630bc261',
+    'StemFeatures(split=valid)': 'f7fea5b5e4a8918a',
+    'TrainDetector': '6ccb24a48ea62adb',
+    ('TrainSeparator(channels=8, decoder=paper, depth=4, max_updates=500, model=demucs, '
+     'model_config={"sample_rate":16000}, remix=false, scheme=null)'): 'a654075aa94f3c58',
+    ('TrainSeparator(channels=8, decoder=paper, depth=4, max_updates=500, model=demucs, '
+     'model_config={"sample_rate":16000}, remix=null, scheme=adversarial)'): '7935ae89e58e5412',
+    ('TrainSeparator(channels=8, decoder=paper, depth=4, max_updates=500, model=demucs, '
+     'model_config={"sample_rate":16000}, remix=null, scheme=contrastive)'): '2e211f46b0482352',
+    ('TrainSeparator(channels=8, decoder=paper, depth=4, max_updates=500, model=demucs, '
+     'model_config={"sample_rate":16000}, remix=true, scheme=null)'): 'ee1926165fa614ea',
+    ('TrainSeparator(channels=null, decoder=null, depth=null, max_updates=300, model=tasnet, '
+     'model_config={"filters":32,"hidden":32,"lstm_layers":2,"sample_rate":16000}, remix=true, '
+     'scheme=null)'): 'e9e46b4a9067593b',
+}
+
+
+@pytest.fixture
+def fixed_inputs(tmp_path, monkeypatch):
+    """The configuration above alone (luigi.cfg left out), with machine-independent fingerprints."""
+    import pipeline.corpora.catalog as catalog
+    import pipeline.corpora.stemset as stemset
+    import tasks.audit
+    import tasks.base
+    import tasks.catalog
+    import tasks.measure
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "demo").mkdir(parents=True)
+    (tmp_path / "data" / "demo" / "catalog_truth.parquet").write_bytes(b"")  # MeasureExtraction's default
+    monkeypatch.setattr(tasks.base, "decoder_fingerprint", lambda: {"decoders": "fixed"})
+    monkeypatch.setattr(stemset, "list_tracks", lambda root, split: [f"{root}/{split}"])
+    monkeypatch.setattr(stemset, "fingerprint", lambda tracks: "stems:" + ",".join(map(str, tracks)))
+    monkeypatch.setattr(catalog, "listing", lambda path: path)
+    monkeypatch.setattr(catalog, "listing_fingerprint", lambda listing: f"listing:{listing}")
+    for module in (tasks.audit, tasks.catalog, tasks.measure):
+        monkeypatch.setattr(module, "resolved", lambda path: f"/root/{path}")
+    from tasks.graph import kept_config
+
+    with kept_config() as config:
+        for section in config.sections():  # luigi.cfg's options left out
+            config.remove_section(section)
+        with luigi_options(CONFIG):
+            yield
+
+
+def current_keys() -> dict[str, str]:
+    """Task label -> key over the DAG of ``All``, an export, a contrastive and an adversarial run
+    and one shard of each per-shard stage (those appear in ``All`` only once a scan exists)."""
+    import tasks
+    from tasks.graph import describe, walk
+    from tasks.inputs import forget_inputs
+
+    forget_inputs()
+    shard = dict(shard=0, shard_key="shard0", tracks_file="tracks.parquet")
+    roots = [tasks.All(), tasks.Export(format="lhotse"), tasks.TrainSeparator(scheme="contrastive"),
+             tasks.TrainSeparator(scheme="adversarial"), tasks.ExtractShard(**shard), tasks.DetectCatalog(**shard)]
+    found, seen = [], set()
+    for root in roots:
+        for task in walk(root):
+            if task.task_id not in seen:
+                seen.add(task.task_id)
+                found.append(task)
+    return {d.task: d.key for d in describe(found)}
+
+
+def test_the_stage_keys_of_a_fixed_configuration_are_unchanged(fixed_inputs):
+    keys = current_keys()
+    if os.environ.get("SILENTMINE_PRINT_KEYS"):
+        for label, key in sorted(keys.items()):
+            print(f"    {label!r}: {key!r},")  # long labels: split them over lines
+    assert keys == RECORDED
