@@ -28,7 +28,7 @@ from pipeline.corpora.demo import DemoConfig, generate
 pytestmark = pytest.mark.slow
 
 RUNNER = Path(__file__).with_name("crash_run.py")
-TARGET = "TrainSeparator"  # with remix: everything up to the D_i, then Demucs
+TARGET = "TrainSeparator"  # with remix: everything up to the D_i, then the separator (luigi.cfg's model)
 SETTINGS = """
 [core]
 log_level = WARNING

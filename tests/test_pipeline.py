@@ -59,7 +59,7 @@ def test_all_runs_and_every_output_says_what_made_it(demo, run_pipeline):
     comparison = pd.read_csv(tasks.Evaluate().folder / "comparison.csv", index_col=0)
     from pipeline.separation.evaluation import REFERENCE_ROWS
 
-    # The reference rows, then luigi.cfg's runs (Demucs +/- remix, TasNet).
+    # The reference rows, then luigi.cfg's runs (TasNet +/- remix, adversarial, contrastive).
     assert list(comparison.index) == [*REFERENCE_ROWS, *tasks.Evaluate().runs]
 
 
