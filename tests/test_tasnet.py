@@ -57,6 +57,19 @@ def test_shapes_any_length_and_masks(mask):
     assert mono(torch.randn(1, 1, n)).shape == (1, 4, 1, n)
 
 
+def test_mixture_consistency_makes_the_estimates_sum_to_the_mixture():
+    torch.manual_seed(0)
+    plain = TasNet(TINY)
+    consistent = TasNet(TasNetConfig(**{**TINY.to_dict(), "consistency": True}))
+    consistent.load_state_dict(plain.state_dict())  # the same weights: only the projection differs
+    x = torch.randn(2, 2, plain.valid_length(700))
+    before, after = plain(x), consistent(x)
+    assert not torch.allclose(before.sum(1), x, atol=1e-3)
+    torch.testing.assert_close(after.sum(1), x, rtol=1e-5, atol=1e-5)
+    # each estimate moves by the same share of the residual, (m - sum_j s_j) / S
+    torch.testing.assert_close(after - before, ((x - before.sum(1)) / 4)[:, None].expand_as(before))
+
+
 def test_forward_rejects_bad_input():
     model = TasNet(TINY)
     assert_rejects_bad_shapes(model, model.valid_length(500))

@@ -23,6 +23,15 @@ Where it differs from the original TasNet: ReLU encoder instead of the gated one
 LayerNorm instead of the per-frame L2 normalisation of the input (as in Conv-TasNet);
 sigmoid masks (``mask = "softmax"`` gives masks summing to one over the sources).
 
+Mixture consistency (``consistency = True``, off by default as in the paper): the estimates
+are projected so that they sum to the mixture, ``s_i <- s_i + (m - sum_j s_j) / S``
+(Wisdom et al. 2019, "Differentiable consistency constraints for improved deep speech
+enhancement").  SI-SNR leaves each estimate's gain free, and museval's v4 SDR is not
+scale-invariant (an estimate at 0.3x or 3x its best gain loses 7 or 17 dB on a 10 dB one),
+so without it the SDR of an SI-SNR-trained TasNet depends on the gain each run happens to
+settle at; with it a wrong gain leaks the other sources into the estimate, which SI-SNR
+penalises (README, "Does mining pay?", has the measurement).
+
 Valid length: ``n >= L`` with ``(n - L) % H == 0`` (every sample inside a frame, the
 transposed convolution rebuilds exactly ``n`` samples).
 """
@@ -58,6 +67,7 @@ class TasNetConfig(ModelConfig):
     hidden: int = 500
     mask: str = "sigmoid"
     sample_rate: int = 44_100
+    consistency: bool = False  # mixture consistency projection of the estimates (module docstring)
 
     def __post_init__(self) -> None:
         if self.mask not in MASKS:
@@ -108,4 +118,7 @@ class TasNet(Separator):
         masks = torch.sigmoid(logits) if cfg.mask == "sigmoid" else torch.softmax(logits, dim=2)
         masked = w[:, None] * masks.permute(0, 2, 3, 1)  # (B, S, N, F)
         out = self.decoder(masked.reshape(batch * cfg.sources, n, frames))
-        return out.view(batch, cfg.sources, cfg.audio_channels, length)
+        out = out.view(batch, cfg.sources, cfg.audio_channels, length)
+        if cfg.consistency:  # estimates that sum to the mixture: share the residual equally
+            out = out + (mix - out.sum(dim=1))[:, None] / cfg.sources
+        return out
