@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per run (0, 1, ...)")
     parser.add_argument("--updates", type=int, default=600, help="optimizer updates per run (main + remix)")
     parser.add_argument("--model", default="tasnet", help="registered separator (demucs, demucs2019, tasnet)")
-    parser.add_argument("--model-config", default='{"filters": 32, "lstm_layers": 2, "hidden": 32, "consistency": true}',
+    parser.add_argument("--model-config",
+                        default='{"filters": 32, "lstm_layers": 2, "hidden": 32, "consistency": true}',
                         help="JSON over the model's defaults (sample_rate comes from --rate); the default is the "
                              "demo's TasNet, 32 filters, 2 x 32 cells and mixture consistency")
     parser.add_argument("--channels", type=int, default=8, help="Demucs C_1 (the paper's 48)")
