@@ -83,6 +83,22 @@ def test_separate_track_keeps_length_and_shape():
     assert out.shape == (4, 2, 2 * RATE + 123) and np.isfinite(out).all()
 
 
+def test_museval_sdr_is_not_scale_invariant():
+    # Why TasNet has a mixture consistency option: SI-SNR leaves an estimate's gain free, the
+    # v4 SDR does not forgive it (0.3x and 3x the true gain lose several dB; the others stay).
+    rng = np.random.default_rng(0)
+    rate = 8000
+    refs = rng.standard_normal((4, 2, 2 * rate)) * np.array([1.0, 0.5, 0.3, 0.2])[:, None, None]
+    estimates = refs + 0.1 * rng.standard_normal(refs.shape)
+    sdr = {}
+    for gain in (1.0, 0.3, 3.0):
+        scaled = estimates.copy()
+        scaled[2] *= gain
+        sdr[gain] = np.nanmedian(track_sdr(refs, scaled, rate), axis=1)  # (sources,)
+    assert sdr[0.3][2] < sdr[1.0][2] - 3 and sdr[3.0][2] < sdr[1.0][2] - 10
+    np.testing.assert_allclose(sdr[0.3][[0, 1, 3]], sdr[1.0][[0, 1, 3]], atol=0.5)
+
+
 def test_museval_sdr_matches_the_v4_definition_per_frame():
     rng = np.random.default_rng(0)
     references = rng.normal(size=(2, 2, 3 * RATE))

@@ -27,7 +27,7 @@ Mixture consistency (``consistency = True``, off by default as in the paper): th
 are projected so that they sum to the mixture, ``s_i <- s_i + (m - sum_j s_j) / S``
 (Wisdom et al. 2019, "Differentiable consistency constraints for improved deep speech
 enhancement").  SI-SNR leaves each estimate's gain free, and museval's v4 SDR is not
-scale-invariant (an estimate at 0.3x or 3x its best gain loses 7 or 17 dB on a 10 dB one),
+scale-invariant (an estimate at 0.3x or 3x its true gain loses 7 or 17 dB on a 10 dB one),
 so without it the SDR of an SI-SNR-trained TasNet depends on the gain each run happens to
 settle at; with it a wrong gain leaks the other sources into the estimate, which SI-SNR
 penalises (README, "Does mining pay?", has the measurement).
