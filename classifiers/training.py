@@ -9,19 +9,20 @@ frames: a crop of ``W`` windows starting at window ``s`` reads feature frames
 track shorter than one crop gives one crop, zero-padded, with its padded frames masked out
 of the loss.
 
-Labels: ``silent_labels(V, silent_db)`` (``V_i <= -13 dB``).  Loss: the sum over the four
-sources of the binary cross-entropy (with logits), averaged over frames.  Adam (lr 5e-4) on
-all parameters, batch 64.  The normalisation mean/std are fitted on the training features and
-stored in the model.  After each epoch the BatchNorm statistics are re-estimated on a few
-training batches (:func:`recalibrate_batchnorm`), then the loss on the valid tracks
-(non-overlapping crops, no shuffling) decides early stopping (``patience`` epochs without
-improvement); the model with the best valid loss is returned.  Every random draw comes from
-``seed``: two runs with the same inputs and seed give identical weights.
+Labels: ``silent_labels(V, silent_db)`` (the paper's ``V_i <= -13 dB`` by default).  Loss: the
+sum over the four sources of the binary cross-entropy (with logits), averaged over frames.
+Adam (the paper's lr 5e-4 by default) on all parameters, batch 64 by default.  The
+normalisation mean/std are fitted on the training features and stored in the model.  After
+each epoch the BatchNorm statistics are re-estimated on a few training batches
+(:func:`recalibrate_batchnorm`), then the loss on the valid tracks (non-overlapping crops, no
+shuffling) decides early stopping (``patience`` epochs without improvement); the model with
+the best valid loss is returned.  Every random draw comes from ``seed``: two runs with the
+same inputs and seed give identical weights.
 
-Label-preserving augmentations, off by default (the paper has none) and on in
-:meth:`DetectorTrainConfig.demo`: a random gain (``gain_db``) and a random pitch shift of whole
-order-1 rows (``shift_rows``).  On the demo corpus (24 train tracks of 20-40 s) they raise the
-held-out ROC AUC of drums/bass/vocals from about 0.87 to about 0.92 at the same budget.
+Label-preserving augmentations, off by default (the paper has none) and on in the demo's
+``luigi.cfg``: a random gain (``gain_db``) and a random pitch shift of whole order-1 rows
+(``shift_rows``).  On the demo corpus of 24 train tracks of 20-40 s they raised the held-out
+ROC AUC of drums/bass/vocals from about 0.87 to about 0.92 at the same budget.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ from pipeline.sources import FRAMES_PER_HOP, FRAMES_PER_WINDOW, HOP_S, LABEL_SIL
 log = logging.getLogger(__name__)
 
 MAX_FRAME_MISMATCH = 1  # label windows vs detector frames (resampling can round one away)
+PAPER_LR = 5e-4  # Adam learning rate of the paper's detector
+PAPER_BATCH_SIZE = 64  # crops per step in the paper
 BN_BATCHES = 8  # training batches that re-estimate BatchNorm statistics after each epoch
 
 
@@ -54,8 +57,8 @@ class DetectorTrainConfig:
     """Training hyper-parameters (paper: 40 epochs, batch 64, Adam lr 5e-4, -13 dB labels)."""
 
     epochs: int = 40
-    batch_size: int = 64
-    lr: float = 5e-4
+    batch_size: int = PAPER_BATCH_SIZE
+    lr: float = PAPER_LR
     crop_seconds: float = 5.0
     crop_stride_seconds: float = 0.5
     patience: int = 5  # epochs without a better valid loss before stopping
@@ -65,12 +68,6 @@ class DetectorTrainConfig:
     gain_db: float = 0.0  # random gain augmentation range in dB (0: off, as in the paper)
     shift_rows: int = 0  # random pitch-shift augmentation range in order-1 rows (1/8 octave each)
     num_threads: int | None = None  # torch intra-op threads during training (None: unchanged)
-
-    @classmethod
-    def demo(cls, num_threads: int | None = 2) -> "DetectorTrainConfig":
-        """The CPU demo recipe: width 0.125, 6 epochs (about 3 minutes on 2 cores for 24 x 30 s
-        of audio), gain +-12 dB and +-2-row pitch-shift augmentation."""
-        return cls(epochs=6, patience=3, width=0.125, gain_db=12.0, shift_rows=2, num_threads=num_threads)
 
     def crop_windows(self) -> int:
         """Output frames per crop: the 0.64 s windows that fit in ``crop_seconds``."""

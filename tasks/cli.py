@@ -28,7 +28,7 @@ def _demo_data(args: argparse.Namespace) -> int:
 
     config = DemoConfig.tiny(seed=args.seed) if args.tiny else DemoConfig(seed=args.seed)
     started = time.time()
-    summary = generate(Path(args.out), config, force=args.force)
+    summary = generate(Path(args.out), config, workers=available_cores(), force=args.force)
     print(f"demo data in {args.out} ({time.time() - started:.0f} s): {json.dumps(summary, default=str)}")
     return 0
 
@@ -235,7 +235,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     stems = Path(config().stem_root)
     demo_root = stems.parent
-    generate(demo_root, DemoConfig.tiny(seed=args.seed) if args.tiny else DemoConfig(seed=args.seed))
+    # one synthesis process per core: the corpus does not depend on it (pipeline.corpora.demo)
+    generate(demo_root, DemoConfig.tiny(seed=args.seed) if args.tiny else DemoConfig(seed=args.seed),
+             workers=available_cores())
     started = time.time()
     ok = run_tasks("All", workers=args.workers)
     if not ok:

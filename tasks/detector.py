@@ -3,6 +3,8 @@
 import luigi
 
 from classifiers import runs
+from classifiers.training import PAPER_BATCH_SIZE, PAPER_LR
+from pipeline.sources import LABEL_SILENT_DB
 from tasks.base import ShardStage, Stage, config
 from tasks.features import CatalogFeatures, StemFeatures
 from tasks.labels import Labels
@@ -19,16 +21,30 @@ class TrainDetector(Stage):
     crop_seconds = luigi.FloatParameter(default=5.0)
     gain_db = luigi.FloatParameter(default=0.0, description="random gain augmentation range, dB (0: off, the paper)")
     shift_rows = luigi.IntParameter(default=0, description="random pitch shift, order-1 rows of 1/8 octave (0: off)")
+    lr = luigi.FloatParameter(default=PAPER_LR, description="Adam learning rate (the paper's 5e-4)")
+    batch_size = luigi.IntParameter(default=PAPER_BATCH_SIZE, description="crops per step (the paper's 64)")
+    silent_db = luigi.FloatParameter(default=LABEL_SILENT_DB,
+                                     description="training label: silent when V_i <= silent_db (the paper's -13 dB)")
 
     def requires(self):
         return {"labels": Labels(), "train": StemFeatures(split="train"), "valid": StemFeatures(split="valid")}
 
     def key_params(self):
-        return {**super().key_params(), "seed": config().seed}
+        """With the paper's ``lr``, ``batch_size`` and ``silent_db`` these are left out: detectors
+        trained before they were parameters keep their keys."""
+        params = {**super().key_params(), "seed": config().seed}
+        if params["lr"] == PAPER_LR:
+            params.pop("lr")
+        if params["batch_size"] == PAPER_BATCH_SIZE:
+            params.pop("batch_size")
+        if params["silent_db"] == LABEL_SILENT_DB:
+            params.pop("silent_db")
+        return params
 
     def build(self, folder):
         settings = runs.train_config(self.width, self.epochs, self.patience, self.crop_seconds, self.gain_db,
-                                     self.shift_rows, config().threads or None)
+                                     self.shift_rows, config().threads or None, lr=self.lr,
+                                     batch_size=self.batch_size, silent_db=self.silent_db)
         return runs.build_detector(self.requires()["train"].store, self.requires()["valid"].store,
                                    self.input_folder("labels") / "labels.parquet", settings, config().seed, folder)
 

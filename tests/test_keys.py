@@ -126,3 +126,15 @@ def test_the_stage_keys_of_a_fixed_configuration_are_unchanged(fixed_inputs):
         for label, key in sorted(keys.items()):
             print(f"    {label!r}: {key!r},")  # long labels: split them over lines
     assert keys == RECORDED
+
+
+def test_the_detector_recipe_options_enter_the_key_only_off_the_papers_values(fixed_inputs):
+    """``lr``, ``batch_size`` and ``silent_db`` at the paper's values leave TrainDetector's key as
+    recorded; any other value gives a new key (and so a new detector and everything below it)."""
+    import tasks
+
+    recorded = RECORDED["TrainDetector"]
+    assert tasks.TrainDetector(lr=5e-4, batch_size=64, silent_db=-13.0).key == recorded
+    others = {tasks.TrainDetector(**change).key
+              for change in ({"lr": 2e-3}, {"batch_size": 32}, {"silent_db": -20.0})}
+    assert recorded not in others and len(others) == 3
