@@ -33,13 +33,8 @@ class TrainDetector(Stage):
         """With the paper's ``lr``, ``batch_size`` and ``silent_db`` these are left out: detectors
         trained before they were parameters keep their keys."""
         params = {**super().key_params(), "seed": config().seed}
-        if params["lr"] == PAPER_LR:
-            params.pop("lr")
-        if params["batch_size"] == PAPER_BATCH_SIZE:
-            params.pop("batch_size")
-        if params["silent_db"] == LABEL_SILENT_DB:
-            params.pop("silent_db")
-        return params
+        paper = {"lr": PAPER_LR, "batch_size": PAPER_BATCH_SIZE, "silent_db": LABEL_SILENT_DB}
+        return {name: value for name, value in params.items() if name not in paper or value != paper[name]}
 
     def build(self, folder):
         settings = runs.train_config(self.width, self.epochs, self.patience, self.crop_seconds, self.gain_db,
