@@ -215,13 +215,10 @@ def test_same_seed_same_output_other_seed_differs(demo, tmp_path):
     assert again == summary
     first = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     assert first == sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*") if p.is_file())
-    for rel in first:
-        if rel.suffix in (".wav", ".flac", ".json", ".mp3", ".m4a"):
+    assert any(rel.suffix == ".ogg" for rel in first)
+    for rel in first:  # byte for byte, ogg included: the catalog's checksums and track ids are stable
+        if rel.suffix != ".parquet":
             assert (out / rel).read_bytes() == (tmp_path / "again" / rel).read_bytes(), rel
-        elif rel.suffix == ".ogg":  # the vorbis stream serial number is random; the audio is not
-            a, _ = audio.load(out / rel)
-            b, _ = audio.load(tmp_path / "again" / rel)
-            np.testing.assert_array_equal(a, b)
     pd.testing.assert_frame_equal(pd.read_parquet(out / "catalog_truth.parquet"),
                                   pd.read_parquet(tmp_path / "again" / "catalog_truth.parquet"))
     other = DemoConfig(seed=4, n_train=1, n_valid=0, n_test=0, n_catalog=0, stem_duration_s=(8.0, 12.0))
@@ -235,14 +232,14 @@ def test_rerun_into_same_folder_is_idempotent_and_prunes(tmp_path):
     small = DemoConfig(seed=5, n_train=2, n_valid=1, n_test=0, n_catalog=3, stem_duration_s=(3.0, 4.0),
                        catalog_duration_s=(3.0, 4.0))
     generate(tmp_path, small)
-    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".ogg"}
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     smaller = DemoConfig(seed=5, n_train=1, n_valid=1, n_test=0, n_catalog=2, stem_duration_s=(3.0, 4.0),
                          catalog_duration_s=(3.0, 4.0))
     generate(tmp_path, smaller)
     assert not (tmp_path / "stems/train/demo-train-001").exists()
     assert not list((tmp_path / "catalog").rglob("track_002.*"))
     generate(tmp_path, small)
-    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".ogg"}
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]
     # the same config again: the complete corpus is kept as it is (ogg files included)
@@ -258,12 +255,12 @@ def test_rerun_into_same_folder_is_idempotent_and_prunes(tmp_path):
 
 
 def test_parallel_workers_give_the_same_files(tmp_path):
-    small = DemoConfig(seed=6, n_train=1, n_valid=0, n_test=1, n_catalog=2, stem_duration_s=(3.0, 4.0),
+    small = DemoConfig(seed=6, n_train=1, n_valid=0, n_test=1, n_catalog=3, stem_duration_s=(3.0, 4.0),
                        catalog_duration_s=(3.0, 4.0))
     serial = generate(tmp_path / "serial", small, workers=1)
     parallel = generate(tmp_path / "parallel", small, workers=2)
     assert serial == parallel
-    for path in (tmp_path / "serial").rglob("*.wav"):
+    for path in (p for p in (tmp_path / "serial").rglob("*") if p.is_file()):
         assert path.read_bytes() == (tmp_path / "parallel" / path.relative_to(tmp_path / "serial")).read_bytes()
 
 

@@ -31,6 +31,7 @@ import io
 import json
 import multiprocessing
 import os
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from scipy import signal
 
 from pipeline.audio.encode import encode_audio
 from pipeline.audio.io import match_channels, resample
+from pipeline.audio.ogg import with_stream_serial
 from pipeline.corpora.labels import relative_volumes
 from pipeline.corpora.stemset import SPLITS
 from pipeline.sources import SOURCES, window_start_s
@@ -895,8 +897,10 @@ def _write_audio(path: Path, audio: np.ndarray, rate: int, fmt: str, subtype: st
     """Write ``(channels, samples)`` atomically with an explicit format (temporary names lack suffixes);
     ``fmt = "AAC"`` writes AAC in an M4A container with PyAV (:mod:`pipeline.audio.encode`).
 
-    Float WAV files get no PEAK chunk: libsndfile stamps it with the current time, which
-    would make re-runs differ byte-wise.  Audio goes in blocks of WRITE_BLOCK frames: one
+    Float WAV files get no PEAK chunk: libsndfile stamps it with the current time, and Ogg
+    files get a fixed stream serial number (:mod:`pipeline.audio.ogg`) instead of libsndfile's
+    random one: either would make re-runs differ byte-wise, and with them the catalog's
+    checksums and track ids.  Audio goes in blocks of WRITE_BLOCK frames: one
     large write makes libvorbis overflow the stack (libsndfile issue #1095).
     """
     if fmt == "AAC":
@@ -910,6 +914,9 @@ def _write_audio(path: Path, audio: np.ndarray, rate: int, fmt: str, subtype: st
                 sf._snd.sf_command(fh._file, SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, 0)
             for start in range(0, len(frames), WRITE_BLOCK):
                 fh.write(frames[start:start + WRITE_BLOCK])
+        if fmt == "OGG":  # libsndfile's serial number is random; the file name's CRC-32 is not
+            tmp = Path(tmp)
+            tmp.write_bytes(with_stream_serial(tmp.read_bytes(), zlib.crc32(path.name.encode())))
 
 
 def _make_stem_track(out: str, split: str, index: int, seed: int, bounds: tuple[float, float], rate: int) -> dict:
@@ -1022,13 +1029,12 @@ def generate(out: str | os.PathLike, config: DemoConfig = DemoConfig(), workers:
     (float32, mixture = sum of stems), ``catalog/`` (mixtures in wav/flac/ogg/mp3 at 22.05 /
     44.1 / 48 kHz, mono and stereo, plus ``catalog/bad/``), ``catalog_truth.parquet`` (one row
     per grid window of every good catalog file: ``file, window, start_s, V_<source>`` in dB),
-    ``demo.json``.  Every file is written atomically; re-running rewrites identical content
-    (ogg files differ only in their random stream serial number) and removes files of an
-    earlier run that this config does not produce.  ``workers`` > 1 synthesises tracks in
-    that many processes; the output does not depend on it.  A complete corpus of the same
-    config already under ``out`` (:func:`existing_corpus`) is kept as it is, unless ``force``:
-    Ogg files get a new random stream serial number each time they are written, so rewriting
-    them would give the catalog new checksums, track ids and shards for the same audio.
+    ``demo.json``.  Every file is written atomically; re-running rewrites identical bytes
+    (:func:`_write_audio`) and removes files of an earlier run that this config does not
+    produce.  ``workers`` > 1 synthesises tracks in that many processes; the output does not
+    depend on it.  A complete corpus of the same config already under ``out``
+    (:func:`existing_corpus`) is kept as it is, unless ``force``: corpora written before Ogg
+    serial numbers were fixed keep their (random) ones, hence their track ids.
     """
     if not force and (summary := existing_corpus(out, config)) is not None:
         return summary
