@@ -1,7 +1,8 @@
 """Detector inference throughput per numeric path, side by side: seconds of audio per wall second.
 
     .venv/bin/python benchmarks/detect.py [--seconds 300] [--threads 2] [--widths 0.125 1.0]
-                                          [--repeats 2] [--checkpoint detector.pt] [--smoke]
+                                          [--repeats 2] [--checkpoint detector.pt]
+                                          [--features shard.npy] [--smoke]
 
 Random features of ``--seconds`` of audio (scored in one ``classifiers.inference.predict``
 call, after a warm-up on 400 frames) through a randomly initialised detector of each width
@@ -9,7 +10,11 @@ call, after a warm-up on 400 frames) through a randomly initialised detector of 
 (``classifiers.inference.NUMERIC_PATHS``) in alternation, ``--repeats`` times; each path's
 figure is its fastest repeat.  Also printed: the speed-up of each path over float32 and the
 largest difference of its probabilities from float32's.  On a loaded machine the absolute
-speeds drift; the ratio, measured in alternation, is the figure to read.
+speeds drift; the ratio, measured in alternation, is the figure to read.  Random features are
+far from anything a trained detector has seen, and its BiLSTM then remembers longer than the
+fast path's context (the demo's detector: 0.03 apart); ``--features`` (a feature shard, e.g.
+``data/features/<key>/test.npy``) scores real features instead: its tracks end to end, cut or
+repeated to ``--seconds``.
 """
 
 from __future__ import annotations
@@ -31,18 +36,27 @@ def main() -> None:
     parser.add_argument("--widths", type=float, nargs="+", default=[0.125, 1.0])
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs per path; the fastest counts")
     parser.add_argument("--checkpoint", default=None, help="also a trained detector.pt")
+    parser.add_argument("--features", default=None, help="a feature shard .npy to score instead of random features")
     args = parse_args(parser, SMOKE)
     torch.set_num_threads(args.threads)
 
     from classifiers.detector import DetectorConfig, SilentSourceDetector, load_checkpoint
     from classifiers.inference import NUMERIC_PATHS, for_numeric_path, predict
     from pipeline.features.scattering import n_feature_frames, scattering_layout
+    from pipeline.features.store import FeatureShard
     from pipeline.sources import FEATURE_RATE
 
     layout = scattering_layout()
     frames = n_feature_frames(int(args.seconds * FEATURE_RATE))
-    features = np.random.default_rng(0).uniform(0, 8, (layout.channels, layout.freqs, frames)).astype(np.float32)
-    print(f"audio: {args.seconds:.0f} s ({frames} scattering frames), {args.threads} threads")
+    if args.features:
+        shard = FeatureShard(args.features)
+        tracks = np.concatenate([shard.get(track) for track in shard.track_ids], axis=-1)
+        features = np.tile(tracks, (1, 1, -(-frames // tracks.shape[-1])))[..., :frames]
+        source = f"the {len(shard)} tracks of {args.features}"
+    else:
+        features = np.random.default_rng(0).uniform(0, 8, (layout.channels, layout.freqs, frames)).astype(np.float32)
+        source = "random features"
+    print(f"audio: {args.seconds:.0f} s ({frames} scattering frames) of {source}, {args.threads} threads")
     models = []
     for width in args.widths:
         torch.manual_seed(0)

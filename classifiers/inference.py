@@ -19,17 +19,25 @@ still grows with length is the output, 16 bytes per 64 ms frame.  Peak RSS of th
 detection stage: ``benchmarks/memory.py``.
 
 **Numeric paths** (:data:`NUMERIC_PATHS`, :func:`for_numeric_path`).  ``float32`` is the
-reference above.  ``fast`` is float32 too, but runs the BiLSTM in passes of ``PASS_WINDOWS``
-frames with ``PASS_CONTEXT`` frames of real context on each side, all passes of a track at once
-as one batch: the recurrence takes ``PASS_WINDOWS + 2 * PASS_CONTEXT`` steps instead of one per
-frame, and each step is a matrix product instead of a matrix-vector one.  On the demo's trained
-detector and 8 test-split songs (3.8 min) it differs from ``float32`` by 2e-6 in probability.
-bfloat16 was measured and rejected: the conv stack in bfloat16 moves that detector's
-probabilities by 0.068, the BiLSTM in bfloat16 moves a randomly initialised one with logits of
-+-4 by 5e-3.  ``tests/test_inference.py`` holds ``fast`` within 1e-3 of ``float32``;
-``benchmarks/detect.py`` measures both side by side.  Tracks of at most ``PASS_WINDOWS + 2 *
-PASS_CONTEXT`` frames (33 s) take one pass either way.  :func:`default_numeric_path` is
-``fast``; the detection stages record the path they used in their counts.
+reference above.  ``fast`` is float32 too, but a track of at least ``PASS_MIN_FRAMES`` frames
+(2.2 min) goes through the BiLSTM in parallel passes (:func:`pass_keep`, :func:`pass_bounds`):
+split into ``PASS_BATCH`` passes that each keep an equal share of the frames (at most
+``PASS_MAX_KEEP``; longer tracks take several batches of passes), each with ``PASS_CONTEXT``
+frames of real context on each side, run as one batch.  The recurrence then takes ``keep + 2
+* PASS_CONTEXT`` steps instead of one per frame, and each step is a matrix product instead of
+a matrix-vector one that only reads the weights.  A step of 12 sequences costs about 2.5 times
+one of a single sequence at width 1.0 on 2 cores (0.47 against 1.17 ms per layer and direction),
+so passes pay only on long tracks: the BiLSTM took 1.17 s in one pass over a 40 s track and
+1.6-2.1 s in passes, 8.5 s in one pass over 300 s and 4.4 s in 12 passes (ad-hoc timing of
+``model.sequence``, idle); shorter tracks take the one pass of ``float32``.  The whole
+detector at width 1.0 over 300 s: 1.33x (``benchmarks/detect.py``, README "Performance").
+On the demo's trained detector and its test split's features end to end (10,794 frames),
+passes differ from one pass by 2e-7 in probability.  bfloat16 was measured and rejected: the
+conv stack in bfloat16 moves that detector's probabilities by 0.068, the BiLSTM in bfloat16
+moves a randomly initialised one with logits of +-4 by 5e-3.  ``tests/test_inference.py`` holds ``fast`` within 1e-3 of
+``float32``; ``benchmarks/detect.py`` measures both side by side.
+:func:`default_numeric_path` is ``fast``; the detection stages record the path they used in
+their counts.
 """
 
 from __future__ import annotations
@@ -48,9 +56,10 @@ CHUNK_WINDOWS = 512  # output frames per conv-stack chunk (33 s of audio)
 SEQUENCE_WINDOWS = 8192  # output frames per BiLSTM pass of a long track (8.7 min)
 CONTEXT_WINDOWS = 512  # frames of context on each side of a BiLSTM pass (33 s)
 NUMERIC_PATHS = ("float32", "fast")
-PASS_WINDOWS = 256  # output frames each parallel BiLSTM pass of the fast path keeps (16 s)
+PASS_MIN_FRAMES = 2048  # shortest track (output frames, 2.2 min) the fast path splits into passes
+PASS_BATCH = 12  # parallel BiLSTM passes run as one batch (the fastest per frame on 2 cores)
+PASS_MAX_KEEP = 768  # most frames one pass keeps (49 s; bounds the memory: 12 x 1024 frames)
 PASS_CONTEXT = 128  # frames of context on each side of a parallel pass (8 s)
-PASS_BATCH = 16  # parallel passes per batch (bounds the memory: 16 x 512 frames)
 
 
 def default_numeric_path() -> str:
@@ -76,6 +85,15 @@ def for_numeric_path(model: SilentSourceDetector, numeric_path: str) -> SilentSo
     return fast
 
 
+def pass_keep(total: int) -> int | None:
+    """Frames each parallel pass of the fast path keeps for a track of ``total`` frames, or
+    None for one whole pass (tracks under ``PASS_MIN_FRAMES``): ``total`` split into
+    ``PASS_BATCH`` equal shares, at most ``PASS_MAX_KEEP`` each."""
+    if total < PASS_MIN_FRAMES:
+        return None
+    return min(PASS_MAX_KEEP, -(-total // PASS_BATCH))
+
+
 def pass_bounds(total: int, keep: int, context: int) -> list[tuple[int, int, int, int]]:
     """``(first, stop, lo, hi)`` of the parallel passes over ``total`` frames: each keeps frames
     ``first .. stop - 1`` and runs over ``lo .. hi - 1``, all of one length ``min(total, keep +
@@ -91,9 +109,9 @@ def pass_bounds(total: int, keep: int, context: int) -> list[tuple[int, int, int
     return bounds
 
 
-def _parallel_sequence(model: SilentSourceDetector, x, total: int, chunk_windows: int) -> torch.Tensor:
-    """Logits ``(4, total)`` with the BiLSTM in batched passes (:func:`pass_bounds`)."""
-    bounds = pass_bounds(total, PASS_WINDOWS, PASS_CONTEXT)
+def _parallel_sequence(model: SilentSourceDetector, x, total: int, keep: int, chunk_windows: int) -> torch.Tensor:
+    """Logits ``(4, total)`` with the BiLSTM in batched passes of ``keep`` frames (:func:`pass_bounds`)."""
+    bounds = pass_bounds(total, keep, PASS_CONTEXT)
     logits = torch.empty(len(SOURCES), total)
     for group in range(0, len(bounds), PASS_BATCH):
         batch = bounds[group : group + PASS_BATCH]
@@ -150,8 +168,9 @@ def predict(
     total = n_output_frames(x.shape[-1])
     if total == 0:
         raise ValueError("features have no frames")
-    if numeric_path_of(model) == "fast":
-        logits = _parallel_sequence(model, x, total, chunk_windows)  # (4, n_frames)
+    keep = pass_keep(total) if numeric_path_of(model) == "fast" else None
+    if keep is not None:
+        logits = _parallel_sequence(model, x, total, keep, chunk_windows)  # (4, n_frames)
     elif total <= sequence_windows + 2 * context_windows:
         logits = model.sequence(_embed(model, x, 0, total, chunk_windows))[0].cpu()
     else:

@@ -117,3 +117,21 @@ def test_smoke_sets_defaults_and_given_options_win():
         "tracks": 3,
         "smoke": True,
     }
+
+
+@pytest.mark.slow
+def test_detect_scores_a_feature_shard(tmp_path):
+    # real features are what a trained detector's numeric paths are compared on (--features)
+    import numpy as np
+
+    from pipeline.features.store import write_feature_shard
+
+    rng = np.random.default_rng(0)
+    shard = tmp_path / "shard.npy"
+    write_feature_shard(shard, [(f"t{i}", rng.uniform(0, 8, (7, 54, 200)).astype(np.float32)) for i in range(2)])
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "detect.py"), "--smoke", "--features", str(shard)],
+                          cwd=REPO, env={**os.environ, **{name: "1" for name in THREAD_VARIABLES}},
+                          capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert f"of the 2 tracks of {shard}" in done.stdout
+    assert sum(line.startswith("figure:") for line in done.stdout.splitlines()) == 4

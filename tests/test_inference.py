@@ -9,11 +9,14 @@ import torch
 from classifiers.detector import DetectorConfig, SilentSourceDetector
 from classifiers.inference import (
     NUMERIC_PATHS,
-    PASS_WINDOWS,
+    PASS_BATCH,
+    PASS_MAX_KEEP,
+    PASS_MIN_FRAMES,
     default_numeric_path,
     for_numeric_path,
     numeric_path_of,
     pass_bounds,
+    pass_keep,
     predict,
 )
 
@@ -47,17 +50,27 @@ def test_fast_path_is_within_tolerance_of_float32(width):
 def test_fast_path_with_parallel_passes_and_a_wide_logit_range():
     # A track long enough for several parallel BiLSTM passes, and a head scaled so that the
     # probabilities spread over (0, 1), not only around 0.5.
-    features = _features(6000, seed=1)
+    features = _features(4 * (PASS_MIN_FRAMES + 500), seed=1)
     model = _model(0.0625, features, seed=1)
     with torch.no_grad():  # logits of +-4 at most: the head is linear in its last weights
         model.head[-1].bias.zero_()
         probs = predict(model, features)
         model.head[-1].weight.mul_(4.0 / float(np.abs(np.log(probs) - np.log1p(-probs)).max()))
     reference = predict(model, features)  # one whole float32 pass
-    assert reference.shape[0] > 4 * PASS_WINDOWS
+    assert pass_keep(reference.shape[0]) is not None
     assert reference.min() < 0.1 and reference.max() > 0.9
     fast = predict(for_numeric_path(model, "fast"), features)
     assert np.abs(fast - reference).max() <= TOLERANCE
+
+
+def test_pass_keep_splits_long_tracks_into_one_batch_of_passes():
+    assert pass_keep(PASS_MIN_FRAMES - 1) is None  # one whole pass, as float32
+    for total in (PASS_MIN_FRAMES, 4687, PASS_BATCH * PASS_MAX_KEEP, PASS_BATCH * PASS_MAX_KEEP + 1, 60_000):
+        keep = pass_keep(total)
+        passes = len(pass_bounds(total, keep, 128))
+        assert keep <= PASS_MAX_KEEP
+        assert passes == PASS_BATCH if total <= PASS_BATCH * PASS_MAX_KEEP else passes > PASS_BATCH
+        assert keep == PASS_MAX_KEEP or passes * keep - total < keep
 
 
 def test_pass_bounds_cover_every_frame_once_with_context():
