@@ -1,6 +1,7 @@
 """The ``silentmine`` command: demo data, pipeline runs, and the demo end to end.
 
-    silentmine demo-data [--out data/demo] [--seed 0] [--tiny]
+    silentmine demo-data [--out data/demo] [--seed 0] [--tiny] [--n-train N] [--n-valid N] [--n-test N]
+                         [--n-catalog N]
     silentmine run [TASK] [--workers N] [--scheduler-host H --scheduler-port P] [luigi args...]
     silentmine demo            # demo-data, then `run All`, then a summary of what was made
     silentmine audit           # the HTML report of the D_i (runs what it needs)
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -22,11 +24,19 @@ from pathlib import Path
 
 from pipeline.threads import THREAD_VARIABLES, available_cores, effective_threads, set_process_threads
 
+DEMO_COUNTS = ("n_train", "n_valid", "n_test", "n_catalog")  # DemoConfig fields settable on the command line
+
 
 def _demo_data(args: argparse.Namespace) -> int:
     from pipeline.corpora.demo import DemoConfig, generate
 
     config = DemoConfig.tiny(seed=args.seed) if args.tiny else DemoConfig(seed=args.seed)
+    counts = {name: getattr(args, name) for name in DEMO_COUNTS if getattr(args, name) is not None}
+    try:
+        config = dataclasses.replace(config, **counts)
+    except ValueError as err:  # DemoConfig validates the counts
+        print(f"silentmine demo-data: {err}", file=sys.stderr)
+        return 2
     started = time.time()
     summary = generate(Path(args.out), config, workers=available_cores(), force=args.force)
     print(f"demo data in {args.out} ({time.time() - started:.0f} s): {json.dumps(summary, default=str)}")
@@ -438,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     demo_data.add_argument("--out", default="data/demo")
     demo_data.add_argument("--seed", type=int, default=0)
     demo_data.add_argument("--tiny", action="store_true", help="a few short tracks, for smoke tests")
+    for name in DEMO_COUNTS:  # the first songs of each split do not depend on the counts
+        demo_data.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=None,
+                               help=f"songs ({name.removeprefix('n_')}; default: the demo's or --tiny's)")
     demo_data.add_argument(
         "--force", action="store_true", help="write the corpus again even if a complete one of the same config is there"
     )

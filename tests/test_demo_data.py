@@ -273,3 +273,21 @@ def test_config_rejects_bad_values():
         song_with_silence(np.random.default_rng(0), 5.0, 16_000, 1, 5.0)
     with pytest.raises(ValueError):
         song_with_silence(np.random.default_rng(0), 5.0, 16_000, 4, 2.0)
+
+
+def test_command_line_song_counts(demo, tmp_path, capsys):
+    from tasks.cli import main
+
+    out, _ = demo
+    assert main(["demo-data", "--out", str(tmp_path / "few"), "--tiny", "--seed", "3", "--n-train", "2",
+                 "--n-test", "0", "--n-catalog", "1"]) == 0
+    summary = json.loads((tmp_path / "few" / "demo.json").read_text())
+    assert [summary["splits"][s]["tracks"] for s in ("train", "valid", "test")] == [2, 1, 0]
+    assert summary["catalog"]["tracks"] == 1
+    # per-song seeds: the first songs are those of the full tiny corpus
+    for rel in ("stems/train/demo-train-001/mixture.wav", "stems/valid/demo-valid-000/vocals.wav",
+                "catalog/artist_a/album_1/track_000.wav"):
+        assert (tmp_path / "few" / rel).read_bytes() == (out / rel).read_bytes(), rel
+    assert main(["demo-data", "--out", str(tmp_path / "bad"), "--tiny", "--n-train", "-1"]) == 2
+    assert "n_train must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
