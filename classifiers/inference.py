@@ -32,7 +32,12 @@ so passes pay only on long tracks: the BiLSTM took 1.17 s in one pass over a 40 
 ``model.sequence``, idle); shorter tracks take the one pass of ``float32``.  The whole
 detector at width 1.0 over 300 s: 1.33-1.45x (``benchmarks/detect.py``, README "Performance").
 On the demo's trained detector and its test split's features end to end (10,794 frames),
-passes differ from one pass by 2e-7 in probability.  bfloat16 was measured and rejected: the
+passes differ from one pass by 2e-7 in probability.  On random features, which it never saw,
+they differed by 0.03, and by 0.024 even with 512 frames of context: its BiLSTM then does not
+forget.  So the fast path checks its seams: the two frames around each boundary are scored
+by both neighbouring passes (one keeps them, the other has them in its context), and if any
+probability there differs by more than ``PASS_SEAM_TOLERANCE`` the track is scored again in
+one pass, as ``float32`` does; the detection stages count such tracks.  bfloat16 was measured and rejected: the
 conv stack in bfloat16 moves that detector's probabilities by 0.068, the BiLSTM in bfloat16
 moves a randomly initialised one with logits of +-4 by 5e-3.  ``tests/test_inference.py`` holds ``fast`` within 1e-3 of
 ``float32``; ``benchmarks/detect.py`` measures both side by side.
@@ -60,6 +65,7 @@ PASS_MIN_FRAMES = 2048  # shortest track (output frames, 2.2 min) the fast path 
 PASS_BATCH = 12  # parallel BiLSTM passes run as one batch (the fastest per frame on 2 cores)
 PASS_MAX_KEEP = 768  # most frames one pass keeps (49 s; bounds the memory: 12 x 1024 frames)
 PASS_CONTEXT = 128  # frames of context on each side of a parallel pass (8 s)
+PASS_SEAM_TOLERANCE = 1e-4  # largest probability disagreement of neighbouring passes kept
 
 
 def default_numeric_path() -> str:
@@ -109,18 +115,42 @@ def pass_bounds(total: int, keep: int, context: int) -> list[tuple[int, int, int
     return bounds
 
 
-def _parallel_sequence(model: SilentSourceDetector, x, total: int, keep: int, chunk_windows: int) -> torch.Tensor:
-    """Logits ``(4, total)`` with the BiLSTM in batched passes of ``keep`` frames (:func:`pass_bounds`)."""
+def _parallel_sequence(model: SilentSourceDetector, x, total: int, keep: int,
+                       chunk_windows: int) -> tuple[torch.Tensor, float]:
+    """Logits ``(4, total)`` with the BiLSTM in batched passes of ``keep`` frames
+    (:func:`pass_bounds`), and how far neighbouring passes disagree at their seams: the largest
+    probability difference, over the two frames around each boundary, between the pass that
+    keeps a frame and its neighbour, which sees it with ``PASS_CONTEXT`` frames of warm-up in the
+    other direction."""
     bounds = pass_bounds(total, keep, PASS_CONTEXT)
     logits = torch.empty(len(SOURCES), total)
+    seams = []  # (frame, that frame's logits in the neighbouring pass)
     for group in range(0, len(bounds), PASS_BATCH):
         batch = bounds[group : group + PASS_BATCH]
         lo, hi = batch[0][2], batch[-1][3]
         embedded = _embed(model, x, lo, hi, chunk_windows)  # (1, D, hi - lo)
         stacked = torch.cat([embedded[..., a - lo : b - lo] for _, _, a, b in batch])  # (B, D, length)
         out = model.sequence(stacked).cpu()
-        for row, (first, stop, a, _) in zip(out, batch):
+        for row, (first, stop, a, b) in zip(out, batch):
             logits[:, first:stop] = row[:, first - a : stop - a]
+            seams += [(frame, row[:, frame - a]) for frame in (first - 1, stop) if 0 < frame < total and a <= frame < b]
+    disagreement = max((float((torch.sigmoid(seen) - torch.sigmoid(logits[:, frame])).abs().max())
+                        for frame, seen in seams), default=0.0)
+    return logits, disagreement
+
+
+def _whole_sequence(model: SilentSourceDetector, x, total: int, chunk_windows: int, sequence_windows: int,
+                    context_windows: int) -> torch.Tensor:
+    """Logits ``(4, total)`` of the ``float32`` path: one BiLSTM pass, or passes of
+    ``sequence_windows`` with ``context_windows`` of context for a longer track."""
+    if total <= sequence_windows + 2 * context_windows:
+        return model.sequence(_embed(model, x, 0, total, chunk_windows))[0].cpu()
+    logits = torch.empty(len(SOURCES), total)
+    for first in range(0, total, sequence_windows):
+        stop = min(first + sequence_windows, total)
+        lo, hi = max(0, first - context_windows), min(total, stop + context_windows)
+        window = model.sequence(_embed(model, x, lo, hi, chunk_windows))[0].cpu()
+        logits[:, first:stop] = window[:, first - lo : stop - lo]
     return logits
 
 
@@ -149,9 +179,13 @@ def predict(
     chunk_windows: int = CHUNK_WINDOWS,
     sequence_windows: int = SEQUENCE_WINDOWS,
     context_windows: int = CONTEXT_WINDOWS,
+    schedule: dict | None = None,
 ) -> np.ndarray:
     """Probabilities that each source is silent, float32 ``(n_frames, 4)`` in [0, 1], for
     features ``(7, 54, T)`` (see the module docstring).
+
+    ``schedule``, if given, receives what the fast path did with a track it split: ``passes``,
+    ``seam`` (the passes' largest disagreement) and ``fell_back`` (True: scored again in one pass).
 
     Frame ``k`` is grid window ``k`` (starts at ``k * 0.064`` s); columns follow ``SOURCES``.
     ``features`` may be any array-like with numpy slicing in time, e.g. the reader of
@@ -169,17 +203,16 @@ def predict(
     if total == 0:
         raise ValueError("features have no frames")
     keep = pass_keep(total) if numeric_path_of(model) == "fast" else None
+    logits = None
     if keep is not None:
-        logits = _parallel_sequence(model, x, total, keep, chunk_windows)  # (4, n_frames)
-    elif total <= sequence_windows + 2 * context_windows:
-        logits = model.sequence(_embed(model, x, 0, total, chunk_windows))[0].cpu()
-    else:
-        logits = torch.empty(len(SOURCES), total)
-        for first in range(0, total, sequence_windows):
-            stop = min(first + sequence_windows, total)
-            lo, hi = max(0, first - context_windows), min(total, stop + context_windows)
-            window = model.sequence(_embed(model, x, lo, hi, chunk_windows))[0].cpu()
-            logits[:, first:stop] = window[:, first - lo : stop - lo]
+        logits, disagreement = _parallel_sequence(model, x, total, keep, chunk_windows)  # (4, n_frames)
+        if disagreement > PASS_SEAM_TOLERANCE:  # the passes have not forgotten their start
+            logits = None
+        if schedule is not None:
+            schedule.update(passes=len(pass_bounds(total, keep, PASS_CONTEXT)), seam=disagreement,
+                            fell_back=logits is None)
+    if logits is None:
+        logits = _whole_sequence(model, x, total, chunk_windows, sequence_windows, context_windows)
     return torch.sigmoid(logits).T.contiguous().numpy().astype(np.float32)
 
 

@@ -68,8 +68,10 @@ def build_detect(checkpoint: Path, store: Path, out: Path, num_threads: int | No
     """Per-frame probabilities for every track of a feature shard, to the Parquet file ``out``.
 
     ``progress(tracks done, total, track_id)`` is called before each track and once at the end.
-    Counts: ``tracks``, ``frames``, ``audio_seconds`` (the seconds the frames cover, frames x 64 ms)
-    and ``numeric_path`` (:func:`classifiers.inference.default_numeric_path`, the one used)."""
+    Counts: ``tracks``, ``frames``, ``audio_seconds`` (the seconds the frames cover, frames x 64 ms),
+    ``numeric_path`` (:func:`classifiers.inference.default_numeric_path`, the one used),
+    ``tracks_in_passes`` / ``tracks_fell_back`` (tracks the fast path split into parallel BiLSTM
+    passes; of them, those whose passes disagreed and that were scored again in one pass)."""
     import torch
 
     if num_threads:
@@ -79,18 +81,21 @@ def build_detect(checkpoint: Path, store: Path, out: Path, num_threads: int | No
     model = for_numeric_path(model, numeric_path)
     shard = FeatureShard(store)
     # shard.reader: the track's float16 frames, read from the file by predict one chunk at a time
-    frames = []
+    frames, in_passes, fell_back = [], 0, 0
     for done, track in enumerate(tqdm(shard.track_ids, total=len(shard), desc=f"detect {store.stem}", leave=False)):
         if progress:
             progress(done, len(shard), track)
-        frames.append(probabilities_frame(track, predict(model, shard.reader(track))))
+        schedule = {}
+        frames.append(probabilities_frame(track, predict(model, shard.reader(track), schedule=schedule)))
+        in_passes += bool(schedule)
+        fell_back += bool(schedule.get("fell_back"))
     if progress:
         progress(len(frames), len(shard), "")
     table = (pd.concat(frames, ignore_index=True) if frames
              else PROBABILITY_SCHEMA.empty_table().to_pandas())
     write_parquet_atomic(pa.Table.from_pandas(table, schema=PROBABILITY_SCHEMA, preserve_index=False), out)
     return StageResult({"tracks": len(frames), "frames": len(table), "audio_seconds": round(len(table) * HOP_S, 1),
-                        "numeric_path": numeric_path})
+                        "numeric_path": numeric_path, "tracks_in_passes": in_passes, "tracks_fell_back": fell_back})
 
 
 def build_detector_report(checkpoint: Path, store: Path, labels_path: Path, out: Path) -> StageResult:

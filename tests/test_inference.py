@@ -12,6 +12,8 @@ from classifiers.inference import (
     PASS_BATCH,
     PASS_MAX_KEEP,
     PASS_MIN_FRAMES,
+    PASS_SEAM_TOLERANCE,
+    _parallel_sequence,
     default_numeric_path,
     for_numeric_path,
     numeric_path_of,
@@ -59,8 +61,34 @@ def test_fast_path_with_parallel_passes_and_a_wide_logit_range():
     reference = predict(model, features)  # one whole float32 pass
     assert pass_keep(reference.shape[0]) is not None
     assert reference.min() < 0.1 and reference.max() > 0.9
-    fast = predict(for_numeric_path(model, "fast"), features)
+    schedule = {}
+    fast = predict(for_numeric_path(model, "fast"), features, schedule=schedule)
     assert np.abs(fast - reference).max() <= TOLERANCE
+    assert schedule["passes"] == PASS_BATCH and not schedule["fell_back"]
+    assert schedule["seam"] <= PASS_SEAM_TOLERANCE
+
+
+def test_passes_that_disagree_at_their_seams_fall_back_to_one_pass():
+    # forget gates held open: the cells add up the whole track, so a pass that starts at zero
+    # state never catches up with one whole pass
+    features = _features(4 * (PASS_MIN_FRAMES + 500), seed=2)
+    model = _model(0.0625, features, seed=2)
+    hidden = model.lstm.hidden_size
+    with torch.no_grad():
+        for name, value in model.lstm.named_parameters():
+            if name.startswith("bias_ih"):
+                value[hidden : 2 * hidden] = 30.0
+    reference = predict(model, features)
+    fast_model = for_numeric_path(model, "fast")
+    with torch.inference_mode():
+        passes, seam = _parallel_sequence(fast_model, features, reference.shape[0], pass_keep(reference.shape[0]),
+                                          512)
+    assert seam > PASS_SEAM_TOLERANCE
+    assert np.abs(torch.sigmoid(passes).T.numpy() - reference).max() > TOLERANCE  # what the check prevents
+    schedule = {}
+    fast = predict(fast_model, features, schedule=schedule)
+    assert schedule["fell_back"] and schedule["seam"] == pytest.approx(seam)
+    np.testing.assert_array_equal(fast, reference)
 
 
 def test_pass_keep_splits_long_tracks_into_one_batch_of_passes():
@@ -97,3 +125,17 @@ def test_numeric_paths_leave_the_model_alone():
     assert default_numeric_path() in NUMERIC_PATHS
     with pytest.raises(ValueError, match="numeric_path"):
         for_numeric_path(model, "int4")
+
+
+def test_detect_stage_counts_the_tracks_in_passes(tmp_path):
+    from classifiers.detector import save_checkpoint
+    from classifiers.runs import build_detect
+    from pipeline.features.store import write_feature_shard
+
+    long, short = _features(4 * PASS_MIN_FRAMES + 40, seed=3), _features(400, seed=4)
+    model = _model(0.0625, long, seed=3)
+    save_checkpoint(tmp_path / "detector.pt", model, model.config)
+    write_feature_shard(tmp_path / "shard.npy", [("long", long), ("short", short)])
+    result = build_detect(tmp_path / "detector.pt", tmp_path / "shard.npy", tmp_path / "probs.parquet")
+    assert result.counts["numeric_path"] == "fast"
+    assert (result.counts["tracks"], result.counts["tracks_in_passes"], result.counts["tracks_fell_back"]) == (2, 1, 0)
