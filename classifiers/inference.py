@@ -37,12 +37,13 @@ they differed by 0.03, and by 0.024 even with 512 frames of context: its BiLSTM 
 forget.  So the fast path checks its seams: the two frames around each boundary are scored
 by both neighbouring passes (one keeps them, the other has them in its context), and if any
 probability there differs by more than ``PASS_SEAM_TOLERANCE`` the track is scored again in
-one pass, as ``float32`` does; the detection stages count such tracks.  bfloat16 was measured and rejected: the
-conv stack in bfloat16 moves that detector's probabilities by 0.068, the BiLSTM in bfloat16
-moves a randomly initialised one with logits of +-4 by 5e-3.  ``tests/test_inference.py`` holds ``fast`` within 1e-3 of
-``float32``; ``benchmarks/detect.py`` measures both side by side.
-:func:`default_numeric_path` is ``fast``; the detection stages record the path they used in
-their counts.
+one pass, as ``float32`` does; the detection stages count such tracks.
+
+bfloat16 was measured and rejected: the conv stack in bfloat16 moves that detector's
+probabilities by 0.068, the BiLSTM in bfloat16 moves a randomly initialised one with logits of
++-4 by 5e-3.  ``tests/test_inference.py`` holds ``fast`` within 1e-3 of ``float32``;
+``benchmarks/detect.py`` measures both side by side.  :func:`default_numeric_path` is
+``fast``; the detection stages record the path they used in their counts.
 """
 
 from __future__ import annotations
