@@ -30,16 +30,16 @@ def _load_common():
 common = _load_common()
 
 
-def _smoke(script: str, tmp: Path) -> subprocess.CompletedProcess:
-    """``python benchmarks/SCRIPT --smoke`` from the repository root, its temporary files under
-    ``tmp/tmp`` (torch's compile cache under ``tmp/torch``)."""
+def _smoke(script: str, tmp: Path, *options: str) -> subprocess.CompletedProcess:
+    """``python benchmarks/SCRIPT --smoke [OPTIONS]`` from the repository root, its temporary files
+    under ``tmp/tmp`` (torch's compile cache under ``tmp/torch``)."""
     (tmp / "tmp").mkdir(parents=True)
     threads = {name: "1" for name in THREAD_VARIABLES}  # two run side by side
     env = {**os.environ, **threads, "TMPDIR": str(tmp / "tmp"), "TORCHINDUCTOR_CACHE_DIR": str(tmp / "torch"),
            "MPLBACKEND": "Agg"}
     try:
-        return subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--smoke"], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S, check=False)
+        return subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--smoke", *options], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as err:
         return subprocess.CompletedProcess(err.cmd, -1, err.stdout or "", f"timed out after {SMOKE_TIMEOUT_S} s")
 
@@ -129,9 +129,7 @@ def test_detect_scores_a_feature_shard(tmp_path):
     rng = np.random.default_rng(0)
     shard = tmp_path / "shard.npy"
     write_feature_shard(shard, [(f"t{i}", rng.uniform(0, 8, (7, 54, 200)).astype(np.float32)) for i in range(2)])
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "detect.py"), "--smoke", "--features", str(shard)],
-                          cwd=REPO, env={**os.environ, **{name: "1" for name in THREAD_VARIABLES}},
-                          capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S, check=False)
+    done = _smoke("detect.py", tmp_path / "run", "--features", str(shard))
     assert done.returncode == 0, done.stderr[-4000:]
     assert f"of the 2 tracks of {shard}" in done.stdout
     assert sum(line.startswith("figure:") for line in done.stdout.splitlines()) == 4
