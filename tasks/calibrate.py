@@ -2,7 +2,7 @@
 
 import luigi
 
-from pipeline.mining.calibration import RULES, build_calibration
+from pipeline.mining.calibration import EXCERPT_GRID, RULES, build_calibration
 from tasks.base import Stage
 from tasks.detector import DetectStems
 from tasks.labels import Labels
@@ -25,6 +25,14 @@ class Calibrate(Stage):
     rule = luigi.ChoiceParameter(default="windows", choices=RULES, description="windows (the paper's) or excerpts")
     min_seconds = luigi.FloatParameter(default=5.0, description="extraction's shortest excerpt (set by Extract)")
     max_gap = luigi.IntParameter(default=0, description="extraction's longest bridged dip, frames (set by Extract)")
+
+    def key_params(self):
+        """With ``rule = excerpts``, its candidate grid too (``EXCERPT_GRID``), so that thresholds
+        chosen on an earlier grid are not reused; the windows rule keeps its keys."""
+        params = super().key_params()
+        if self.rule == "excerpts":
+            params["excerpt_grid"] = EXCERPT_GRID
+        return params
 
     def requires(self):
         return {"labels": Labels(), **{f"detect_{s}": DetectStems(split=s) for s in self.splits}}

@@ -306,3 +306,29 @@ def test_rules_table_reports_both_rules():
     assert thresholds["drums"] == pytest.approx(0.6) and thresholds["other"] is None
     with pytest.raises(ValueError, match="rule"):
         rules_table(windows, excerpts, table, "frames")
+
+
+def test_excerpts_rule_threshold_does_not_follow_float_noise():
+    # Candidates sit at fixed ranks of all held-out windows: when float noise makes two distinct
+    # probabilities equal (or apart), no candidate moves by more than the noise.  (Ranks among the
+    # distinct values would shift the whole grid by one value: 3e-4 in the demo, session 7.)
+    rng = np.random.default_rng(4)
+    n, tracks = 6000, 12
+    walk = np.cumsum(rng.normal(0.0, 0.08, size=(n, len(SOURCES))), axis=0)
+    probs = 1.0 / (1.0 + np.exp(-np.sin(walk)))
+    volumes = np.where(probs + rng.normal(0.0, 0.08, size=probs.shape) > 0.6, SILENT, LOUD)
+    ids = np.repeat([f"t{k}" for k in range(tracks)], n // tracks)
+    breaks = track_breaks(ids, np.tile(np.arange(n // tracks), tracks))
+    noisy = probs.copy()
+    for column in range(len(SOURCES)):
+        order = np.argsort(probs[:, column])
+        gaps = np.diff(probs[order, column])
+        for k in np.argsort(gaps)[:40]:  # the 40 closest pairs of values become equal pairs
+            noisy[order[k + 1], column] = probs[order[k], column]
+        assert np.sort(gaps)[39] < 1e-6
+    one, two = (calibrate_excerpts(p, volumes, breaks, target_fraction=0.8, min_windows=50, candidates=60)
+                for p in (probs, noisy))
+    for source in SOURCES:
+        a, b = _row(one, source), _row(two, source)
+        assert bool(a["calibratable"]) and bool(b["calibratable"]), source
+        assert abs(a["threshold"] - b["threshold"]) < 2e-6, (source, a["threshold"], b["threshold"])

@@ -38,9 +38,9 @@ CONFIG = {
 }
 
 RECORDED = {
-    'Audit': '280838ae3b65b2f9',
-    'Calibrate(rule=excerpts)': 'e4897b575b9e4978',
-    'Calibrate(rule=windows)': '04e7c1208c9e3212',
+    'Audit': 'fc9d7d408a680db2',
+    'Calibrate(excerpt_grid=null, rule=windows)': '04e7c1208c9e3212',
+    'Calibrate(excerpt_grid=ranks of all windows, rule=excerpts)': '78df8edad05b847d',
     'CatalogFeatures': '187e4f1708ede1c5',
     'DetectCatalog': '273534ebca2866c7',
     'DetectStems': '95e4ff8d058c4497',
@@ -50,7 +50,7 @@ RECORDED = {
     'Extract': '619ee7a672bc2d35',
     'ExtractShard': '94045f394c2b05d1',
     'Labels': '8e2e2d0604659fa5',
-    'MeasureExtraction': 'a0ed6f8b6f5aebb5',
+    'MeasureExtraction': 'f15817326021a30e',
     'PretrainEncoder': '13555c3bf2d8d4c0',
     'ScanCatalog': '7105d69246201df4',
     'StemFeatures(split=test)': '29ef6917cadd9512',

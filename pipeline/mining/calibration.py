@@ -36,11 +36,12 @@ least ``target_fraction`` of them have ``V_i <= target_db``.  A run's windows ar
 ``a .. b-1``, one 64 ms hop each, so this share is duration-weighted; dips bridged by
 ``max_gap`` count like any other window.  Among admissible candidates ``p_i`` is the one that
 cuts the most held-out audio (seconds of excerpts); ties go to the higher fraction, then the
-higher threshold.  Candidates are the distinct values of ``P_i``, at most ``candidates`` of
-them at evenly spaced ranks (the fraction is not monotone in the threshold, so every candidate
-is evaluated; the chosen one is exact among the candidates).  Nothing admissible: not
-calibratable, as above.  Both rules are always computed and reported (threshold and held-out
-yield of each); ``rule`` says which one extraction uses.
+higher threshold.  Candidates are the values of ``P_i`` at ``candidates`` evenly spaced ranks
+of all held-out windows (every value when there are fewer windows); the fraction is not
+monotone in the threshold, so every candidate is evaluated, and the chosen one is exact among
+the candidates.  Nothing admissible: not calibratable, as above.  Both rules are always
+computed and reported (threshold and held-out yield of each); ``rule`` says which one
+extraction uses.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ TARGET_FRACTION = 0.95  # fraction of selected windows that must be silent
 MIN_WINDOWS = 100  # windows a threshold must select to be admissible
 CURVE_POINTS = 200  # most thresholds per source kept in the curves table
 EXCERPT_CANDIDATES = 400  # most thresholds per source evaluated by the excerpts rule
+# The excerpts rule's candidate grid, in the key of its Calibrate outputs: until session 8 the
+# ranks were taken among the distinct values (a grid that float noise shifts).
+EXCERPT_GRID = "ranks of all windows"
 RULES = ("windows", "excerpts")  # the paper's (default), and the excerpt-level rule
 _FRACTION_TOLERANCE = 1e-12  # so that 19 silent of 20 reaches 0.95 despite rounding
 
@@ -256,10 +260,13 @@ def excerpt_statistics(p: np.ndarray, silent: np.ndarray, breaks: np.ndarray, th
 
 
 def _excerpt_candidates(p: np.ndarray, limit: int) -> np.ndarray:
-    values = np.unique(p)
+    """The distinct values of ``p`` at ``limit`` evenly spaced ranks of all ``p.size`` values: a
+    rank's value moves only as much as ``p`` does, so float noise that makes two values equal
+    (or apart) does not shift the grid, as ranks among the distinct values would."""
+    values = np.sort(p)
     if values.size > limit:
-        values = values[np.unique(np.round(np.linspace(0, values.size - 1, limit)).astype(np.int64))]
-    return values
+        values = values[np.round(np.linspace(0, values.size - 1, limit)).astype(np.int64)]
+    return np.unique(values)
 
 
 def calibrate_excerpts(
