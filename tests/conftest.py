@@ -1,9 +1,11 @@
-"""Shared fixtures: a tiny labelled stem set and catalog, and a configured Luigi data root."""
+"""Shared fixtures: a tiny labelled stem set and catalog, the tiny demo corpus, and a configured
+Luigi data root."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from pipeline.corpora.demo import DemoConfig, generate
 from pipeline.sources import SOURCES
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -76,6 +79,20 @@ def luigi_options(options: dict[str, dict] | None = None) -> Iterator[Callable[[
             for key, value in values.items():
                 set_option(section, key, value)
         yield set_option
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> Callable[[Path], Path]:
+    """``copy(dest) -> dest``: a fresh copy (file times kept) of the tiny demo corpus,
+    ``DemoConfig.tiny(seed=3)``, generated once per session (about 5 s)."""
+    master = tmp_path_factory.mktemp("tiny-demo") / "corpus"
+    generate(master, DemoConfig.tiny(seed=3))
+
+    def copy(dest: Path) -> Path:
+        shutil.copytree(master, dest)
+        return dest
+
+    return copy
 
 
 @pytest.fixture

@@ -1,20 +1,22 @@
 """Crash safety: SIGKILL in the middle of each long stage, then a plain re-run.
 
-One data root is run uninterrupted (the reference).  A second one is killed four times in a
-row, each time in the middle of a different long stage (catalog features, catalog detection,
-extraction, separator training; ``tests/crash_run.py`` kills the process between writing an
-output's temporary and renaming it), and finally re-run to the end.  After every kill, every
-visible file equals the reference's file of the same name (so no partial file is ever visible
-under a final name) and the killed write's temporary is there; after the final re-run, the
-two data roots hold the same files with the same bytes, and the killed shards' temporaries
-are gone.  Files that record wall-clock times (manifests, shard markers, logs, the journal)
-are compared by name only, and the separator's resume checkpoint by content without the
-seconds each epoch took.
+One data root is run uninterrupted (the reference, in a process of its own alongside the
+others).  A second one is killed four times in a row, each time in the middle of a different
+long stage (catalog features, catalog detection, extraction, separator training;
+``tests/crash_run.py`` kills the process between writing an output's temporary and renaming
+it), and finally re-run to the end.  After every kill (a copy of what it left, compared once
+the reference is done), every visible file equals the reference's file of the same name (so
+no partial file is ever visible under a final name) and the killed write's temporary is
+there; after the final re-run, the two data roots hold the same files with the same bytes,
+and the killed shards' temporaries are gone.  Files that record wall-clock times (manifests,
+shard markers, logs, the journal) are compared by name only, and the separator's resume
+checkpoint by content without the seconds each epoch took.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,8 +24,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from pipeline.corpora.demo import DemoConfig, generate
 
 pytestmark = pytest.mark.slow
 
@@ -74,10 +74,23 @@ def _config(root: Path, demo: Path) -> Path:
     return path
 
 
-def _run(config: Path, *args: str) -> subprocess.CompletedProcess:
+def _start(config: Path, *args: str, log: Path) -> subprocess.Popen:
+    """``crash_run.py TARGET ARGS`` with ``config``, one thread, its stderr into ``log``."""
     env = {**os.environ, "LUIGI_CONFIG_PATH": str(config), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(RUNNER), TARGET, *args], env=env, capture_output=True,
-                          text=True, timeout=600)
+    with open(log, "w") as stderr:
+        return subprocess.Popen([sys.executable, str(RUNNER), TARGET, *args], env=env, stdout=subprocess.DEVNULL,
+                                stderr=stderr, text=True)
+
+
+def _finish(process: subprocess.Popen, log: Path) -> tuple[int, str]:
+    """``(return code, the tail of its stderr)`` once ``process`` has ended."""
+    code = process.wait(timeout=600)
+    return code, log.read_text()[-3000:]
+
+
+def _run(config: Path, *args: str) -> tuple[int, str]:
+    log = config.with_name(f"run-{len(list(config.parent.glob('run-*.log')))}.log")
+    return _finish(_start(config, *args, log=log), log)
 
 
 def _visible_files(data: Path) -> dict[str, Path]:
@@ -138,42 +151,49 @@ def _temporaries(data: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def demo_corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("crash-demo")
-    generate(root, DemoConfig.tiny(seed=3))
-    return root
+def demo_corpus(tmp_path_factory, tiny_demo) -> Path:
+    return tiny_demo(tmp_path_factory.mktemp("crash") / "demo")
 
 
 def test_sigkill_in_each_long_stage_then_rerun_equals_an_uninterrupted_run(demo_corpus, tmp_path):
+    # The reference runs alongside the killed runs (one thread each, 2 cores); what each kill
+    # leaves is copied aside and compared with the reference once that has finished.
     reference_config = _config(tmp_path / "reference", demo_corpus)
-    done = _run(reference_config)
-    assert done.returncode == 0, done.stderr[-3000:]
-    reference = _visible_files(tmp_path / "reference" / "data")
+    reference_log = tmp_path / "reference" / "run.log"
+    reference_run = _start(reference_config, log=reference_log)
 
     config = _config(tmp_path / "crashed", demo_corpus)
     data = tmp_path / "crashed" / "data"
+    left = {}
     for stage, pattern, nth in KILLS:
-        killed = _run(config, "--kill-at", pattern, "--nth", str(nth))
-        assert killed.returncode == -signal.SIGKILL, \
-            f"{stage}: not killed ({killed.returncode})\n{killed.stderr[-3000:]}"
-        leftovers = _temporaries(data)
+        code, log = _run(config, "--kill-at", pattern, "--nth", str(nth))
+        assert code == -signal.SIGKILL, f"{stage}: not killed ({code})\n{log}"
+        left[stage] = tmp_path / "after" / stage.replace(" ", "-")
+        shutil.copytree(data, left[stage], symlinks=True)
+    code, log = _run(config)
+    assert code == 0, log
+
+    code, log = _finish(reference_run, reference_log)
+    assert code == 0, log
+    reference = _visible_files(tmp_path / "reference" / "data")
+    for stage, pattern, _ in KILLS:
+        leftovers = _temporaries(left[stage])
         prefix = pattern.split("/")[0]
         assert any(name.startswith(prefix + "/") for name in leftovers), f"{stage}: no temporary left"
-        wrong = _differences(_visible_files(data), reference)
+        wrong = _differences(_visible_files(left[stage]), reference)
         if stage == "separator training":
             # Training writes a resumable snapshot after every epoch (checkpoint, best model, history,
             # plot): complete files of epoch 1 that epoch 2 replaces; the folder has no manifest yet.
             snapshot = [name for name in wrong if name.startswith("separator/")]
             assert all(
-                (data / name.split(" ")[0]).parent.joinpath("manifest.json").exists() is False for name in snapshot
+                (left[stage] / name.split(" ")[0]).parent.joinpath("manifest.json").exists() is False
+                for name in snapshot
             )
-            (checkpoint,) = data.glob("separator/*/checkpoint.pt")
+            (checkpoint,) = left[stage].glob("separator/*/checkpoint.pt")
             assert torch.load(checkpoint, weights_only=False)["epoch"] == 1
             wrong = [name for name in wrong if name not in snapshot]
         assert wrong == [], f"after the kill in {stage}"
 
-    finished = _run(config)
-    assert finished.returncode == 0, finished.stderr[-3000:]
     files = _visible_files(data)
     assert _differences(files, reference) == []
     assert sorted(files) == sorted(reference)

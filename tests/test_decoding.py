@@ -339,7 +339,7 @@ NO_FFMPEG_CHILD = textwrap.dedent(r"""
         assert whole.shape[1] > rate and len(blocks) > 5, path
         print(path, rate, whole.shape, audio.probe(path).codec)
     (track,) = stemset.list_tracks(sys.argv[1], "test")
-    references = stemset.load_stems(track)[0]
+    references = stemset.load_stems(track)[0][:, :1]  # one channel: museval's solves are 8x cheaper
     estimates = references + 0.05 * np.random.default_rng(0).standard_normal(references.shape)
     rows = score_track(track.name, references, estimates, 44100)
     assert all(np.isfinite(r["sdr"]) for r in rows), rows

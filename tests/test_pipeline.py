@@ -11,7 +11,6 @@ import pytest
 import soundfile as sf
 
 from pipeline.audio.io import file_checksum
-from pipeline.corpora.demo import DemoConfig, generate
 from pipeline.mining.schema import read_index
 from tests.conftest import luigi_options
 
@@ -29,10 +28,10 @@ SETTINGS = {
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo(tmp_path_factory, tiny_demo):
     """The tiny demo corpus, and luigi.cfg pointed at it (restored afterwards)."""
     root = tmp_path_factory.mktemp("pipeline")
-    generate(root / "demo", DemoConfig.tiny(seed=3))
+    tiny_demo(root / "demo")
     options = {"silentmine": {"data_root": root / "data", "stem_root": root / "demo" / "stems",
                               "catalog": root / "demo" / "catalog", "threads": 2},
                "MeasureExtraction": {"truth": root / "demo" / "catalog_truth.parquet"}, **SETTINGS}

@@ -14,7 +14,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.corpora.demo import DemoConfig, generate
 from pipeline.mining.schema import read_index
 from pipeline.storage.journal import read_journal
 from pipeline.threads import effective_threads
@@ -64,11 +63,14 @@ def _finish(process: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def shared_run(tmp_path_factory):
-    """The tiny demo run by two processes through one luigid, then by one process alone."""
+def shared_run(tmp_path_factory, tiny_demo):
+    """The tiny demo run by two processes through one luigid and, alongside them (one thread each;
+    the shared run leaves a core idle while one task holds the other worker back), by one
+    process alone into its own data root."""
     root = tmp_path_factory.mktemp("scheduler")
-    generate(root / "demo", DemoConfig.tiny(seed=3))
+    tiny_demo(root / "demo")
     shared = _write_config(root / "shared.cfg", _options(root, root / "shared"))
+    alone = _silentmine(_write_config(root / "alone.cfg", _options(root, root / "alone")))
     port = _free_port()
     (root / "luigid-logs").mkdir()
     luigid = subprocess.Popen([str(BIN / "luigid"), "--address", "127.0.0.1", "--port", str(port),
@@ -89,12 +91,13 @@ def shared_run(tmp_path_factory):
         workers = [_silentmine(shared, "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port),
                                "--workers", "1") for _ in range(2)]
         shared_results = [_finish(p) for p in workers]
+    except BaseException:
+        alone.kill()
+        raise
     finally:
         luigid.terminate()
         luigid.wait(timeout=30)
-    alone = _write_config(root / "alone.cfg", _options(root, root / "alone"))
-    alone_result = _finish(_silentmine(alone))
-    return root, shared_results, alone_result
+    return root, shared_results, _finish(alone)
 
 
 def _graph(root: Path, data_root: Path) -> set[tuple[str, str, str | None]]:
