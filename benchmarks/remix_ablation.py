@@ -48,12 +48,14 @@ from _common import figure, in_work, parse_args, run_logged, set_options  # noqa
 
 from pipeline.corpora.demo import DemoConfig, generate  # noqa: E402
 
+# The demo's TasNet (luigi.cfg's model_config without its sample rate, which comes from --rate).
+DEMO_TASNET = {"filters": 32, "lstm_layers": 2, "hidden": 32, "consistency": True}
 SMOKE = {"labelled": 2, "catalog": 4, "test": 1, "seeds": 1, "schemes": "none", "updates": 3, "channels": 4, "depth": 3,
          "window": 1.0, "batch": 2, "rate": 8000, "stem_seconds": [5.0, 6.0], "catalog_seconds": [8.0, 10.0],
          "detector_width": 0.0625, "detector_epochs": 1, "crop_seconds": 2.0, "min_windows": 10,
          "target_fraction": 0.5, "work": None, "threads": 1,
          # mono: museval's projection solves, most of the smoke's Evaluate, are 8x cheaper than stereo
-         "model_config": '{"filters": 32, "lstm_layers": 2, "hidden": 32, "consistency": true, "audio_channels": 1}'}
+         "model_config": json.dumps({**DEMO_TASNET, "audio_channels": 1})}
 
 
 def schemes(which: str) -> list[str]:
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--updates", type=int, default=600, help="optimizer updates per run (main + remix)")
     parser.add_argument("--model", default="tasnet", help="registered separator (demucs, demucs2019, tasnet)")
     parser.add_argument("--model-config",
-                        default='{"filters": 32, "lstm_layers": 2, "hidden": 32, "consistency": true}',
+                        default=json.dumps(DEMO_TASNET),
                         help="JSON over the model's defaults (sample_rate comes from --rate); the default is the "
                              "demo's TasNet, 32 filters, 2 x 32 cells and mixture consistency")
     parser.add_argument("--critic-config",
