@@ -20,7 +20,14 @@ from tqdm import tqdm
 from classifiers.detector import load_checkpoint, save_checkpoint
 from classifiers.inference import default_numeric_path, for_numeric_path, predict, probabilities_frame
 from classifiers.report import detector_report
-from classifiers.training import PAPER_BATCH_SIZE, PAPER_LR, DetectorTrainConfig, train_config_dict, train_detector
+from classifiers.training import (
+    PAPER_BATCH_SIZE,
+    PAPER_CROP_STRIDE_S,
+    PAPER_LR,
+    DetectorTrainConfig,
+    train_config_dict,
+    train_detector,
+)
 from pipeline.features.store import FeatureShard
 from pipeline.mining.schema import PROBABILITY_SCHEMA
 from pipeline.sources import HOP_S, LABEL_SILENT_DB, SOURCES
@@ -114,11 +121,12 @@ def build_detector_report(checkpoint: Path, store: Path, labels_path: Path, out:
 
 def train_config(width: float, epochs: int, patience: int, crop_seconds: float, gain_db: float,
                  shift_rows: int, num_threads: int | None, lr: float = PAPER_LR,
-                 batch_size: int = PAPER_BATCH_SIZE, silent_db: float = LABEL_SILENT_DB) -> DetectorTrainConfig:
-    """The paper's recipe (Adam 5e-4, batch 64, -13 dB labels) at a given width and length,
-    with optional augmentations: random gain of ``gain_db`` and pitch shift of ``shift_rows``
-    order-1 rows (0 = off, as in the paper), and optionally another ``lr``, ``batch_size`` and
-    label threshold ``silent_db``."""
+                 batch_size: int = PAPER_BATCH_SIZE, silent_db: float = LABEL_SILENT_DB,
+                 crop_stride_seconds: float = PAPER_CROP_STRIDE_S) -> DetectorTrainConfig:
+    """The paper's recipe (Adam 5e-4, batch 64, -13 dB labels, crops every 0.5 s) at a given
+    width and length, with optional augmentations: random gain of ``gain_db`` and pitch shift
+    of ``shift_rows`` order-1 rows (0 = off, as in the paper), and optionally another ``lr``,
+    ``batch_size``, label threshold ``silent_db`` and crop stride ``crop_stride_seconds``."""
     return replace(DetectorTrainConfig(), width=width, epochs=epochs, patience=patience, crop_seconds=crop_seconds,
                    gain_db=gain_db, shift_rows=shift_rows, num_threads=num_threads, lr=lr, batch_size=batch_size,
-                   silent_db=silent_db)
+                   silent_db=silent_db, crop_stride_seconds=crop_stride_seconds)

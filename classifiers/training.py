@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 MAX_FRAME_MISMATCH = 1  # label windows vs detector frames (resampling can round one away)
 PAPER_LR = 5e-4  # Adam learning rate of the paper's detector
 PAPER_BATCH_SIZE = 64  # crops per step in the paper
+PAPER_CROP_STRIDE_S = 0.5  # seconds between the starts of an epoch's crops, as in the paper
 BN_BATCHES = 8  # training batches that re-estimate BatchNorm statistics after each epoch
 
 
@@ -60,7 +61,7 @@ class DetectorTrainConfig:
     batch_size: int = PAPER_BATCH_SIZE
     lr: float = PAPER_LR
     crop_seconds: float = 5.0
-    crop_stride_seconds: float = 0.5
+    crop_stride_seconds: float = PAPER_CROP_STRIDE_S
     patience: int = 5  # epochs without a better valid loss before stopping
     silent_db: float = LABEL_SILENT_DB
     width: float = 1.0

@@ -3,7 +3,7 @@
 import luigi
 
 from classifiers import runs
-from classifiers.training import PAPER_BATCH_SIZE, PAPER_LR
+from classifiers.training import PAPER_BATCH_SIZE, PAPER_CROP_STRIDE_S, PAPER_LR
 from pipeline.sources import LABEL_SILENT_DB
 from tasks.base import ShardStage, Stage, config
 from tasks.features import CatalogFeatures, StemFeatures
@@ -25,21 +25,25 @@ class TrainDetector(Stage):
     batch_size = luigi.IntParameter(default=PAPER_BATCH_SIZE, description="crops per step (the paper's 64)")
     silent_db = luigi.FloatParameter(default=LABEL_SILENT_DB,
                                      description="training label: silent when V_i <= silent_db (the paper's -13 dB)")
+    crop_stride_seconds = luigi.FloatParameter(default=PAPER_CROP_STRIDE_S,
+                                               description="seconds between an epoch's crops (the paper's 0.5)")
 
     def requires(self):
         return {"labels": Labels(), "train": StemFeatures(split="train"), "valid": StemFeatures(split="valid")}
 
     def key_params(self):
-        """With the paper's ``lr``, ``batch_size`` and ``silent_db`` these are left out: detectors
-        trained before they were parameters keep their keys."""
+        """With the paper's ``lr``, ``batch_size``, ``silent_db`` and ``crop_stride_seconds``
+        these are left out: detectors trained before they were parameters keep their keys."""
         params = {**super().key_params(), "seed": config().seed}
-        paper = {"lr": PAPER_LR, "batch_size": PAPER_BATCH_SIZE, "silent_db": LABEL_SILENT_DB}
+        paper = {"lr": PAPER_LR, "batch_size": PAPER_BATCH_SIZE, "silent_db": LABEL_SILENT_DB,
+                 "crop_stride_seconds": PAPER_CROP_STRIDE_S}
         return {name: value for name, value in params.items() if name not in paper or value != paper[name]}
 
     def build(self, folder):
         settings = runs.train_config(self.width, self.epochs, self.patience, self.crop_seconds, self.gain_db,
                                      self.shift_rows, config().threads or None, lr=self.lr,
-                                     batch_size=self.batch_size, silent_db=self.silent_db)
+                                     batch_size=self.batch_size, silent_db=self.silent_db,
+                                     crop_stride_seconds=self.crop_stride_seconds)
         return runs.build_detector(self.requires()["train"].store, self.requires()["valid"].store,
                                    self.input_folder("labels") / "labels.parquet", settings, config().seed, folder)
 

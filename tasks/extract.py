@@ -9,6 +9,7 @@ from pipeline.features.featurize import read_feature_rejects
 from pipeline.mining.calibration import read_thresholds
 from pipeline.mining.datasets import DatasetRun, ShardStore, build_datasets, view_manifest_fields
 from pipeline.mining.extraction import SecondOpinion, SeparatorScorer, build_excerpts
+from pipeline.mining.schema import INDEX_PART_FORMAT
 from tasks.base import CatalogStage, ShardStage, config
 from tasks.calibrate import Calibrate
 from tasks.catalog import ScanCatalog
@@ -84,6 +85,11 @@ class ExtractShard(RunRule, ShardStage):
     @property
     def feature_store(self):
         return self.requires()["detect"].feature_store
+
+    def key_params(self):
+        """The run rule's, and the format of the index parts (``INDEX_PART_FORMAT``): a store
+        never mixes parts that pandas cannot read as one dataset."""
+        return {**super().key_params(), "index_part_format": INDEX_PART_FORMAT}
 
     def input_keys(self):
         keys = super().input_keys()

@@ -255,8 +255,15 @@ def test_index_is_partitioned_typed_and_readable(catalog, tmp_path):
     pd.testing.assert_frame_equal(by_id(via_pandas), by_id(result.index), check_dtype=False)
     assert len(read_index(index_dir, source="vocals")) == 3
 
-    dataset = ds.dataset(index_dir, format="parquet", partitioning="hive")
-    assert sorted(dataset.to_table().column("source").to_pylist()) == ["drums"] * 3 + ["vocals"] * 3
+    # the README's recipes: pandas and pyarrow on the folder, with its hive partition column
+    flat = pd.read_parquet(index_dir)
+    pd.testing.assert_frame_equal(by_id(flat.assign(source=flat["source"].astype(str))), by_id(result.index),
+                                  check_dtype=False)
+    assert len(pd.read_parquet(index_dir, filters=[("source", "=", "vocals")])) == 3
+    assert sorted(pq.read_table(index_dir).column("source").to_pylist()) == ["drums"] * 3 + ["vocals"] * 3
+    for partitioning in (None, ds.HivePartitioning.discover(infer_dictionary=True)):
+        dataset = ds.dataset(index_dir, format="parquet", partitioning=partitioning)
+        assert sorted(dataset.to_table().column("source").to_pylist()) == ["drums"] * 3 + ["vocals"] * 3
 
     glob = (index_dir / "*" / "*.parquet").as_posix()
     rows = duckdb.sql(f"select source, count(*) as n, sum(end_sample - start_sample) as samples "

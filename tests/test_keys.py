@@ -38,19 +38,19 @@ CONFIG = {
 }
 
 RECORDED = {
-    'Audit': 'fc9d7d408a680db2',
+    'Audit': '4841e35cec9317f0',
     'Calibrate(excerpt_grid=null, rule=windows)': '04e7c1208c9e3212',
     'Calibrate(excerpt_grid=ranks of all windows, rule=excerpts)': '78df8edad05b847d',
     'CatalogFeatures': '187e4f1708ede1c5',
     'DetectCatalog': '273534ebca2866c7',
     'DetectStems': '95e4ff8d058c4497',
     'DetectorReport': '228f4da852aca091',
-    'Evaluate': '5fc2c8234aed388b',
-    'Export': 'ad993d326d28261b',
-    'Extract': '619ee7a672bc2d35',
-    'ExtractShard': '94045f394c2b05d1',
+    'Evaluate': 'ed98091338e7cd5b',
+    'Export': '1801676b9f6648e1',
+    'Extract': 'ff4996a23d03f965',
+    'ExtractShard': 'f3d727c52e166682',
     'Labels': '8e2e2d0604659fa5',
-    'MeasureExtraction': 'f15817326021a30e',
+    'MeasureExtraction': 'e4942378a060f506',
     'PretrainEncoder': '13555c3bf2d8d4c0',
     'ScanCatalog': '7105d69246201df4',
     'StemFeatures(split=test)': '29ef6917cadd9512',
@@ -64,10 +64,10 @@ RECORDED = {
     ('TrainSeparator(channels=8, decoder=paper, depth=4, max_updates=500, model=demucs, '
      'model_config={"sample_rate":16000}, remix=null, scheme=contrastive)'): '2e211f46b0482352',
     ('TrainSeparator(channels=8, decoder=paper, depth=4, max_updates=500, model=demucs, '
-     'model_config={"sample_rate":16000}, remix=true, scheme=null)'): 'ee1926165fa614ea',
+     'model_config={"sample_rate":16000}, remix=true, scheme=null)'): '99efc0e868713ccb',
     ('TrainSeparator(channels=null, decoder=null, depth=null, max_updates=300, model=tasnet, '
      'model_config={"filters":32,"hidden":32,"lstm_layers":2,"sample_rate":16000}, remix=true, '
-     'scheme=null)'): 'e9e46b4a9067593b',
+     'scheme=null)'): '6d0944276f34551c',
 }
 
 
@@ -129,12 +129,13 @@ def test_the_stage_keys_of_a_fixed_configuration_are_unchanged(fixed_inputs):
 
 
 def test_the_detector_recipe_options_enter_the_key_only_off_the_papers_values(fixed_inputs):
-    """``lr``, ``batch_size`` and ``silent_db`` at the paper's values leave TrainDetector's key as
-    recorded; any other value gives a new key (and so a new detector and everything below it)."""
+    """``lr``, ``batch_size``, ``silent_db`` and ``crop_stride_seconds`` at the paper's values leave
+    TrainDetector's key as recorded; any other value gives a new key (and so a new detector and
+    everything below it)."""
     import tasks
 
     recorded = RECORDED["TrainDetector"]
-    assert tasks.TrainDetector(lr=5e-4, batch_size=64, silent_db=-13.0).key == recorded
+    assert tasks.TrainDetector(lr=5e-4, batch_size=64, silent_db=-13.0, crop_stride_seconds=0.5).key == recorded
     others = {tasks.TrainDetector(**change).key
-              for change in ({"lr": 2e-3}, {"batch_size": 32}, {"silent_db": -20.0})}
-    assert recorded not in others and len(others) == 3
+              for change in ({"lr": 2e-3}, {"batch_size": 32}, {"silent_db": -20.0}, {"crop_stride_seconds": 1.0})}
+    assert recorded not in others and len(others) == 4

@@ -74,7 +74,7 @@ from pipeline import rejects
 from pipeline.audio.io import BLOCK_FRAMES, AudioError, file_checksum, match_channels, open_stream, probe, resample
 from pipeline.corpora.labels import SILENT_ENERGY, window_energy
 from pipeline.mining.datasets import excerpt_relpath, index_part_relpath, rejects_part_relpath
-from pipeline.mining.schema import INDEX_SCHEMA, REJECTS_SCHEMA
+from pipeline.mining.schema import INDEX_SCHEMA, PART_SCHEMA, REJECTS_SCHEMA
 from pipeline.sources import HOP_S, SOURCES, WINDOW_S
 from pipeline.storage.journal import Progress
 from pipeline.storage.outputs import StageResult, atomic_path, tmp_name, write_parquet_atomic
@@ -84,7 +84,6 @@ STAGE = "extract"
 _SPAN_TOLERANCE_S = 1e-9
 _LOSSLESS_16 = {"PCM_16", "PCM_S8", "PCM_U8"}  # source subtypes written as PCM_16 without loss
 _FLAC_MAX_CHANNELS = 8
-PART_SCHEMA = INDEX_SCHEMA  # parts keep ``source`` too, so a flat glob over index/ loses nothing
 
 
 # (excerpt audio (channels, samples) float32, its rate in Hz) -> estimated V_i (4, n_windows) dB

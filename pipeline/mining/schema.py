@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -60,8 +59,15 @@ INDEX_SCHEMA = pa.schema(
         ("separator_db_max", pa.float64()),
     ]
 )
-# Columns added after the first D_i were written: parts without them read as NaN.
-LATER_INDEX_COLUMNS = ("separator_db_mean", "separator_db_max")
+# The index part files: INDEX_SCHEMA with ``source`` dictionary-encoded, the type that
+# ``pd.read_parquet`` / ``pq.read_table`` give the hive partition column ``source=<s>/``; a
+# plain string column there fails to merge with it ("Unable to merge: Field source has
+# incompatible types"), so ``pd.read_parquet(index_dir)`` could not read the index.  The parts
+# keep the column so that a flat glob over index/ loses nothing.
+PART_SCHEMA = INDEX_SCHEMA.set(INDEX_SCHEMA.get_field_index("source"),
+                               pa.field("source", pa.dictionary(pa.int32(), pa.string())))
+# Named in ExtractShard's key: part files of another format never share a store (and a view).
+INDEX_PART_FORMAT = "source dictionary-encoded"
 
 # Rejected inputs, one row per (file, stage).
 REJECTS_SCHEMA = pa.schema(
@@ -81,14 +87,12 @@ def read_index(index_dir: str | os.PathLike, source: str | None = None) -> pd.Da
     columns = [f.name for f in INDEX_SCHEMA]
     if not index_dir.exists() or not any(index_dir.rglob("*.parquet")):
         return pd.DataFrame({f.name: pd.Series(dtype=f.type.to_pandas_dtype()) for f in INDEX_SCHEMA})
-    dataset = ds.dataset(index_dir, format="parquet", partitioning="hive", exclude_invalid_files=True,
-                         ignore_prefixes=[".", "_"])
+    # read as INDEX_SCHEMA: parts with a string or a dictionary ``source`` column, or none (the
+    # partition folder's), read alike, and columns that older parts lack read as null (NaN)
+    dataset = ds.dataset(index_dir, format="parquet", schema=INDEX_SCHEMA, partitioning="hive",
+                         exclude_invalid_files=True, ignore_prefixes=[".", "_"])
     table = dataset.to_table(filter=(ds.field("source") == source) if source else None)
-    frame = table.to_pandas()
-    frame["source"] = frame["source"].astype(str)
-    for name in LATER_INDEX_COLUMNS:  # older parts
-        frame[name] = frame[name].astype(np.float64) if name in frame.columns else np.nan
-    return frame[columns]
+    return table.to_pandas()[columns]
 
 
 def read_rejects(run_dir: str | os.PathLike) -> pd.DataFrame:
