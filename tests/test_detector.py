@@ -215,6 +215,22 @@ def test_early_stopping_keeps_the_best_epoch(tiny_sets):
         history[best]["valid_loss"], rel=1e-5)
 
 
+def test_crop_stride_spaces_an_epochs_crops():
+    """Crops start every ``crop_stride_seconds`` (rounded to whole 64 ms windows) and the last
+    one ends inside the track; the paper's 0.5 s is 8 windows, 1 s is 16."""
+    from classifiers.training import _crops, _Track
+
+    windows = 200
+    track = _Track(np.zeros((7, 54, 40 + 4 * (windows - 1)), np.float32), np.zeros((4, windows), np.float32),
+                   np.ones(windows, np.float32))
+    for seconds, step in ((0.5, 8), (1.0, 16)):
+        config = DetectorTrainConfig(crop_stride_seconds=seconds)
+        crop = config.crop_windows()
+        starts = [start for _, start in _crops([track], crop, config.stride_windows(), None)]
+        assert starts[0] == 0 and set(np.diff(starts)) == {step}
+        assert starts[-1] + crop <= windows < starts[-1] + step + crop
+
+
 def test_labels_are_aligned_or_rejected():
     volumes = np.zeros((4, 10), dtype=np.float32)
     aligned, mask = align_labels(volumes, 11)
