@@ -272,6 +272,28 @@ def test_index_is_partitioned_typed_and_readable(catalog, tmp_path):
     assert rows == [(s, 3, int(expected.loc[expected["source"] == s, "samples"].sum())) for s in ("drums", "vocals")]
 
 
+def test_read_index_reads_parts_of_every_format(catalog, tmp_path):
+    """Parts of today's format, parts of the first one (a string ``source``, no separator
+    columns) and parts without the ``source`` column (the hive folder's only) read alike."""
+    run_dir = tmp_path / "run"
+    result = _run(catalog, run_dir)
+    index_dir = run_dir / "index"
+    today = read_index(index_dir)
+    drums = today[today["source"] == "drums"]
+    old = pa.schema([f for f in INDEX_SCHEMA if not f.name.startswith("separator_")])
+    pq.write_table(pa.Table.from_pandas(drums.assign(excerpt_id=drums["excerpt_id"] + "-old"), schema=old,
+                                        preserve_index=False), index_dir / "source=drums" / "part-old.parquet")
+    bare = pa.schema([f for f in INDEX_SCHEMA if f.name != "source"])
+    pq.write_table(pa.Table.from_pandas(drums.assign(excerpt_id=drums["excerpt_id"] + "-bare").drop(columns="source"),
+                                        schema=bare, preserve_index=False),
+                   index_dir / "source=drums" / "part-bare.parquet")
+    frame = read_index(index_dir)
+    assert list(frame.columns) == INDEX_SCHEMA.names and len(frame) == len(result.index) + 2 * len(drums)
+    again = frame[frame["excerpt_id"].str.endswith(("-old", "-bare"))]
+    assert (again["source"] == "drums").all() and again["separator_db_mean"].isna().all()
+    assert len(read_index(index_dir, source="drums")) == 3 * len(drums)
+
+
 def test_rerunning_a_shard_rewrites_identical_bytes(catalog, tmp_path):
     run_dir = tmp_path / "run"
     first = _run(catalog, run_dir)

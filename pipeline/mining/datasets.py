@@ -5,7 +5,7 @@ detector, the calibration, ``min_seconds`` and the decoders) is where every extr
 (:mod:`pipeline.mining.extraction`) writes, whichever catalog it came from::
 
     shards/<shard_key>.json                      the shard's marker, written last
-    index/source=<s>/part-<shard_key>.parquet    its index rows (INDEX_SCHEMA, source included)
+    index/source=<s>/part-<shard_key>.parquet    its index rows (PART_SCHEMA: INDEX_SCHEMA, source included)
     audio/<s>/<track_id[:2]>/<excerpt_id>.flac   its excerpts
     rejects/part-<shard_key>.parquet             the tracks it rejected (REJECTS_SCHEMA)
 
