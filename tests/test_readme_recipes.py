@@ -30,7 +30,7 @@ def readme_blocks(language: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def view(tmp_path_factory, request):
+def view(tmp_path_factory):
     root = tmp_path_factory.mktemp("readme")
     run_dir, *_ = make_extraction_run(root)
     with pytest.MonkeyPatch.context() as patch:
