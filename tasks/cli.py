@@ -372,6 +372,7 @@ def _export_options(args: argparse.Namespace) -> dict:
 
 def _export(args: argparse.Namespace) -> int:
     from pipeline.exports import build_exports
+    from pipeline.exports.remix_pairs import PAIRS, VALID_PAIRS
 
     options = _export_options(args)
     if args.run_dir and not args.out:
@@ -390,7 +391,7 @@ def _export(args: argparse.Namespace) -> int:
             options["seed"] = config().seed if args.seed is None else args.seed
         if args.format == "remix-pairs":
             options["stem_root"] = args.stem_root or config().stem_root
-            options["pairs"] = {"train": options.pop("pairs", 100), "valid": options.pop("valid_pairs", 10)}
+            options["pairs"] = {"train": options.pop("pairs", PAIRS), "valid": options.pop("valid_pairs", VALID_PAIRS)}
         try:
             result = build_exports(run, args.format, args.out, **options)
         except (OSError, ValueError) as err:

@@ -7,7 +7,7 @@ from pipeline.exports.hf import HF_LAYOUT
 from pipeline.exports.musdb import CHANNELS, SAMPLE_RATE
 from pipeline.exports.nemo import NEMO_REFERENCES
 from pipeline.exports.records import SHARD_SIZE
-from pipeline.exports.remix_pairs import PAIR_SECONDS
+from pipeline.exports.remix_pairs import PAIR_SECONDS, PAIRS, VALID_PAIRS
 from pipeline.exports.trackfolders import VALID_FRACTION
 from pipeline.sources import INAUDIBLE_DB
 from tasks.base import Stage, config
@@ -37,8 +37,8 @@ class Export(Stage):
     nemo_reference = luigi.ChoiceParameter(choices=NEMO_REFERENCES, var_type=str, default="excerpt",
                                            description="nemo: point at the excerpt files, or into the catalog "
                                                        "files with an offset")
-    pairs = luigi.IntParameter(default=100, description="remix-pairs: train pairs per source (train split's stems)")
-    valid_pairs = luigi.IntParameter(default=10, description="remix-pairs: valid pairs per source (valid split)")
+    pairs = luigi.IntParameter(default=PAIRS, description="remix-pairs: train pairs per source (train split's stems)")
+    valid_pairs = luigi.IntParameter(default=VALID_PAIRS, description="remix-pairs: valid pairs per source")
     pair_seconds = luigi.FloatParameter(default=PAIR_SECONDS, description="remix-pairs: seconds per pair")
     sample_rate = luigi.IntParameter(default=SAMPLE_RATE, description="musdb, remix-pairs: Hz of the tracks")
     channels = luigi.IntParameter(default=CHANNELS, description="musdb, remix-pairs: channels of the tracks")

@@ -33,7 +33,7 @@ from pipeline.mining.datasets import DatasetRun
 from pipeline.separation.data import StemWindows
 from pipeline.separation.remix import RemixSampler
 from pipeline.sources import INAUDIBLE_DB, SOURCES
-from tests.conftest import write_stem_track
+from tests.conftest import luigi_options, write_stem_track
 
 RATE, CHANNELS, SECONDS = 44100, 2, 0.5
 WINDOW = round(SECONDS * RATE)
@@ -177,8 +177,11 @@ def test_a_killed_export_resumes_to_the_same_pairs(run, stems, pairs, tmp_path):
     shutil.rmtree(killed / written_later[-1]["track"])  # not yet written
     (killed / "bass" / "train" / ".pair-000009.tmp-1-dead").mkdir()  # a killed writer's folder
     os.remove(killed / "export.json")
+    kept = killed / next(json.loads(t) for t in lines[:4] if json.loads(t)["status"] == "written")["track"]
+    before = kept.stat().st_ino
     _export_pairs(run, stems, killed)
     assert _tree_bytes(killed) == _tree_bytes(out)
+    assert kept.stat().st_ino == before  # a pair with its line is not made again
 
 
 def test_an_export_never_mixes_two_option_sets(run, stems, pairs):
@@ -285,3 +288,20 @@ def test_an_undecodable_excerpt_is_skipped_with_its_reason(run, tmp_path):
     assert first["status"] == "written" and second["status"] == "skipped"
     assert second["reason"].startswith("excerpt not decodable")
     assert not (tmp_path / "out" / second["source"] / "train" / second["excerpt_id"]).exists()
+
+
+def test_the_export_stage_writes_pairs_keyed_by_the_stem_set(run, stems, tmp_path, monkeypatch):
+    """``Export(format="remix-pairs")`` reads [silentmine] stem_root and seed, keys on the stem set,
+    and hands its options to the library (Extract's D_i stands in for the fixture's)."""
+    import tasks.export
+
+    with luigi_options({"silentmine": {"data_root": tmp_path / "data", "stem_root": stems, "seed": SEED}}):
+        task = tasks.export.Export(format="remix-pairs", pairs=1, valid_pairs=1, pair_seconds=0.25,
+                                   valid_fraction=VALID_FRACTION)
+        monkeypatch.setattr(task, "requires", lambda: {"dataset": type("Extracted", (), {"dataset": run})()})
+        assert set(task.external_keys()) == {"stem_set"} and task.key_params()["seed"] == SEED
+        result = task.build(tmp_path / "stage")
+    assert result.counts["pairs"] == 6  # drums, bass and vocals, one train and one valid pair each
+    record = json.loads((tmp_path / "stage" / "export.json").read_text())
+    assert record["options"]["stem_root"] == str(stems) and record["options"]["seed"] == SEED
+    assert record["options"]["pairs"] == {"train": 1, "valid": 1}

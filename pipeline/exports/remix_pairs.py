@@ -65,6 +65,8 @@ from pipeline.storage.journal import Progress
 PAIR_SECONDS = TrainConfig.window_s  # the training window's seconds: the remix step's crops are this long
 SAMPLE_RATE = 44_100  # Hz: open-unmix's and Demucs' rate
 CHANNELS = 2
+PAIRS = 100  # train pairs per source asked by default (the command line's and the Export task's)
+VALID_PAIRS = 10  # valid pairs per source asked by default
 ATTEMPTS_PER_PAIR = 4  # draws allowed per pair asked, skipped ones included
 STEM_MEMORY_LIMIT = 256 << 20  # bytes of float32 stems held in memory; a larger split is read lazily
 
