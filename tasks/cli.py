@@ -8,7 +8,7 @@
     silentmine verify [RUN]    # check the D_i (shards, audio, catalog) and the DAG's other outputs
     silentmine status [TASK] [--json]        # each stage: complete, partial, missing, and why
     silentmine gc [--delete] [--keep CFG...] # outputs the configuration no longer reaches
-    silentmine export --format lhotse|hf|webdataset|nemo|csv [--out DIR] [--run-dir RUN]
+    silentmine export --format lhotse|hf|webdataset|nemo|csv|musdb|remix-pairs [--out DIR] [--run-dir RUN]
     silentmine report [--out PNG] [--all]    # the journal: timeline, throughput, time left
 """
 
@@ -362,20 +362,36 @@ def _gc(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
-def _export(args: argparse.Namespace) -> int:
-    from pipeline.mining.export import build_exports
+def _export_options(args: argparse.Namespace) -> dict:
+    """The ``Export`` task's parameters that ``args`` gives for its format (``tasks.export``)."""
+    from tasks.export import FORMAT_OPTIONS
 
-    options = dict(shard_size=args.shard_size, nemo_reference=args.nemo_reference)
+    return {name: getattr(args, name) for name in FORMAT_OPTIONS.get(args.format, ())
+            if getattr(args, name) is not None}
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pipeline.exports import build_exports
+    from pipeline.exports.remix_pairs import PAIRS, VALID_PAIRS
+
+    options = _export_options(args)
     if args.run_dir and not args.out:
         print("export: --run-dir needs --out (a D_i folder holds only the D_i)", file=sys.stderr)
         return 2
     if args.run_dir or args.out:
+        from tasks.base import config
+
         if args.run_dir:
             run = args.run_dir
         else:
             if not run_tasks("Extract", workers=args.workers):
                 return 1
             run = _current("Extract").dataset
+        if args.format in ("musdb", "remix-pairs"):
+            options["seed"] = config().seed if args.seed is None else args.seed
+        if args.format == "remix-pairs":
+            options["stem_root"] = args.stem_root or config().stem_root
+            options["pairs"] = {"train": options.pop("pairs", PAIRS), "valid": options.pop("valid_pairs", VALID_PAIRS)}
         try:
             result = build_exports(run, args.format, args.out, **options)
         except (OSError, ValueError) as err:
@@ -383,14 +399,12 @@ def _export(args: argparse.Namespace) -> int:
             return 2
         print("\n".join(result.summary))
         return 0
-    extra = [
-        "--Export-format",
-        args.format,
-        "--Export-shard-size",
-        str(args.shard_size),
-        "--Export-nemo-reference",
-        args.nemo_reference,
-    ]
+    if args.stem_root:
+        print("export: --stem-root goes with --out (the stage reads [silentmine] stem_root)", file=sys.stderr)
+        return 2
+    extra = ["--Export-format", args.format]
+    for name, value in options.items():
+        extra += [f"--Export-{name.replace('_', '-')}", str(value)]
     if not run_tasks("Export", workers=args.workers, extra=extra):
         return 1
     from luigi.cmdline_parser import CmdlineParser
@@ -507,7 +521,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     collect.set_defaults(func=_gc)
 
-    from pipeline.mining.export import FORMATS, NEMO_REFERENCES, SHARD_SIZE
+    from pipeline.exports import FORMATS
+    from pipeline.exports.nemo import NEMO_REFERENCES
+    from pipeline.exports.records import SHARD_SIZE
 
     export = commands.add_parser("export", help="the D_i in a format training code reads (runs what it needs)")
     export.add_argument("--format", required=True, choices=FORMATS)
@@ -526,6 +542,20 @@ def main(argv: list[str] | None = None) -> int:
         default="excerpt",
         help="nemo: the excerpt files, or the catalog files with offsets",
     )
+    tracks = export.add_argument_group("musdb and remix-pairs (track folders; defaults: the Export task's)")
+    tracks.add_argument("--pairs", type=int, default=None, help="remix-pairs: train pairs per source (default 100)")
+    tracks.add_argument("--valid-pairs", type=int, default=None,
+                        help="remix-pairs: valid pairs per source (default 10)")
+    tracks.add_argument("--pair-seconds", type=float, default=None, help="remix-pairs: seconds per pair (default 5)")
+    tracks.add_argument("--stem-root", default=None, help="remix-pairs with --out: the labelled stem set "
+                                                          "(default: [silentmine] stem_root)")
+    tracks.add_argument("--min-target-db", type=float, default=None,
+                        help="remix-pairs: skip a pair whose stem is at most this loud in it (default -30 dB)")
+    tracks.add_argument("--sample-rate", type=int, default=None, help="Hz of the written tracks (default 44100)")
+    tracks.add_argument("--channels", type=int, default=None, help="channels of the written tracks (default 2)")
+    tracks.add_argument("--valid-fraction", type=float, default=None,
+                        help="share of catalog files whose excerpts go to valid/ (default 0.1)")
+    tracks.add_argument("--seed", type=int, default=None, help="default: [silentmine] seed")
     export.add_argument("--workers", type=int, default=1)
     export.set_defaults(func=_export)
 

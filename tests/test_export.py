@@ -1,11 +1,15 @@
 """Exports of a D_i, each loaded with the real library: counts, durations and provenance survive;
-the remix sampler draws the same crops from WebDataset shards as from the folder."""
+the Hugging Face export loads as its README shows on a machine without an audio decoder for
+datasets; the remix sampler draws the same crops from WebDataset shards as from the folder.
+(The track-folder formats: test_export_trackfolders.py.)"""
 
 from __future__ import annotations
 
 import io
 import json
 import math
+import re
+import sys
 
 import numpy as np
 import pandas as pd
@@ -13,8 +17,9 @@ import pytest
 import soundfile as sf
 from fixtures_extraction import make_extraction_run
 
+from pipeline.exports import build_exports
+from pipeline.exports.webdataset import webdataset_members
 from pipeline.mining.datasets import DatasetRun
-from pipeline.mining.export import build_exports, webdataset_members
 from pipeline.separation.remix import RemixSampler
 from pipeline.sources import SOURCES
 
@@ -67,26 +72,43 @@ def test_lhotse(run, index, tmp_path):
     assert json.loads((tmp_path / "export.json").read_text())["counts"]["excerpts"] == len(index)
 
 
-def test_hf(run, index, tmp_path):
+def test_hf(run, index, tmp_path, monkeypatch):
     import datasets  # in the test extras: a missing one fails
+    monkeypatch.setitem(sys.modules, "torchcodec", None)  # a bare machine: datasets cannot decode audio
     build_exports(run, "hf", tmp_path / "hf", shard_size=2)
     loaded = datasets.load_dataset(str(tmp_path / "hf"), cache_dir=str(tmp_path / "cache"))
     present = [s for s in SOURCES if (index["source"] == s).any()]
     assert sorted(loaded) == sorted(present)  # one split per source with excerpts ("other" has none)
-    assert isinstance(loaded[present[0]].features["audio"], datasets.Audio)
+    assert loaded[present[0]].features["audio"] == datasets.Audio(decode=False)
     seen = 0
     for split in present:
-        rows = loaded[split].cast_column("audio", datasets.Audio(decode=False))
+        rows = loaded[split]
         assert len(rows) == int((index["source"] == split).sum())
-        for item in rows:
+        for item in rows:  # rows read as they come: no cast, no decoder
             row = index.loc[item["excerpt_id"]]
-            assert item["source"] == split
+            assert item["source"] == split and item["audio"]["path"] == f"{item['excerpt_id']}.flac"
             info = sf.info(io.BytesIO(item["audio"]["bytes"]))
             assert (info.frames, info.samplerate, info.channels) == (_samples(row), row["sample_rate"], row["channels"])
             assert item["duration"] == pytest.approx(_samples(row) / row["sample_rate"])
             _same_provenance(item, row)
             seen += 1
     assert seen == len(index)
+
+
+def test_hf_loads_as_its_readme_shows(run, index, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torchcodec", None)
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")  # not the user's cache
+    build_exports(run, "hf", tmp_path / "hf")
+    readme = (tmp_path / "hf" / "README.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    scope: dict = {}
+    exec(code, scope)  # the README's own lines, as a user would paste them
+    row, audio, rate = scope["row"], scope["audio"], scope["rate"]
+    excerpt, excerpt_rate = sf.read(run.audio_file(index.loc[row["excerpt_id"]]), dtype="float32", always_2d=True)
+    assert rate == excerpt_rate and np.array_equal(audio, excerpt)
+    assert row["excerpt_id"] in capsys.readouterr().out
 
 
 def test_webdataset_and_remix_from_shards(run, index, tmp_path):
@@ -161,10 +183,18 @@ def test_bad_requests(run, tmp_path):
 
 
 def test_export_stage_keys_only_its_own_options():
+    from pipeline.exports.hf import HF_LAYOUT
     from tasks.export import Export
 
     assert Export(format="csv", shard_size=5).key_params() == Export(format="csv", shard_size=7).key_params() \
-        == {"format": "csv"}
+        == Export(format="csv", pairs=3, seed=4).key_params() == {"format": "csv"}
     assert Export(format="webdataset", shard_size=5).key_params() == {"format": "webdataset", "shard_size": 5}
     assert Export(format="nemo", nemo_reference="catalog").key_params() == {"format": "nemo",
                                                                           "nemo_reference": "catalog"}
+    assert Export(format="hf", shard_size=5).key_params() == {"format": "hf", "shard_size": 5, "hf_layout": HF_LAYOUT}
+    musdb = Export(format="musdb", sample_rate=22050, seed=3, pairs=7).key_params()
+    assert musdb == {"format": "musdb", "sample_rate": 22050, "channels": 2, "valid_fraction": 0.1, "seed": 3}
+    pairs = Export(format="remix-pairs", pairs=7, seed=3, shard_size=9).key_params()
+    assert pairs["pairs"] == 7 and pairs["seed"] == 3 and "shard_size" not in pairs
+    assert set(pairs) == {"format", "pairs", "valid_pairs", "pair_seconds", "sample_rate", "channels",
+                          "valid_fraction", "min_target_db", "seed"}
