@@ -25,8 +25,8 @@ difference over test tracks with its bootstrap 95 % interval and Wilcoxon p-valu
 (``pipeline.separation.comparison``).  Figures: each row's median SDR over all sources, and
 each contrast's median difference (its interval in the note).
 
-The defaults are meant for about an hour on 2 CPU cores (not measured yet: README, "Does mining
-pay?"); scale up on a GPU with e.g.
+The defaults are meant for about an hour on 2 CPU cores (docs/performance.md); scale up on a GPU
+with e.g.
 ``--labelled 50 --catalog 2000 --test 50 --updates 20000 --model demucs --model-config '{}' --channels 48
 --depth 6 --window 5 --batch 64 --rate 44100``.  The demo-sized models run at ``--rate`` 16 kHz (the stems are
 resampled on reading, and Evaluate scores at that rate, reference rows included).

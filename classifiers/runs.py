@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from tqdm import tqdm
 
 from classifiers.detector import load_checkpoint, save_checkpoint
 from classifiers.inference import default_numeric_path, for_numeric_path, predict, probabilities_frame
@@ -30,6 +29,7 @@ from classifiers.training import (
 )
 from pipeline.features.store import FeatureShard
 from pipeline.mining.schema import PROBABILITY_SCHEMA
+from pipeline.progress import progress_bar
 from pipeline.sources import HOP_S, LABEL_SILENT_DB, SOURCES
 from pipeline.storage.journal import Progress
 from pipeline.storage.outputs import StageResult, write_json_atomic, write_parquet_atomic
@@ -89,7 +89,8 @@ def build_detect(checkpoint: Path, store: Path, out: Path, num_threads: int | No
     shard = FeatureShard(store)
     # shard.reader: the track's float16 frames, read from the file by predict one chunk at a time
     frames, in_passes, fell_back = [], 0, 0
-    for done, track in enumerate(tqdm(shard.track_ids, total=len(shard), desc=f"detect {store.stem}", leave=False)):
+    tracks = progress_bar(shard.track_ids, total=len(shard), desc=f"detect {store.stem}", leave=False)
+    for done, track in enumerate(tracks):
         if progress:
             progress(done, len(shard), track)
         schedule = {}

@@ -37,11 +37,11 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from classifiers.detector import DetectorConfig, SilentSourceDetector, n_output_frames
 from pipeline.corpora.labels import silent_labels
 from pipeline.features.scattering import fit_normalisation, scattering_layout
+from pipeline.progress import progress_bar
 from pipeline.sources import FRAMES_PER_HOP, FRAMES_PER_WINDOW, HOP_S, LABEL_SILENT_DB, SOURCES, WINDOW_S
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ def _train_epoch(model: SilentSourceDetector, optimizer: torch.optim.Optimizer, 
     crop = config.crop_windows()
     model.train()
     total, frames = 0.0, 0.0
-    bar = tqdm(range(0, len(crops), config.batch_size), desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(range(0, len(crops), config.batch_size), desc=desc, disable=not progress, leave=False)
     for first in bar:
         chosen = [crops[i] for i in order[first:first + config.batch_size]]
         if len(chosen) * crop < 2:

@@ -19,7 +19,7 @@ class Audit(Stage):
     stage_name = "audit"
     decodes_audio = True
     per_source = luigi.IntParameter(default=50, description="excerpts with a player per source page")
-    clip_seconds = luigi.FloatParameter(default=6.0)
+    clip_seconds = luigi.FloatParameter(default=6.0, description="length of each excerpt's preview clip, seconds")
 
     def requires(self):
         needs = {"datasets": Extract(), "calibration": Extract().calibration_task()}

@@ -39,10 +39,12 @@ from pipeline.storage.outputs import StageResult
 class silentmine(luigi.Config):
     """The ``[silentmine]`` section of luigi.cfg: where data lives and the global seed."""
 
-    data_root = luigi.Parameter(default="data")
-    stem_root = luigi.Parameter(default="data/demo/stems")
-    catalog = luigi.Parameter(default="data/demo/catalog")
-    seed = luigi.IntParameter(default=0)
+    data_root = luigi.Parameter(default="data", description="folder every stage writes under")
+    stem_root = luigi.Parameter(default="data/demo/stems",
+                                description="labelled stem set: MUSDB18-HQ layout or a MUSDB18 .stem.mp4 folder")
+    catalog = luigi.Parameter(default="data/demo/catalog",
+                              description="unlabelled catalog: a folder tree, or a text file of paths one a line")
+    seed = luigi.IntParameter(default=0, description="seed of every random choice in the pipeline")
     threads = luigi.IntParameter(default=0, description="torch/BLAS threads per worker process; 0 = cores / workers")
 
 

@@ -18,10 +18,11 @@ class Calibrate(Stage):
     """
 
     stage_name = "calibration"
-    target_db = luigi.FloatParameter(default=-20.0)
-    target_fraction = luigi.FloatParameter(default=0.95)
+    target_db = luigi.FloatParameter(default=-20.0, description="a window counts as silent at V_i <= target_db, dB")
+    target_fraction = luigi.FloatParameter(default=0.95,
+                                           description="share of selected windows that must be silent (0..1)")
     min_windows = luigi.IntParameter(default=100, description="fewest windows a threshold may select")
-    splits = luigi.TupleParameter(default=("test",))
+    splits = luigi.TupleParameter(default=("test",), description="held-out stem-set splits the thresholds come from")
     rule = luigi.ChoiceParameter(default="windows", choices=RULES, description="windows (the paper's) or excerpts")
     min_seconds = luigi.FloatParameter(default=5.0, description="extraction's shortest excerpt (set by Extract)")
     max_gap = luigi.IntParameter(default=0, description="extraction's longest bridged dip, frames (set by Extract)")

@@ -9,6 +9,10 @@ from tasks.inputs import catalog_fingerprint, resolved
 
 
 class ScanCatalog(Stage):
+    """``catalog/<key>/tracks.parquet`` (path, size, mtime_ns, checksum, track_id, shard) and
+    ``rejects.parquet``: every audio file of the catalog, its SHA-256, its track id and shard.
+    A rescan re-hashes only new or changed files; shard assignment is append-only."""
+
     stage_name = "catalog"
     catalog = luigi.Parameter(default="", description="folder or list of paths; default [silentmine] catalog")
     shard_size = luigi.IntParameter(default=64, description="tracks per shard (one Luigi task per shard)")

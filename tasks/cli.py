@@ -420,7 +420,7 @@ def _report(args: argparse.Namespace) -> int:
     from luigi.cmdline_parser import CmdlineParser
 
     from pipeline.storage.journal import read_journal
-    from pipeline.storage.report import last_session, throughput, throughput_lines, time_left, timeline_png
+    from pipeline.storage.report import latest_run, throughput, throughput_lines, time_left, timeline_png
     from tasks.base import config
 
     root = Path(config().data_root)
@@ -428,7 +428,7 @@ def _report(args: argparse.Namespace) -> int:
     if journal.empty:
         print(f"report: no journal under {root}: nothing has run", file=sys.stderr)
         return 1
-    shown = journal if args.all else last_session(journal)
+    shown = journal if args.all else latest_run(journal)
     picture = timeline_png(
         shown, args.out or root / "report" / "timeline.png", title=f"silentmine: {len(shown)} task runs under {root}"
     )
@@ -450,6 +450,12 @@ def _report(args: argparse.Namespace) -> int:
     print("\n".join(lines))
     print(f"timeline: {Path(picture).resolve()}")
     return 0
+
+
+def _docs(args: argparse.Namespace) -> int:
+    from tasks.docs import main as docs_main
+
+    return docs_main(["--check"] if args.check else [])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -561,9 +567,13 @@ def main(argv: list[str] | None = None) -> int:
 
     report = commands.add_parser("report", help="the run journal: timeline PNG, throughput per stage, time left")
     report.add_argument("--out", default=None, help="the PNG (default: data/report/timeline.png)")
-    report.add_argument("--all", action="store_true", help="the whole journal, not its latest session")
+    report.add_argument("--all", action="store_true", help="the whole journal, not only the latest run")
     report.add_argument("--task", default="All", help="the task whose stages left give the time left")
     report.set_defaults(func=_report)
+
+    docs = commands.add_parser("docs", help="rewrite the generated parts of docs/ from the code (tasks.docs)")
+    docs.add_argument("--check", action="store_true", help="only say which pages differ; exit 1 if any")
+    docs.set_defaults(func=_docs)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -16,9 +16,9 @@ class TrainDetector(Stage):
     stage_name = "detector"
     resources = {"gpu": 1}
     width = luigi.FloatParameter(default=1.0, description="channel multiplier; 1.0 = the paper's widths")
-    epochs = luigi.IntParameter(default=40)
+    epochs = luigi.IntParameter(default=40, description="most training epochs (early stopping may end sooner)")
     patience = luigi.IntParameter(default=5, description="epochs without a better valid loss before stopping")
-    crop_seconds = luigi.FloatParameter(default=5.0)
+    crop_seconds = luigi.FloatParameter(default=5.0, description="length of a training crop, seconds (the paper's 5)")
     gain_db = luigi.FloatParameter(default=0.0, description="random gain augmentation range, dB (0: off, the paper)")
     shift_rows = luigi.IntParameter(default=0, description="random pitch shift, order-1 rows of 1/8 octave (0: off)")
     lr = luigi.FloatParameter(default=PAPER_LR, description="Adam learning rate (the paper's 5e-4)")
@@ -57,7 +57,7 @@ class DetectStems(Stage):
 
     stage_name = "detect"
     resources = {"gpu": 1}
-    split = luigi.Parameter(default="test")
+    split = luigi.Parameter(default="test", description="stem-set split scored")
 
     def requires(self):
         return {"detector": TrainDetector(), "features": StemFeatures(split=self.split)}
@@ -101,7 +101,7 @@ class DetectorReport(Stage):
     """ROC AUC / AP against -13 and -20 dB labels and V_i against P_i on held-out tracks."""
 
     stage_name = "detector_report"
-    split = luigi.Parameter(default="test")
+    split = luigi.Parameter(default="test", description="stem-set split scored")
 
     def requires(self):
         return {"detector": TrainDetector(), "features": StemFeatures(split=self.split), "labels": Labels()}

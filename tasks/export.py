@@ -32,7 +32,7 @@ class Export(Stage):
     (and, for ``remix-pairs``, the stem set's fingerprint)."""
 
     stage_name = "exports"
-    format = luigi.ChoiceParameter(choices=FORMATS, var_type=str, default="csv")
+    format = luigi.ChoiceParameter(choices=FORMATS, var_type=str, default="csv", description="the export's format")
     shard_size = luigi.IntParameter(default=SHARD_SIZE, description="excerpts per file (webdataset tars, hf parquet)")
     nemo_reference = luigi.ChoiceParameter(choices=NEMO_REFERENCES, var_type=str, default="excerpt",
                                            description="nemo: point at the excerpt files, or into the catalog "

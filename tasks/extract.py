@@ -34,7 +34,7 @@ class RunRule:
     """The parameters of extraction's run rule and second opinion, shared by ExtractShard and
     Extract (which passes its own to its shards and to Calibrate)."""
 
-    min_seconds = luigi.FloatParameter(default=5.0)
+    min_seconds = luigi.FloatParameter(default=5.0, description="shortest excerpt, seconds (the paper's 5)")
     max_gap = luigi.IntParameter(default=0, description="longest dip below p_i inside a run, frames (0: the paper)")
     separator = luigi.DictParameter(default={}, description="TrainSeparator parameters of the second opinion "
                                     "(a run without remix; {}: none)")

@@ -17,7 +17,7 @@ class StemFeatures(Stage):
 
     stage_name = "features"
     decodes_audio = True
-    split = luigi.Parameter()
+    split = luigi.Parameter(description="stem-set split: train, valid or test")
 
     def external_keys(self):
         return {"stem_set": stem_set_fingerprint(config().stem_root, (self.split,)), "definition": DEFINITION}

@@ -19,7 +19,8 @@ class MeasureExtraction(Stage):
     """
 
     stage_name = "measure"
-    truth = luigi.Parameter(default="data/demo/catalog_truth.parquet")
+    truth = luigi.Parameter(default="data/demo/catalog_truth.parquet",
+                            description="the catalog's true relative volumes per window (the demo writes one)")
 
     def requires(self):
         extract = Extract()

@@ -12,6 +12,9 @@ from tasks.separator import Evaluate
 
 
 class All(luigi.WrapperTask):
+    """Every final output: the detector report, the calibration, the D_i, the measurement (when
+    the truth table exists), the audit report and the separators' evaluation."""
+
     def requires(self):
         final = {"detector": DetectorReport(), "calibration": Extract().calibration_task(),
                  "datasets": Extract()}

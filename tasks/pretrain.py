@@ -17,14 +17,14 @@ class PretrainEncoder(Stage):
     stage_name = "pretrain"
     decodes_audio = True
     resources = {"gpu": 1}
-    model = luigi.ChoiceParameter(default="demucs", choices=model_names())
+    model = luigi.ChoiceParameter(default="demucs", choices=model_names(), description="registered separator")
     model_config = luigi.DictParameter(default={}, description="the model's config fields over its defaults")
-    epochs = luigi.IntParameter(default=40)
+    epochs = luigi.IntParameter(default=40, description="training epochs (the paper's 40)")
     batches_per_epoch = luigi.IntParameter(default=0, description="0: every non-overlapping window once")
-    batch_size = luigi.IntParameter(default=16)
+    batch_size = luigi.IntParameter(default=16, description="triplets per step (the paper's 16)")
     window_s = luigi.FloatParameter(default=5.0, description="seconds per triplet window")
-    lr = luigi.FloatParameter(default=LR)
-    margin = luigi.FloatParameter(default=MARGIN)
+    lr = luigi.FloatParameter(default=LR, description="Adam learning rate (the paper's 1e-3)")
+    margin = luigi.FloatParameter(default=MARGIN, description="triplet margin, L2 distance (the paper's 1.0)")
     seed = luigi.OptionalIntParameter(default=None, description="None: [silentmine] seed (the key holds the number)")
 
     def external_keys(self):

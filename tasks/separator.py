@@ -26,7 +26,7 @@ class TrainSeparator(Stage):
     (``model_config`` wins); they do not enter the key of a model without those fields.
     ``train_config`` overrides any other TrainConfig field (e.g. ``{"flip_channels": true}``).
 
-    ``scheme`` (README, "Training schemes"): empty, the scheme ``remix`` names (``remix`` with
+    ``scheme`` (docs/separators.md, "Training schemes"): empty, the scheme ``remix`` names (``remix`` with
     the remix step, ``supervised`` without); else one of ``SCHEMES``, which then decides (``remix``
     is ignored): a ``remix`` part requires Extract (the D_i), ``adversarial`` the catalog scan
     (unlabelled mixtures), ``contrastive`` a PretrainEncoder of the same model, config and seed.
@@ -36,16 +36,17 @@ class TrainSeparator(Stage):
     stage_name = "separator"
     decodes_audio = True
     resources = {"gpu": 1}
-    remix = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING)
+    remix = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+                                description="with the remix step on the D_i (when `scheme` is empty)")
     scheme = luigi.Parameter(default="", description=f"'': remix or supervised, as `remix` says; else one of {SCHEMES}")
-    epochs = luigi.IntParameter(default=400)
+    epochs = luigi.IntParameter(default=400, description="most epochs (a budget may end sooner)")
     batches_per_epoch = luigi.IntParameter(
         default=0, description="0: the paper's epoch (every 5 s window, 0.5 s stride)"
     )
-    batch_size = luigi.IntParameter(default=128)
+    batch_size = luigi.IntParameter(default=128, description="windows per step, over all ranks")
     window_s = luigi.FloatParameter(default=0.0, description="0: the model's recipe (Demucs 5 s, TasNet 20 s)")
     lr_decay_every = luigi.IntParameter(default=160, description="epochs, step schedule (Demucs)")
-    model = luigi.ChoiceParameter(default="demucs", choices=model_names())
+    model = luigi.ChoiceParameter(default="demucs", choices=model_names(), description="registered separator")
     model_config = luigi.DictParameter(default={}, description="the model's config fields over its defaults")
     train_config = luigi.DictParameter(default={}, description="further TrainConfig fields over the recipe")
     channels = luigi.IntParameter(default=48, description="C_1 (Demucs models); the paper's 48, the 2019 code's 100")
@@ -155,7 +156,7 @@ class Evaluate(Stage):
 
     stage_name = "evaluate"
     decodes_audio = True
-    split = luigi.Parameter(default="test")
+    split = luigi.Parameter(default="test", description="stem-set split scored")
     max_tracks = luigi.IntParameter(default=0, description="0: every track of the split")
     runs = luigi.DictParameter(
         default={"with remix": {"remix": True}, "without remix": {"remix": False}},

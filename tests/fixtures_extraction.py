@@ -190,3 +190,46 @@ def make_extraction_run(tmp_path: Path, n_tracks: int = 3) -> tuple[Path, Path, 
                    extra={"summary": list(gathered.summary),
                           **view_manifest_fields(store, data_root, STORE_KEY, SCAN_KEY, shard_keys)})
     return run_dir, calibration_dir, catalog_root, pd.concat(truth, ignore_index=True)
+
+
+def make_empty_view(tmp_path: Path) -> Path:
+    """A D_i view of a catalog where nothing is silent: two real wav tracks (a tone and noise, both
+    loud throughout), extracted by the library's ``extract_shard`` with every source calibrated
+    but no frame above its threshold, gathered by ``build_datasets`` with its manifest.  Returns
+    the view folder ``<tmp_path>/data/datasets/<V>``."""
+    from pipeline.mining.extraction import extract_shard
+    from pipeline.mining.schema import PROBABILITY_SCHEMA
+
+    tmp_path = Path(tmp_path)
+    rng = np.random.default_rng(7)
+    catalog_root, data_root = tmp_path / "catalog", tmp_path / "data"
+    store = ShardStore(data_root / "excerpts" / STORE_KEY)
+    view = data_root / "datasets" / "e0e0e0e0e0e0e0e0"
+    catalog_root.mkdir(parents=True)
+    rate, seconds = 22050, 7.0
+    t = np.arange(int(rate * seconds)) / rate
+    signals = {"tone.wav": 0.3 * np.sin(2 * np.pi * 220 * t), "noise.wav": 0.2 * rng.standard_normal(t.size)}
+    tracks, frames = [], []
+    for name, signal in signals.items():
+        path = catalog_root / name
+        sf.write(path, signal, rate, subtype="PCM_16")
+        checksum = file_checksum(path)
+        tracks.append({"track_id": checksum[:16], "path": str(path.resolve()), "checksum": checksum})
+        n = n_windows(t.size, rate)
+        frames.append(pd.DataFrame({"track_id": checksum[:16], "frame": np.arange(n, dtype=np.int32),
+                                    "start_s": np.arange(n) * HOP_S,
+                                    **{f"p_{s}": rng.uniform(0.0, 0.3, n).astype(np.float32) for s in SOURCES}}))
+    probabilities = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), schema=PROBABILITY_SCHEMA,
+                                         preserve_index=False).to_pandas()
+    shard_key = stable_hash({"shard": 0})
+    result = extract_shard(pd.DataFrame(tracks), probabilities, {s: 0.9 for s in SOURCES}, 5.0, store.folder,
+                           shard_key, DETECTOR_KEY, CALIBRATION_KEY, audio_base=data_root)
+    write_json_atomic(store.marker_path(shard_key), {"stage": "excerpts", "key": STORE_KEY, "shard": 0,
+                                                     "shard_key": shard_key, "counts": result.counts,
+                                                     "files": result.files})
+    gathered = build_datasets(view, store, [shard_key], pd.DataFrame(columns=REJECTS_SCHEMA.names), {})
+    write_manifest(view, stage="datasets", key=view.name, params={}, inputs={"store": STORE_KEY, "scan": SCAN_KEY},
+                   counts=gathered.counts,
+                   extra={"summary": list(gathered.summary),
+                          **view_manifest_fields(store, data_root, STORE_KEY, SCAN_KEY, [shard_key])})
+    return view

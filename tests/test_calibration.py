@@ -311,7 +311,7 @@ def test_rules_table_reports_both_rules():
 def test_excerpts_rule_threshold_does_not_follow_float_noise():
     # Candidates sit at fixed ranks of all held-out windows: when float noise makes two distinct
     # probabilities equal (or apart), no candidate moves by more than the noise.  (Ranks among the
-    # distinct values would shift the whole grid by one value: 3e-4 in the demo, session 7.)
+    # distinct values would shift the whole grid by one value: 3e-4 on the demo's detector.)
     rng = np.random.default_rng(4)
     n, tracks = 6000, 12
     walk = np.cumsum(rng.normal(0.0, 0.08, size=(n, len(SOURCES))), axis=0)

@@ -255,7 +255,7 @@ def test_index_is_partitioned_typed_and_readable(catalog, tmp_path):
     pd.testing.assert_frame_equal(by_id(via_pandas), by_id(result.index), check_dtype=False)
     assert len(read_index(index_dir, source="vocals")) == 3
 
-    # the README's recipes: pandas and pyarrow on the folder, with its hive partition column
+    # the documented recipes: pandas and pyarrow on the folder, with its hive partition column
     flat = pd.read_parquet(index_dir)
     pd.testing.assert_frame_equal(by_id(flat.assign(source=flat["source"].astype(str))), by_id(result.index),
                                   check_dtype=False)

@@ -69,18 +69,18 @@ def test_the_requirements_checker_sees_a_reach_through(tmp_path):
 
 
 def _layout_rows() -> dict[str, str]:
-    """README "Layout" table: first cell (what names the row) -> second cell."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    """docs/concepts.md's "Code layout" table: first cell (what names the row) -> second cell."""
+    text = (ROOT / "docs" / "concepts.md").read_text()
+    section = text.split("\n## Code layout\n", 1)[1].split("\n## ", 1)[0]
     rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| `")]
     return {first.strip(): second for first, second in rows}
 
 
-def test_the_readme_layout_table_names_every_package_and_module():
+def test_the_layout_table_names_every_package_and_module():
     rows = _layout_rows()
     for cell in rows:  # what each row names exists
         first = cell.split("`")[1]
-        assert (ROOT / first).exists(), f"README's Layout table names {first}, which is not in the tree"
+        assert (ROOT / first).exists(), f"the Code layout table names {first}, which is not in the tree"
     shared = next(cell for cell in rows if cell.startswith("`pipeline/sources.py`"))
     top_modules = {name.removesuffix(".py").removeprefix("pipeline/") for name in shared.split("`")[1::2]}
     for package in ("pipeline", "classifiers", "tasks"):
@@ -91,5 +91,5 @@ def test_the_readme_layout_table_names_every_package_and_module():
                 assert modules == top_modules, "pipeline/'s own modules differ from the Layout table's"
                 continue
             described = rows.get(f"`{relative}/`")
-            assert described is not None, f"{relative}/ has no row in README's Layout table"
+            assert described is not None, f"{relative}/ has no row in the Code layout table"
             assert modules - set(described.split("`")[1::2]) == set(), f"modules of {relative}/ the row leaves out"

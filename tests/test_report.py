@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from pipeline.storage import journal
-from pipeline.storage.report import last_session, throughput, time_left, timeline_png
+from pipeline.storage.report import latest_run, throughput, time_left, timeline_figure, timeline_png
 
 
 def _row(stage, pid, started, finished, audio=None, status="done", host="node-a"):
@@ -23,7 +23,7 @@ def _row(stage, pid, started, finished, audio=None, status="done", host="node-a"
 @pytest.fixture
 def runs():
     """Two workers: features 4 shards (120 s of audio each), detect 2 shards, one failed extract;
-    then, after an idle hour, a later session."""
+    then, after an idle hour, a later run."""
     rows = [_row("features", 1, 100, 110, 120.0), _row("features", 2, 100, 120, 120.0),
             _row("features", 1, 110, 130, 120.0), _row("features", 2, 120, 130, 120.0),
             _row("detect", 1, 130, 134, 120.0), _row("detect", 2, 130, 136, 120.0),
@@ -32,11 +32,11 @@ def runs():
     return pd.DataFrame(rows), pd.DataFrame(rows + later)
 
 
-def test_last_session_starts_after_an_idle_gap(runs):
-    session, everything = runs
-    assert len(last_session(everything)) == 1 and last_session(everything)["pid"].tolist() == [3]
-    assert len(last_session(session)) == len(session)
-    assert last_session(session.iloc[:0]).empty
+def test_the_latest_run_starts_after_an_idle_gap(runs):
+    first, everything = runs
+    assert len(latest_run(everything)) == 1 and latest_run(everything)["pid"].tolist() == [3]
+    assert len(latest_run(first)) == len(first)
+    assert latest_run(first.iloc[:0]).empty
 
 
 def test_throughput_per_stage(runs):
@@ -63,9 +63,9 @@ def test_time_left_from_mean_wall_times(runs):
 def test_lanes_are_worker_slots(runs):
     from pipeline.storage.report import worker_lanes
 
-    session, everything = runs
-    forked = session.assign(pid=range(len(session)))  # luigi --workers 2: a new pid per task
-    assert worker_lanes(forked).tolist() == worker_lanes(session).tolist() == [
+    first, everything = runs
+    forked = first.assign(pid=range(len(first)))  # luigi --workers 2: a new pid per task
+    assert worker_lanes(forked).tolist() == worker_lanes(first).tolist() == [
         "node-a #1", "node-a #2", "node-a #1", "node-a #2", "node-a #1", "node-a #2", "node-a #1"]
     assert worker_lanes(everything).iloc[-1] == "node-b #1"
 
@@ -78,6 +78,33 @@ def test_timeline_png_has_a_lane_per_worker(runs, tmp_path):
     assert len(colours) > 5  # boxes of several stage colours, not a blank canvas
     with pytest.raises(ValueError, match="empty"):
         timeline_png(runs[0].iloc[:0], tmp_path / "none.png")
+
+
+# Every stage name of the pipeline, in the order a run meets them.
+STAGES = ("catalog", "labels", "features", "detector", "detect", "detector_report", "calibration", "excerpts",
+          "datasets", "measure", "audit", "exports", "pretrain", "separator", "evaluate")
+
+
+def test_the_timeline_shows_every_label(tmp_path):
+    """A run of every stage on three workers: the legend names each stage once, and every legend
+    entry and lane label lies inside the picture."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    rows = [_row(stage, 1 + i % 3, 10.0 * i, 10.0 * i + 25.0, status="failed" if stage == "exports" else "done")
+            for i, stage in enumerate(STAGES)]
+    fig = timeline_figure(pd.DataFrame(rows), title="a run of every stage")
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    (legend,) = fig.legends
+    assert [text.get_text() for text in legend.get_texts()] == list(STAGES)
+    page = fig.bbox
+    (ax,) = fig.axes
+    labels = [*legend.get_texts(), *ax.get_yticklabels(), ax.xaxis.label, ax.title]
+    for label in labels:
+        box = label.get_window_extent(renderer)
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1, label
+    assert len({tuple(p.get_facecolor()) for p in legend.get_patches()}) == len(STAGES)  # a colour each
+    assert timeline_png(pd.DataFrame(rows), tmp_path / "all.png").stat().st_size > 1000
 
 
 def test_report_command_on_a_real_journal(tmp_path, capsys, luigi_config):

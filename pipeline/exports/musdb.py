@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from pipeline import rejects
 from pipeline.audio import io as audio_io
@@ -37,6 +36,7 @@ from pipeline.exports.trackfolders import (
     track_dir,
     track_folder,
 )
+from pipeline.progress import progress_bar
 from pipeline.sources import SOURCES
 from pipeline.storage.journal import Progress
 
@@ -80,7 +80,7 @@ def export_musdb(records: list[dict[str, Any]], out: Path, sample_rate: int = SA
     split_of("", valid_fraction, seed)  # checks valid_fraction
     options = {"format": "musdb", "sample_rate": sample_rate, "channels": channels,
                "valid_fraction": valid_fraction, "seed": seed, "excerpts": excerpts_key(records)}
-    bar = tqdm(total=len(records), desc="musdb", unit="excerpt", disable=not show_progress)
+    bar = progress_bar(total=len(records), desc="musdb", unit="excerpt", disable=not show_progress)
     with TrackManifest(out, options) as manifest:
         for done, record in enumerate(records, start=1):
             key = record["excerpt_id"]

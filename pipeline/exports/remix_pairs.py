@@ -39,7 +39,6 @@ from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from pipeline.audio.common import AudioError
 from pipeline.corpora.stemset import fingerprint, list_tracks
@@ -56,6 +55,7 @@ from pipeline.exports.trackfolders import (
     write_wav,
 )
 from pipeline.mining.datasets import DatasetRun
+from pipeline.progress import progress_bar
 from pipeline.separation.data import StemWindows
 from pipeline.separation.remix import RemixSampler
 from pipeline.separation.training import TrainConfig
@@ -140,7 +140,7 @@ def export_remix_pairs(run: DatasetRun | str | os.PathLike, records: list[dict[s
               for i, rows in every_excerpt.items()}
     jobs = [(split, i) for split in pairs for i in range(len(SOURCES))]
     asked = sum(pairs[split] for split, i in jobs if (splits.get(i, pd.Series(dtype=str)) == split).any())
-    bar = tqdm(total=asked, desc="remix-pairs", unit="pair", disable=not show_progress)
+    bar = progress_bar(total=asked, desc="remix-pairs", unit="pair", disable=not show_progress)
     notes: list[str] = []
     with TrackManifest(out, options) as manifest:
         for split in pairs:

@@ -22,7 +22,6 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from pipeline import rejects
 from pipeline.audio import io as audio
@@ -30,6 +29,7 @@ from pipeline.corpora import stemset
 from pipeline.features.scattering import FeatureExtractor
 from pipeline.features.store import FeatureShardWriter
 from pipeline.mining.schema import REJECTS_SCHEMA
+from pipeline.progress import progress_bar
 from pipeline.sources import FEATURE_RATE
 from pipeline.storage.journal import Progress
 from pipeline.storage.outputs import StageResult, write_parquet_atomic
@@ -51,7 +51,7 @@ def featurize(items: Iterable[Item], npy_path: Path, total: int | None = None,
     extractor = FeatureExtractor(num_threads=num_threads)
     rejected, samples, done = [], 0, 0
     with FeatureShardWriter(npy_path) as writer:
-        for track_id, path, source in tqdm(items, total=total, desc=f"features {npy_path.stem}", unit="track",
+        for track_id, path, source in progress_bar(items, total=total, desc=f"features {npy_path.stem}", unit="track",
                                            leave=False):
             if progress:
                 progress(done, total or 0, path)

@@ -62,8 +62,8 @@ TARGET_FRACTION = 0.95  # fraction of selected windows that must be silent
 MIN_WINDOWS = 100  # windows a threshold must select to be admissible
 CURVE_POINTS = 200  # most thresholds per source kept in the curves table
 EXCERPT_CANDIDATES = 400  # most thresholds per source evaluated by the excerpts rule
-# The excerpts rule's candidate grid, in the key of its Calibrate outputs: until session 8 the
-# ranks were taken among the distinct values (a grid that float noise shifts).
+# The excerpts rule's candidate grid, named in the key of its Calibrate outputs so that thresholds
+# chosen on another grid (ranks among the distinct values, which float noise shifts) are not reused.
 EXCERPT_GRID = "ranks of all windows"
 RULES = ("windows", "excerpts")  # the paper's (default), and the excerpt-level rule
 _FRACTION_TOLERANCE = 1e-12  # so that 19 silent of 20 reaches 0.95 despite rounding

@@ -18,10 +18,13 @@ output stays until the user removes it (``silentmine gc``).
 catalog scan) is one catalog scan's D_i: ``index/`` and ``rejects/`` hold hard links (copies
 where the filesystem cannot link) of exactly the parts of the scan's shards, plus the scan's
 and the features stage's rejects, so that ``pd.read_parquet("<view>/index")`` reads exactly
-this catalog's D_i.  ``manifest.json`` (written last by the pipeline) records the store, the
-scan and the shard keys covered (:func:`view_manifest_fields`) and the counts of
-:func:`build_datasets`.  Audio is not linked: an index row's ``audio_path`` is relative to the
-data root (``excerpts/<K>/audio/...``), which is the view folder's grandparent.
+this catalog's D_i.  A view with no excerpt holds one index part without rows,
+``index/part-empty.parquet`` (:data:`EMPTY_INDEX_PART`, ``PART_SCHEMA``), so that its index still
+reads as a table with every column, in pandas, pyarrow and DuckDB alike.  ``manifest.json``
+(written last by the pipeline) records the store, the scan and the shard keys covered
+(:func:`view_manifest_fields`) and the counts of :func:`build_datasets`.  Audio is not linked:
+an index row's ``audio_path`` is relative to the data root (``excerpts/<K>/audio/...``), which is the view
+folder's grandparent.
 
 :func:`rejects_summary` counts the rejects by stage and by kind (the ``kind`` column, set where
 each error was raised: :mod:`pipeline.rejects`) for people.
@@ -41,7 +44,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline import rejects as kinds
-from pipeline.mining.schema import INDEX_SCHEMA, REJECTS_SCHEMA, read_index, read_rejects
+from pipeline.mining.schema import INDEX_SCHEMA, PART_SCHEMA, REJECTS_SCHEMA, read_index, read_rejects
 from pipeline.sources import SOURCES
 from pipeline.storage.outputs import MANIFEST, StageResult, atomic_path, read_manifest, write_parquet_atomic
 
@@ -50,6 +53,9 @@ AUDIO_DIR = "audio"
 REJECTS_DIR = "rejects"
 SHARDS_DIR = "shards"
 SCAN_REJECTS = "part-scan.parquet"
+# The one index part of a view without excerpts: no rows, PART_SCHEMA's columns, at the top of
+# index/ (no source=<s>/ folder to belong to), only while the view has no other part.
+EMPTY_INDEX_PART = f"{INDEX_DIR}/part-empty.parquet"
 STAGE_ORDER = ("scan", "features", "extract")  # the stages that reject files, in pipeline order
 
 def rejects_summary(rejects: pd.DataFrame, examples: int = 1) -> tuple[dict[str, int], dict[str, int], list[str]]:
@@ -110,7 +116,7 @@ _INDEX_TYPES = {f.name: _python_type(f.type) for f in INDEX_SCHEMA}
 
 @dataclass(frozen=True)
 class Excerpt:
-    """One excerpt of D_i: one field per ``INDEX_SCHEMA`` column (documented there and in README.md).
+    """One excerpt of D_i: one field per ``INDEX_SCHEMA`` column (described in ``INDEX_COLUMNS``).
 
     Times in seconds, samples at the catalog file's own rate; ``audio_path`` is relative to the
     data root (resolve it with :meth:`DatasetRun.audio_file`).
@@ -333,6 +339,10 @@ def build_datasets(view_dir: str | os.PathLike, store: ShardStore | str | os.Pat
         (view_dir / rel).unlink()  # the view's own link or copy; the store keeps its file
     for rel, source in wanted.items():
         _link_or_copy(source, view_dir / rel)
+    if any(rel.startswith(f"{INDEX_DIR}/") for rel in wanted):
+        (view_dir / EMPTY_INDEX_PART).unlink(missing_ok=True)
+    else:  # no excerpt: the index is one part without rows, so that it reads as an empty table
+        write_parquet_atomic(PART_SCHEMA.empty_table(), view_dir / EMPTY_INDEX_PART)
     write_parquet_atomic(_rejects_table(scan_rejects), view_dir / REJECTS_DIR / SCAN_REJECTS)
     for key, frame in feature_rejects.items():
         write_parquet_atomic(_rejects_table(frame), view_dir / REJECTS_DIR / f"part-features-{key}.parquet")

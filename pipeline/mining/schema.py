@@ -1,11 +1,11 @@
 """Schemas of the tables that stages exchange: detector probabilities and the D_i index.
 
 The D_i index is one Parquet dataset for all sources, hive-partitioned by source
-(``index/source=bass/part-<shard>.parquet``), one row per excerpt.  Every column is
-documented in README.md ("The excerpt index").  ``catalog_path`` is absolute; ``audio_path`` is
-relative to the data root in the pipeline (``excerpts/<key>/audio/...``: excerpts stay in the
-shard store, see :mod:`pipeline.mining.datasets`, whose ``DatasetRun`` resolves it).  The
-folder layout of a D_i (store and views) is :mod:`pipeline.mining.datasets`'s.
+(``index/source=bass/part-<shard>.parquet``), one row per excerpt.  Every column is described
+in ``INDEX_COLUMNS`` (docs/dataset-format.md's table is generated from it).  ``catalog_path`` is
+absolute; ``audio_path`` is relative to the data root in the pipeline (``excerpts/<key>/audio/...``:
+excerpts stay in the shard store, see :mod:`pipeline.mining.datasets`, whose ``DatasetRun``
+resolves it).  The folder layout of a D_i (store and views) is :mod:`pipeline.mining.datasets`'s.
 """
 
 from __future__ import annotations
@@ -29,36 +29,40 @@ PROBABILITY_SCHEMA = pa.schema(
     ]
 )
 
-# The excerpt index of D_i (partition column ``source`` is added by the hive layout).
-INDEX_SCHEMA = pa.schema(
-    [
-        ("excerpt_id", pa.string()),  # "<track_id>-<source>-<start_sample>", unique
-        ("source", pa.string()),  # silent source: drums, bass, other or vocals
-        ("catalog_path", pa.string()),  # absolute path of the catalog file it was cut from
-        ("catalog_checksum", pa.string()),  # SHA-256 of that file at extraction time
-        ("track_id", pa.string()),  # stable track id (derived from the checksum)
-        ("start_s", pa.float64()),  # excerpt start in the original file, seconds
-        ("end_s", pa.float64()),  # excerpt end (exclusive), seconds
-        ("start_sample", pa.int64()),  # start at the original sample rate, samples
-        ("end_sample", pa.int64()),  # end (exclusive) at the original sample rate
-        ("duration_s", pa.float64()),
-        ("sample_rate", pa.int32()),  # original sample rate of the catalog file, Hz
-        ("channels", pa.int16()),  # original channel count
-        ("threshold", pa.float64()),  # calibrated p_i used for this source
-        ("prob_mean", pa.float64()),  # mean P_i over the excerpt's frames
-        ("prob_min", pa.float64()),  # minimum P_i over the excerpt's frames
-        ("n_frames", pa.int32()),  # detector frames in the run
-        ("detector_key", pa.string()),  # key of the TrainDetector output
-        ("calibration_key", pa.string()),  # key of the Calibrate output
-        ("audio_path", pa.string()),  # excerpt file, relative to the data root
-        ("audio_format", pa.string()),  # e.g. "FLAC/PCM_24"
-        ("audio_checksum", pa.string()),  # SHA-256 of the excerpt file
-        # the separator's second opinion (Extract's `separator`; NaN without one): estimated
-        # V_i = 10 log10(||s_i_hat||^2 / ||m||^2) per grid window, mean and max over the excerpt, dB
-        ("separator_db_mean", pa.float64()),
-        ("separator_db_max", pa.float64()),
-    ]
+# The excerpt index of D_i, one row per excerpt: (column, type, meaning).  docs/dataset-format.md's
+# column table is generated from it (python -m tasks.docs).  ``source`` is also the hive
+# partition column (``index/source=<s>/``).
+INDEX_COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
+    ("excerpt_id", pa.string(), "`<track_id>-<source>-<start_sample>`, unique"),
+    ("source", pa.string(), "the silent source: drums, bass, other or vocals (also the partition column; "
+                            "dictionary-encoded in the part files, so pandas reads it as a categorical)"),
+    ("catalog_path", pa.string(), "absolute path of the catalog file the excerpt was cut from"),
+    ("catalog_checksum", pa.string(), "SHA-256 of that file when it was extracted"),
+    ("track_id", pa.string(), "the track's id: the first 16 hex characters of the checksum"),
+    ("start_s", pa.float64(), "start in the catalog file, seconds"),
+    ("end_s", pa.float64(), "end (exclusive) in the catalog file, seconds"),
+    ("start_sample", pa.int64(), "start at the file's own sample rate, samples"),
+    ("end_sample", pa.int64(), "end (exclusive) at the file's own sample rate, samples"),
+    ("duration_s", pa.float64(), "`end_s - start_s`, seconds"),
+    ("sample_rate", pa.int32(), "the catalog file's sample rate, Hz (also the excerpt's)"),
+    ("channels", pa.int16(), "the catalog file's channel count (also the excerpt's)"),
+    ("threshold", pa.float64(), "the calibrated threshold p_i used for this source"),
+    ("prob_mean", pa.float64(), "mean detector probability P_i over the excerpt's frames"),
+    ("prob_min", pa.float64(), "minimum P_i over the excerpt's frames"),
+    ("n_frames", pa.int32(), "detector frames in the run (one per 64 ms)"),
+    ("detector_key", pa.string(), "key of the TrainDetector output that scored it"),
+    ("calibration_key", pa.string(), "key of the Calibrate output whose threshold was used"),
+    ("audio_path", pa.string(), "the excerpt's FLAC, relative to the data root "
+                                "(`excerpts/<K>/audio/<source>/<xx>/<excerpt_id>.flac`)"),
+    ("audio_format", pa.string(), "container/subtype, e.g. `FLAC/PCM_24`"),
+    ("audio_checksum", pa.string(), "SHA-256 of the excerpt file"),
+    # the separator's second opinion (Extract's `separator`): estimated
+    # V_i = 10 log10(||s_i_hat||^2 / ||m||^2) per grid window, mean and max over the excerpt
+    ("separator_db_mean", pa.float64(), "the second-opinion separator's estimated V_i of the source, mean over "
+                                        "the excerpt's windows, dB; NaN without `[Extract] separator`"),
+    ("separator_db_max", pa.float64(), "the same, maximum over the excerpt's windows, dB; NaN without one"),
 )
+INDEX_SCHEMA = pa.schema([(name, arrow_type) for name, arrow_type, _ in INDEX_COLUMNS])
 # The index part files: INDEX_SCHEMA with ``source`` dictionary-encoded, the type that
 # ``pd.read_parquet`` / ``pq.read_table`` give the hive partition column ``source=<s>/``; a
 # plain string column there fails to merge with it ("Unable to merge: Field source has

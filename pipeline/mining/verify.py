@@ -11,7 +11,7 @@ Problem kinds (``Problem.kind``):
 * ``index_unreadable``: an index part of the view is not a readable Parquet file or lies outside
   a ``source=<name>`` folder (``read_index`` skips invalid parts silently, so their rows are
   missing from every other check), or the index as a whole cannot be read (nothing else is
-  checked);
+  checked); the part of a view without excerpts (``index/part-empty.parquet``) must hold no row;
 * ``duplicate_id``: an ``excerpt_id`` appears on more than one row;
 * ``unknown_source``: a row's ``source`` is not one of ``pipeline.sources.SOURCES``;
 * ``bad_audio_path``: ``audio_path`` is absolute, leaves the data root, or is not under the
@@ -36,7 +36,7 @@ Problem kinds (``Problem.kind``):
   missing from the view (its rows are not in the D_i) or from the store;
 * ``part_differs``: a part of the view is neither the store's file nor a copy of it;
 * ``unexpected_part``: a part in the view that no listed shard names (its rows would be read as
-  part of the D_i);
+  part of the D_i), or the empty view's part beside other parts;
 * ``marker_count``: a count in a shard's marker (``excerpts``, ``excerpts_<source>``,
   ``rejects``) differs from the rows of its parts or the audio files it names.
 
@@ -64,6 +64,7 @@ import soundfile as sf
 from pipeline.audio.io import file_checksum
 from pipeline.mining.datasets import (
     AUDIO_DIR,
+    EMPTY_INDEX_PART,
     INDEX_DIR,
     REJECTS_DIR,
     SCAN_REJECTS,
@@ -129,6 +130,11 @@ def _check_index_parts(view: Path) -> tuple[list[Problem], dict[str, int]]:
         rel = part.relative_to(view)
         if any(is_temporary_name(name) or name.startswith((".", "_")) for name in rel.parts):
             continue
+        if rel.as_posix() == EMPTY_INDEX_PART:  # a view without excerpts: checked to hold no row
+            rows[rel.as_posix()] = _rows(part) or 0
+            if rows[rel.as_posix()]:
+                problems.append(Problem("index_unreadable", rel.as_posix(), "the empty view's index part holds rows"))
+            continue
         if not part.parent.name.startswith("source=") or part.parent.parent != index_dir:
             problems.append(Problem("index_unreadable", rel.as_posix(),
                                     "index part is not in an index/source=<name>/ folder"))
@@ -138,6 +144,9 @@ def _check_index_parts(view: Path) -> tuple[list[Problem], dict[str, int]]:
         except (OSError, ValueError) as err:  # pyarrow.ArrowInvalid is a ValueError
             problems.append(Problem("index_unreadable", rel.as_posix(), f"not a readable Parquet file ({err}); "
                                     "its rows are missing from the index"))
+    if EMPTY_INDEX_PART in rows and len(rows) > 1:
+        problems.append(Problem("unexpected_part", EMPTY_INDEX_PART, "the part of a view without excerpts beside "
+                                "other parts (DuckDB's hive reading refuses the mix)"))
     return problems, rows
 
 

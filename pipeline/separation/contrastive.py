@@ -36,8 +36,8 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.nn import functional as F
-from tqdm import tqdm
 
+from pipeline.progress import progress_bar
 from pipeline.separation import registry
 from pipeline.separation.contract import RunConfig, Separator
 from pipeline.separation.data import StemWindows
@@ -202,7 +202,7 @@ class EncoderPretrainer:
         self.model.train()
         while self.epoch < self.config.epochs:
             started, total = time.time(), 0.0
-            bar = tqdm(range(self.batches_per_epoch), desc=f"pretrain {self.epoch + 1}/{self.config.epochs}",
+            bar = progress_bar(range(self.batches_per_epoch), desc=f"pretrain {self.epoch + 1}/{self.config.epochs}",
                        disable=not self.progress, leave=False)
             for _ in bar:
                 total += self.step()

@@ -53,10 +53,10 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from pipeline.audio import io as audio
 from pipeline.corpora.stemset import StemTrack, list_tracks, load_mixture, load_stems
+from pipeline.progress import progress_bar
 from pipeline.separation.comparison import (
     box_plot,
     contrast_lines,
@@ -332,7 +332,7 @@ def score_jobs(jobs: list[Job], workers: int = 0, progress: bool = True) -> pd.D
     cores / workers torch threads; the rows come back in the jobs' order, so the table does not
     depend on ``workers``."""
     workers = min(workers or available_cores(), len(jobs)) or 1
-    bar = tqdm(total=len(jobs), desc="evaluate", unit="track", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc="evaluate", unit="track", disable=not progress)
     results: list[list[dict] | None] = [None] * len(jobs)
     try:
         if workers == 1:

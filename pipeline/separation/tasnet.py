@@ -30,7 +30,7 @@ enhancement").  SI-SNR leaves each estimate's gain free, and museval's v4 SDR is
 scale-invariant (an estimate at 0.3x or 3x its true gain loses 7 or 17 dB on a 10 dB one),
 so without it the SDR of an SI-SNR-trained TasNet depends on the gain each run happens to
 settle at; with it a wrong gain leaks the other sources into the estimate, which SI-SNR
-penalises (README, "Does mining pay?", has the measurement).
+penalises (docs/results.md has the measurement).
 
 Valid length: ``n >= L`` with ``(n - L) % H == 0`` (every sample inside a frame, the
 transposed convolution rebuilds exactly ``n`` samples).

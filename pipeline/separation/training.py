@@ -67,8 +67,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
+from pipeline.progress import progress_bar
 from pipeline.separation import adversarial, distributed, registry
 from pipeline.separation.augment import Augment, mixture_of
 from pipeline.separation.contract import RunConfig, center_trim, require_known_fields
@@ -583,7 +583,7 @@ class SeparatorTrainer:
         main_sum = remix_sum = 0.0
         main_steps = 0
         remix_counts = [0] * len(SOURCES)
-        bar = tqdm(
+        bar = progress_bar(
             range(self.batches_per_epoch),
             desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
             disable=not (self.progress and self.ctx.is_main),

@@ -2,8 +2,9 @@
 
 From :func:`pipeline.storage.journal.read_journal` rows (one per stage run):
 
-* :func:`timeline_png`: one lane per worker, one box per task from its ``started`` to its
-  ``finished`` time, coloured by stage (failed runs hatched).  Luigi runs each task of a
+* :func:`timeline_figure` / :func:`timeline_png`: one lane per worker, one box per task from its
+  ``started`` to its ``finished`` time, coloured by stage (failed runs hatched), every stage named
+  in a legend below the lanes.  Luigi runs each task of a
   ``--workers N`` process in a forked child (a new pid per task), so lanes are worker slots:
   per host, each run goes to the first lane free at its start (:func:`worker_lanes`); a
   ``--workers 1`` process is one lane;
@@ -14,8 +15,8 @@ From :func:`pipeline.storage.journal.read_journal` rows (one per stage run):
   done, from ``silentmine status``) times the mean wall time of that stage's runs so far,
   divided among the workers seen; stages with no run yet are named, not guessed.
 
-:func:`last_session` picks the journal rows of the latest run: runs are grouped into sessions
-separated by ``gap_s`` seconds with nothing running.
+:func:`latest_run` picks the journal rows of the pipeline's latest run: the stage runs after the
+last stretch of ``gap_s`` seconds with nothing running.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from pathlib import Path
 
 import pandas as pd
 
-SESSION_GAP_S = 600.0  # idle seconds that separate two sessions of the journal
+RUN_GAP_S = 600.0  # idle seconds that separate two runs of the pipeline in the journal
 
 
-def last_session(journal: pd.DataFrame, gap_s: float = SESSION_GAP_S) -> pd.DataFrame:
-    """The rows of ``journal`` (read_journal columns) of its latest session: after the last
-    stretch of ``gap_s`` seconds in which no run was going on."""
+def latest_run(journal: pd.DataFrame, gap_s: float = RUN_GAP_S) -> pd.DataFrame:
+    """The rows of ``journal`` (read_journal columns) of the pipeline's latest run: after the last
+    stretch of ``gap_s`` seconds in which no stage was running."""
     if journal.empty:
         return journal
     rows = journal.sort_values("started", kind="stable").reset_index(drop=True)
@@ -137,10 +138,16 @@ def time_left(journal: pd.DataFrame, remaining: dict[str, int], workers: int | N
     return TimeLeft(total / workers, workers, per_stage, unknown)
 
 
-def timeline_png(journal: pd.DataFrame, out: str | os.PathLike, title: str = "silentmine run") -> Path:
-    """Draw the timeline of ``journal`` rows to the PNG ``out``: one lane per worker slot,
-    one box per task (start to end, seconds from the first start), coloured by stage, failed
-    runs hatched; returns ``out``.  ``ValueError`` for an empty journal."""
+LEGEND_COLUMNS = 5  # stages per row of the timeline's legend
+
+
+def timeline_figure(journal: pd.DataFrame, title: str = "silentmine run"):
+    """The timeline of ``journal`` rows as a matplotlib ``Figure``: one lane per worker slot, one
+    box per task (start to end, seconds from the first start), coloured by stage, failed runs
+    hatched, and a legend below the lanes that names every stage (in rows of
+    ``LEGEND_COLUMNS``; the figure grows with the lanes and the legend's rows, and its
+    constrained layout keeps every label inside).  ``ValueError`` for an empty journal."""
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
@@ -151,9 +158,10 @@ def timeline_png(journal: pd.DataFrame, out: str | os.PathLike, title: str = "si
     lane_of = worker_lanes(rows)
     lanes = sorted(set(lane_of), key=lambda label: (label.rsplit(" #", 1)[0], int(label.rsplit(" #", 1)[1])))
     stages = list(dict.fromkeys(rows["stage"].astype(str)))
-    palette = [f"C{i % 10}" for i in range(len(stages))]
-    colour = dict(zip(stages, palette))
-    fig = Figure(figsize=(9, 1.2 + 0.45 * len(lanes)), dpi=100)
+    palette = colormaps["tab10" if len(stages) <= 10 else "tab20"]
+    colour = {stage: palette(i % palette.N) for i, stage in enumerate(stages)}
+    legend_rows = math.ceil(len(stages) / LEGEND_COLUMNS)
+    fig = Figure(figsize=(10, 1.5 + 0.4 * len(lanes) + 0.3 * legend_rows), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     for lane, label in enumerate(lanes):
         mine = rows[lane_of == label]
@@ -161,15 +169,20 @@ def timeline_png(journal: pd.DataFrame, out: str | os.PathLike, title: str = "si
             start, width = float(run.started) - t0, max(float(run.finished) - float(run.started), 1e-3)
             ax.broken_barh([(start, width)], (lane - 0.4, 0.8), facecolors=colour[str(run.stage)],
                            edgecolor="black", linewidth=0.4, hatch="///" if run.status == "failed" else None)
-    ax.set_yticks(range(len(lanes)), lanes, fontsize=7)
+    ax.set_yticks(range(len(lanes)), lanes, fontsize=8)
     ax.set_ylim(-0.6, len(lanes) - 0.4)
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the first task started")
     ax.set_title(title, fontsize=9)
-    ax.legend(handles=[Patch(facecolor=colour[s], edgecolor="black", label=s) for s in stages], fontsize=7,
-              loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(axis="x", linewidth=0.3)
-    fig.tight_layout()
+    fig.legend(handles=[Patch(facecolor=colour[s], edgecolor="black", label=s) for s in stages], fontsize=8,
+               loc="outside lower center", ncols=min(len(stages), LEGEND_COLUMNS), frameon=False)
+    return fig
+
+
+def timeline_png(journal: pd.DataFrame, out: str | os.PathLike, title: str = "silentmine run") -> Path:
+    """Draw :func:`timeline_figure` of ``journal`` rows to the PNG ``out``; returns ``out``."""
+    fig = timeline_figure(journal, title)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
