@@ -8,8 +8,10 @@ from pipeline.corpora.catalog import read_scan_rejects, scan_shards
 from pipeline.features.featurize import read_feature_rejects
 from pipeline.mining.calibration import read_thresholds
 from pipeline.mining.datasets import DatasetRun, ShardStore, build_datasets, view_manifest_fields
-from pipeline.mining.extraction import SecondOpinion, SeparatorScorer, build_excerpts
+from pipeline.mining.extraction import SecondOpinion, build_excerpts
 from pipeline.mining.schema import INDEX_PART_FORMAT
+from pipeline.separation.evaluation import SeparatorScorer
+from pipeline.separation.registry import load_model
 from tasks.base import CatalogStage, ShardStage, config
 from tasks.calibrate import Calibrate
 from tasks.catalog import ScanCatalog
@@ -20,10 +22,12 @@ STORE_TEMPLATE_SHARD = -1  # shard number of the template task that names the st
 
 def separator_task(params):
     """The TrainSeparator of Extract's ``separator`` parameters (over ``[TrainSeparator]``); it
-    must not read the D_i (no remix step), or the DAG would be a cycle."""
-    from tasks.separator import TrainSeparator  # tasks.separator imports this module
+    must not read the D_i (no remix step), or the DAG would be a cycle.
 
-    task = TrainSeparator(**dict(params))
+    The class is Luigi's task of that name: ``tasks.separator`` depends on this module (its
+    remix scheme reads the D_i), so this one names the separator's task without importing it.
+    """
+    task = luigi.task_register.Register.get_task_cls("TrainSeparator")(**dict(params))
     if task.reads_datasets:
         raise ValueError(f"Extract's separator {dict(params)} trains on the D_i (remix): give a run without "
                          "remix, e.g. {\"remix\": false}")
@@ -106,8 +110,6 @@ class ExtractShard(RunRule, ShardStage):
         thresholds = read_thresholds(calibration.thresholds)
         second_opinion = None
         if self.separator:
-            from pipeline.separation.registry import load_model
-
             second_opinion = SecondOpinion(SeparatorScorer(load_model(self.requires()["separator"].best)),
                                            self.separator_max_db)
         return build_excerpts(self.shard_tracks(), self.probabilities, thresholds=thresholds,
@@ -130,20 +132,20 @@ class Extract(RunRule, CatalogStage):
 
     stage_name = "datasets"
 
-    def requires(self):
+    def inputs(self):
         return {"calibration": self.calibration_task(), "detector": TrainDetector(), "scan": ScanCatalog()}
 
     @property
     def scan(self) -> ScanCatalog:
         """The catalog scan whose D_i this is."""
-        return self.requires()["scan"]
+        return self.inputs()["scan"]
 
     def store_task(self) -> ExtractShard:
         """An ExtractShard that names the store (every shard's key and folder are the same)."""
         return ExtractShard(
             shard=STORE_TEMPLATE_SHARD,
             shard_key="store",
-            tracks_file=self.requires()["scan"].tracks_file,
+            tracks_file=self.scan.tracks_file,
             **self.rule_params(),
         )
 
@@ -151,26 +153,10 @@ class Extract(RunRule, CatalogStage):
         return {**super().input_keys(), "store": self.store_task().key}
 
     def shard_jobs(self):
-        scan = self.requires()["scan"]
         return [
-            ExtractShard(shard=number, shard_key=key, tracks_file=scan.tracks_file, **self.rule_params())
-            for number, key in scan_shards(scan.tracks_file)
+            ExtractShard(shard=number, shard_key=key, tracks_file=self.scan.tracks_file, **self.rule_params())
+            for number, key in scan_shards(self.scan.tracks_file)
         ]
-
-    def deps(self):
-        deps = super().deps()
-        self._note_finished()
-        return deps
-
-    def _note_finished(self) -> None:
-        """Remember, once, which shards were finished before this run scheduled them."""
-        if "_finished_before" not in self.__dict__ and self.requires()["scan"].complete():
-            self.__dict__["_finished_before"] = {job.shard_key for job in self.shard_jobs() if job.complete()}
-
-    def run(self):
-        self._note_finished()
-        yield self.shard_jobs()  # dynamic dependencies: the shards exist once the scan has run
-        super().run()
 
     def build(self, folder):
         jobs = self.shard_jobs()
@@ -178,15 +164,15 @@ class Extract(RunRule, CatalogStage):
             job.shard_key: read_feature_rejects(job.feature_store) for job in jobs
         }
         return build_datasets(folder, self.store, [job.shard_key for job in jobs],
-                              read_scan_rejects(self.requires()["scan"].folder), feature_rejects,
-                              finished_before=self.__dict__.get("_finished_before", set()))
+                              read_scan_rejects(self.scan.folder), feature_rejects,
+                              finished_before=self.shards_finished_before())
 
     def manifest_extra(self):
         return view_manifest_fields(
             self.store,
             config().data_root,
             self.store_task().key,
-            self.requires()["scan"].key,
+            self.scan.key,
             [job.shard_key for job in self.shard_jobs()],
         )
 

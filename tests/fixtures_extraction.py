@@ -30,7 +30,8 @@ from pipeline.mining.datasets import (
     view_manifest_fields,
 )
 from pipeline.mining.extraction import write_index_parts
-from pipeline.mining.schema import INDEX_SCHEMA, REJECTS_SCHEMA
+from pipeline.mining.schema import INDEX_SCHEMA
+from pipeline.rejects import REJECTS_SCHEMA
 from pipeline.sources import HOP_S, SOURCES, WINDOW_S, n_windows
 from pipeline.storage.outputs import stable_hash, write_json_atomic, write_manifest, write_parquet_atomic
 

@@ -25,7 +25,8 @@ from pipeline.mining.audit import (
     write_audit,
 )
 from pipeline.mining.datasets import DatasetRun
-from pipeline.mining.schema import INDEX_SCHEMA, REJECTS_SCHEMA, read_index
+from pipeline.mining.schema import INDEX_SCHEMA, read_index
+from pipeline.rejects import REJECTS_SCHEMA
 from pipeline.sources import SOURCES, WINDOW_S
 from pipeline.storage.outputs import write_parquet_atomic
 

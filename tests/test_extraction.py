@@ -23,7 +23,8 @@ from pipeline.mining.extraction import (
     select_runs,
 )
 from pipeline.mining.ground_truth import covered_seconds, measure_extraction, merge_intervals
-from pipeline.mining.schema import INDEX_SCHEMA, PROBABILITY_SCHEMA, REJECTS_SCHEMA, read_index
+from pipeline.mining.schema import INDEX_SCHEMA, PROBABILITY_SCHEMA, read_index
+from pipeline.rejects import REJECTS_SCHEMA
 from pipeline.sources import FEATURE_RATE, HOP_S, SOURCES, WINDOW_S, n_windows
 
 THRESHOLDS = {"drums": 0.5, "bass": 0.5, "other": None, "vocals": 0.7}

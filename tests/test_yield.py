@@ -13,7 +13,6 @@ import torch
 
 from pipeline.mining.extraction import (
     SecondOpinion,
-    SeparatorScorer,
     excerpt_separator_db,
     extract_track,
     separator_volumes,
@@ -29,6 +28,7 @@ from pipeline.mining.ground_truth import (
 )
 from pipeline.mining.schema import INDEX_SCHEMA, read_index
 from pipeline.separation.contract import ModelConfig, Separator
+from pipeline.separation.evaluation import SeparatorScorer
 from pipeline.sources import HOP_S, SOURCES, WINDOW_S, n_windows
 
 RATE = 8000

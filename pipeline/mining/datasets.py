@@ -44,7 +44,8 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline import rejects as kinds
-from pipeline.mining.schema import INDEX_SCHEMA, PART_SCHEMA, REJECTS_SCHEMA, read_index, read_rejects
+from pipeline.mining.schema import INDEX_SCHEMA, PART_SCHEMA, read_index, read_rejects
+from pipeline.rejects import REJECTS_SCHEMA
 from pipeline.sources import SOURCES
 from pipeline.storage.outputs import MANIFEST, StageResult, atomic_path, read_manifest, write_parquet_atomic
 

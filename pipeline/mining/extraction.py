@@ -7,8 +7,9 @@ is a maximal stretch of consecutive frames ``a .. b-1`` with ``P_i >= p_i``; wit
 inside the run and the excerpt (:func:`find_runs`; 0 is the paper's rule).
 
 **Second opinion.**  With a :class:`SecondOpinion` (Extract's ``separator``), each excerpt the
-duration rule keeps is separated by a trained separator before it is renamed into place
-(:class:`SeparatorScorer`) and the estimated relative volume of its source per grid window,
+duration rule keeps is separated by a trained separator before it is renamed into place (a
+:data:`Scorer`: :class:`pipeline.separation.evaluation.SeparatorScorer` in the pipeline) and the
+estimated relative volume of its source per grid window,
 ``10 log10(||s_i_hat||^2 / ||m||^2)`` (:func:`separator_volumes`), is stored as
 ``separator_db_mean`` / ``separator_db_max``; an excerpt whose mean is above ``max_db`` is
 dropped.
@@ -71,10 +72,11 @@ import pyarrow as pa
 import soundfile as sf
 
 from pipeline import rejects
-from pipeline.audio.io import BLOCK_FRAMES, AudioError, file_checksum, match_channels, open_stream, probe, resample
+from pipeline.audio.io import BLOCK_FRAMES, AudioError, file_checksum, open_stream, probe
 from pipeline.corpora.labels import SILENT_ENERGY, window_energy
 from pipeline.mining.datasets import excerpt_relpath, index_part_relpath, rejects_part_relpath
-from pipeline.mining.schema import INDEX_SCHEMA, PART_SCHEMA, REJECTS_SCHEMA
+from pipeline.mining.schema import INDEX_SCHEMA, PART_SCHEMA
+from pipeline.rejects import REJECTS_SCHEMA
 from pipeline.sources import HOP_S, SOURCES, WINDOW_S
 from pipeline.storage.journal import Progress
 from pipeline.storage.outputs import StageResult, atomic_path, tmp_name, write_parquet_atomic
@@ -178,24 +180,6 @@ def separator_volumes(estimates: np.ndarray, mixture: np.ndarray, sample_rate: i
         volumes = 10.0 * np.log10(source_energy / np.where(silent, 1.0, mix_energy))
     volumes[:, silent] = -np.inf
     return volumes.astype(np.float32)
-
-
-class SeparatorScorer:
-    """A trained separator's second opinion on an excerpt: :data:`Scorer` over
-    :func:`pipeline.separation.evaluation.separate_track` (resampled and channel-matched to the
-    model first, with soxr), then :func:`separator_volumes` at the model's rate."""
-
-    def __init__(self, model, device: str = "cpu") -> None:
-        self.model = model.eval()
-        self.device = device
-
-    def __call__(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-        from pipeline.separation.evaluation import separate_track
-
-        rate, channels = self.model.config.sample_rate, self.model.config.audio_channels
-        mixture = match_channels(resample(np.asarray(audio, dtype=np.float32), sample_rate, rate), channels)
-        estimates = separate_track(self.model, mixture, device=self.device)
-        return separator_volumes(estimates, mixture, rate)
 
 
 @dataclass

@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from pipeline.rejects import REJECTS_SCHEMA
 from pipeline.sources import SOURCES
 
 # Per-frame detector output, one Parquet file per shard: one row per (track, frame).
@@ -72,18 +73,6 @@ PART_SCHEMA = INDEX_SCHEMA.set(INDEX_SCHEMA.get_field_index("source"),
                                pa.field("source", pa.dictionary(pa.int32(), pa.string())))
 # Named in ExtractShard's key: part files of another format never share a store (and a view).
 INDEX_PART_FORMAT = "source dictionary-encoded"
-
-# Rejected inputs, one row per (file, stage).
-REJECTS_SCHEMA = pa.schema(
-    [
-        ("path", pa.string()),
-        ("track_id", pa.string()),  # empty when the file could not even be read
-        ("stage", pa.string()),
-        ("kind", pa.string()),  # one of pipeline.rejects.KINDS, set where the error was raised
-        ("reason", pa.string()),
-    ]
-)
-
 
 def read_index(index_dir: str | os.PathLike, source: str | None = None) -> pd.DataFrame:
     """Load the D_i index (optionally one source) as a DataFrame; empty if none exists."""
