@@ -27,6 +27,8 @@ it lists) is remembered for the current input generation (:mod:`tasks.inputs`).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, TypeVar
@@ -34,6 +36,7 @@ from typing import Any, Callable, ClassVar, Mapping, TypeVar
 import luigi
 
 from pipeline.audio.io import decoder_fingerprint
+from pipeline.mining.extraction import PAPER_RUN_RULE, RunRule
 from pipeline.storage import journal
 from pipeline.storage import outputs as storage
 from pipeline.storage.outputs import StageResult
@@ -52,10 +55,41 @@ class silentmine(luigi.Config):
                               description="unlabelled catalog: a folder tree, or a text file of paths one a line")
     seed = luigi.IntParameter(default=0, description="seed of every random choice in the pipeline")
     threads = luigi.IntParameter(default=0, description="torch/BLAS threads per worker process; 0 = cores / workers")
+    catalog_truth = luigi.Parameter(default="", description="the catalog's known per-window volumes (the demo's "
+                                    "catalog_truth.parquet), read by MeasureExtraction and Audit; empty: none")
 
 
 def config() -> silentmine:
     return silentmine()
+
+
+class RunRuleParameter(luigi.Parameter):
+    """Extraction's run rule (:class:`pipeline.mining.extraction.RunRule`) as one parameter:
+    ``{"min_seconds": 5.0, "max_gap": 0}`` in luigi.cfg and on the command line."""
+
+    def __init__(self, default: RunRule = PAPER_RUN_RULE, **kwargs) -> None:
+        super().__init__(default=default, **kwargs)
+
+    def normalize(self, value) -> RunRule:
+        """A RunRule of a float ``min_seconds`` and an int ``max_gap`` (one task id, one key per rule)."""
+        fields = dataclasses.asdict(value) if isinstance(value, RunRule) else dict(value)
+        unknown = set(fields) - {"min_seconds", "max_gap"}
+        if unknown:
+            raise ValueError(f"a run rule has min_seconds and max_gap, not {sorted(unknown)}")
+        rule = RunRule(**fields)  # checks the values
+        return RunRule(float(rule.min_seconds), int(rule.max_gap))
+
+    def parse(self, text: str) -> RunRule:
+        return self.normalize(json.loads(text))
+
+    def serialize(self, value: RunRule) -> str:
+        return json.dumps(dataclasses.asdict(self.normalize(value)), sort_keys=True)
+
+
+def run_rule_key(rule: RunRule, keep_no_gap: bool = False) -> dict[str, Any]:
+    """A run rule's entries of a stage key: ``min_seconds``, and ``max_gap`` unless it is 0 (the
+    paper's rule kept the keys it had before dips could be bridged) or ``keep_no_gap``."""
+    return {"min_seconds": rule.min_seconds, **({"max_gap": rule.max_gap} if rule.max_gap or keep_no_gap else {})}
 
 
 class Stage(luigi.Task):

@@ -50,17 +50,22 @@ def _configured_threads() -> int:
     return luigi.configuration.get_config().getint("silentmine", "threads", 0)
 
 
+def _set_option(section: str, name: str, value: str) -> None:
+    """Set an option of the live Luigi configuration (this process and the workers it forks)."""
+    import luigi.configuration
+
+    config = luigi.configuration.get_config()
+    if not config.has_section(section):
+        config.add_section(section)
+    config.set(section, name, value)
+
+
 def _set_threads(threads: int, variables: tuple[str, ...] = ()) -> None:
     """Make ``threads`` the thread count of every stage this process (and the worker processes
     Luigi forks from it) runs: the ``[silentmine] threads`` option every stage reads, torch's
     intra-op pool, and the environment ``variables`` (OpenMP/MKL/OpenBLAS: they act only on
     libraries loaded after they are set)."""
-    import luigi.configuration
-
-    config = luigi.configuration.get_config()
-    if not config.has_section("silentmine"):
-        config.add_section("silentmine")
-    config.set("silentmine", "threads", str(threads))
+    _set_option("silentmine", "threads", str(threads))
     set_process_threads(threads, variables)
 
 
@@ -237,6 +242,8 @@ def _demo(args: argparse.Namespace) -> int:
     # one synthesis process per core: the corpus does not depend on it (pipeline.corpora.demo)
     generate(demo_root, DemoConfig.tiny(seed=args.seed) if args.tiny else DemoConfig(seed=args.seed),
              workers=available_cores())
+    # the demo catalog's known volumes, which generate() writes beside the catalog
+    _set_option("silentmine", "catalog_truth", str(demo_root / "catalog_truth.parquet"))
     started = time.time()
     ok = run_tasks("All", workers=args.workers)
     if not ok:

@@ -178,10 +178,12 @@ def overlaid(path: str | os.PathLike) -> Iterator[None]:
 
 
 def _protected(described: list[status.StageDescription]) -> set[Path]:
-    """What a configuration reads and gc must never touch: stem set, catalog, and every stage
-    parameter that names an existing file or folder (the demo's truth table...)."""
+    """What a configuration reads and gc must never touch: stem set, catalog, the catalog's truth
+    table, and every stage parameter that names an existing file or folder."""
     settings = config()
     paths = {Path(settings.stem_root), Path(settings.catalog)}
+    if settings.catalog_truth:
+        paths.add(Path(settings.catalog_truth))
     for d in described:
         for value in d.params.values():
             if isinstance(value, str) and value and os.path.exists(value):

@@ -12,7 +12,6 @@ import soundfile as sf
 
 from pipeline.audio.io import file_checksum
 from pipeline.mining.schema import read_index
-from tests.conftest import luigi_options
 
 pytestmark = pytest.mark.slow
 
@@ -28,13 +27,13 @@ SETTINGS = {
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory, tiny_demo):
+def demo(tmp_path_factory, tiny_demo, luigi_options):
     """The tiny demo corpus, and luigi.cfg pointed at it (restored afterwards)."""
     root = tmp_path_factory.mktemp("pipeline")
     tiny_demo(root / "demo")
     options = {"silentmine": {"data_root": root / "data", "stem_root": root / "demo" / "stems",
-                              "catalog": root / "demo" / "catalog", "threads": 2},
-               "MeasureExtraction": {"truth": root / "demo" / "catalog_truth.parquet"}, **SETTINGS}
+                              "catalog": root / "demo" / "catalog", "threads": 2,
+                              "catalog_truth": root / "demo" / "catalog_truth.parquet"}, **SETTINGS}
     with luigi_options(options):
         yield root
 

@@ -12,6 +12,7 @@ import soundfile as sf
 import torch
 
 from pipeline.mining.extraction import (
+    RunRule,
     SecondOpinion,
     excerpt_separator_db,
     extract_track,
@@ -99,7 +100,8 @@ def test_second_opinion_keeps_or_drops_excerpts(tmp_path):
     thresholds = {"drums": 0.5, "bass": 0.5}
     separator = GainSeparator([0.01, 0.3, 0.0, 0.0])  # drums estimated at -40 dB, bass at -10.5 dB
     judged = SecondOpinion(SeparatorScorer(separator), max_db=-20.0)
-    rows = extract_track(path, "ef01", None, probs, thresholds, 5.0, tmp_path / "a", "d", "c", second_opinion=judged)
+    rows = extract_track(path, "ef01", None, probs, thresholds, RunRule(), tmp_path / "a", "d", "c",
+                         second_opinion=judged)
     assert [r["source"] for r in rows] == ["drums"]
     assert rows[0]["separator_db_mean"] == pytest.approx(-40.0, abs=1e-3)
     assert rows[0]["separator_db_max"] == pytest.approx(-40.0, abs=1e-3)
@@ -107,7 +109,8 @@ def test_second_opinion_keeps_or_drops_excerpts(tmp_path):
     assert not list((tmp_path / "a").rglob(".*"))  # the dropped excerpt's temporary is gone
     assert len(list((tmp_path / "a").rglob("*.flac"))) == 1
     scored = SecondOpinion(SeparatorScorer(separator))  # no limit: scored and kept
-    rows = extract_track(path, "ef01", None, probs, thresholds, 5.0, tmp_path / "b", "d", "c", second_opinion=scored)
+    rows = extract_track(path, "ef01", None, probs, thresholds, RunRule(), tmp_path / "b", "d", "c",
+                         second_opinion=scored)
     by_source = {r["source"]: r for r in rows}
     assert by_source["bass"]["separator_db_mean"] == pytest.approx(20 * np.log10(0.3), abs=1e-3)
     assert (scored.scored, scored.dropped) == (2, 0)
