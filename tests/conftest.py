@@ -27,8 +27,8 @@ import pytest
 import soundfile as sf
 
 from pipeline.corpora.demo import DemoConfig, generate
-from tests.fixtures_stems import stem_track
 from pipeline.sources import HOP_S, SOURCES
+from tests.fixtures_stems import stem_track
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -112,8 +112,9 @@ def tiny_demo(tmp_path_factory) -> Callable[[Path], Path]:
 
 @pytest.fixture
 def luigi_config(tmp_path):
-    """Point ``[silentmine]`` at a fresh data root; returns a setter for further options."""
-    with _luigi_options({"silentmine": {"data_root": tmp_path / "data"}}) as set_option:
+    """Point ``[silentmine]`` at a fresh data root, with no catalog truth; returns a setter for
+    further options."""
+    with _luigi_options({"silentmine": {"data_root": tmp_path / "data", "catalog_truth": ""}}) as set_option:
         yield set_option
 
 
@@ -122,7 +123,7 @@ def configured(luigi_config, small_stem_set, small_catalog):
     """The small stem set and catalog configured, one track per shard, one thread, no ground
     truth, and a detector and calibration that train in seconds on 3 s tracks."""
     for section, values in {
-        "silentmine": {"stem_root": small_stem_set, "catalog": small_catalog, "threads": 1, "catalog_truth": ""},
+        "silentmine": {"stem_root": small_stem_set, "catalog": small_catalog, "threads": 1},
         "ScanCatalog": {"shard_size": 1},
         "TrainDetector": {"width": 0.0625, "epochs": 1, "patience": 1, "crop_seconds": 2.0},
         "Calibrate": {"min_windows": 1, "target_fraction": 0.5, "target_db": -10},

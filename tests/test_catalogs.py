@@ -64,7 +64,8 @@ def world(tmp_path_factory, write_stem_track):
 
 
 def options(data_root: Path, stems: Path, catalog: Path) -> dict:
-    return {"silentmine": {"data_root": data_root, "stem_root": stems, "catalog": catalog, "threads": 1},
+    return {"silentmine": {"data_root": data_root, "stem_root": stems, "catalog": catalog, "threads": 1,
+                           "catalog_truth": ""},
             "ScanCatalog": {"shard_size": 2}, "Extract": {"min_seconds": 1.0}}
 
 

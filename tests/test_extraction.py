@@ -344,27 +344,20 @@ def test_extract_track_run_to_the_end_of_the_file(tmp_path):
 # --------------------------------------------------------------------------- ground truth
 
 
-def _truth(file: str, n: int, volumes: dict[str, np.ndarray]) -> pd.DataFrame:
-    table = pd.DataFrame({"file": file, "window": np.arange(n), "start_s": np.arange(n) * HOP_S})
-    for source in SOURCES:
-        table[f"V_{source}"] = volumes.get(source, np.zeros(n))
-    return table
-
-
 def _excerpt(path, source: str, start_s: float, end_s: float) -> dict:
     return {"source": source, "catalog_path": str(path), "start_s": start_s, "end_s": end_s,
             "duration_s": end_s - start_s}
 
 
-def test_measure_extraction_on_hand_made_tables(tmp_path):
+def test_measure_extraction_on_hand_made_tables(tmp_path, truth_table):
     root = tmp_path / "catalog"
     bass_a = np.zeros(200)
     bass_a[20:120] = -40.0  # a true run of 100 windows: [1.28, 8.256) s
     vocals_a = np.full(200, -np.inf)  # silent mixture everywhere: a true run [0, 13.376) s
     bass_b = np.zeros(150)
     bass_b[:100] = -25.0  # silent at -20 dB but audible at -30 dB: no true run
-    truth = pd.concat([_truth("a/song.wav", 200, {"bass": bass_a, "vocals": vocals_a}),
-                       _truth("b.flac", 150, {"bass": bass_b})], ignore_index=True)
+    truth = pd.concat([truth_table("a/song.wav", {"bass": bass_a, "vocals": vocals_a}, 200),
+                       truth_table("b.flac", {"bass": bass_b}, 150)], ignore_index=True)
     run_a = (20 * HOP_S, 119 * HOP_S + WINDOW_S)
     index = pd.DataFrame([
         _excerpt(root / "a" / "song.wav", "bass", *run_a),

@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import torch
-from tests.fixtures_stems import stem_track
 from test_tasnet import TINY as TINY_TASNET
 
 from pipeline.mining.schema import INDEX_SCHEMA
@@ -25,6 +24,7 @@ from pipeline.separation.losses import si_snr_loss
 from pipeline.separation.remix import RemixSampler, l1_loss, remix_loss, remix_step
 from pipeline.separation.tasnet import TasNet
 from pipeline.sources import SOURCES
+from tests.fixtures_stems import stem_track
 
 RATE = 44_100
 

@@ -135,22 +135,15 @@ def test_index_parts_without_separator_columns_read_as_nan(tmp_path):
 # --------------------------------------------------------------------------- rules against ground truth
 
 
-def _truth(file: str, volumes: dict[str, np.ndarray], n: int) -> pd.DataFrame:
-    table = pd.DataFrame({"file": file, "window": np.arange(n), "start_s": np.arange(n) * HOP_S})
-    for source in SOURCES:
-        table[f"V_{source}"] = volumes.get(source, np.zeros(n))
-    return table
-
-
 @pytest.fixture
-def catalog(tmp_path):
+def catalog(tmp_path, truth_table):
     """One 200-frame file: bass truly silent on frames 20..119, detector sure on 30..119 and
     half-sure (0.6) on 120..179 where the bass plays."""
     root = tmp_path / "catalog"
     n = 200
     bass = np.zeros(n)
     bass[20:120] = -40.0
-    truth = _truth("song.wav", {"bass": bass}, n)
+    truth = truth_table("song.wav", {"bass": bass}, n)
     p_bass = np.zeros(n, np.float32)
     p_bass[30:120] = 0.95
     p_bass[120:180] = 0.6
