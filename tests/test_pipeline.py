@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import luigi
@@ -122,3 +123,60 @@ def test_excerpts_hold_the_original_samples(demo, run_pipeline):
                                       stop=int(row.end_sample))
     assert rate == original_rate == row.sample_rate and excerpt.shape == original.shape
     np.testing.assert_allclose(excerpt, original, atol=2 ** -15)
+
+
+def _rules_and_measure(task) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return pd.read_csv(task.folder / "measure.csv"), pd.read_csv(task.folder / "rules.csv")
+
+
+def test_measure_and_rules_count_true_runs_with_the_configured_min_seconds(demo, run_pipeline, luigi_options,
+                                                                           monkeypatch):
+    import tasks
+    from pipeline.threads import THREAD_VARIABLES
+    from tasks.cli import main
+
+    run_pipeline("MeasureExtraction")
+    at_5 = _rules_and_measure(tasks.MeasureExtraction())
+    for name in THREAD_VARIABLES:  # `silentmine run` sets the ones that are unset; put them back after
+        monkeypatch.setenv(name, os.environ.get(name, "2"))
+    assert main(["run", "MeasureExtraction", "--Extract-min-seconds", "7"]) == 0
+    with luigi_options({"Extract": {"min_seconds": 7}}):
+        measure = tasks.MeasureExtraction()
+        assert measure.requires()["calibration_windows"].run_rule.min_seconds == 7.0
+        at_7 = _rules_and_measure(measure)
+    for measured, rules in (at_5, at_7):
+        runs = measured.set_index("source")["n_true_runs"]
+        for rule, table in rules.groupby("rule"):
+            assert table.set_index("source")["n_true_runs"].to_dict() == runs.to_dict(), rule
+    # the tiny demo has truly silent runs of 5 to 7 s: the two rules count differently
+    assert (at_7[0]["n_true_runs"] < at_5[0]["n_true_runs"]).any()
+
+
+def test_the_scan_catalog_option_reaches_measure_and_audit(demo, run_pipeline, luigi_options, monkeypatch, tmp_path):
+    import tasks
+    import tasks.audit
+    import tasks.measure
+
+    run_pipeline("Audit")
+    link = tmp_path / "catalog-link"
+    link.symlink_to(demo / "demo" / "catalog")
+    seen = {}
+    for module, name in ((tasks.measure, "build_measure"), (tasks.audit, "build_audit")):
+        original = getattr(module, name)
+
+        def spy(*args, _original=original, _name=name, **kwargs):
+            seen[_name] = kwargs.get("catalog_root", args[2] if len(args) > 2 else None)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    # [silentmine] catalog names another folder; the scan's option names the same catalog by another path
+    with luigi_options({"silentmine": {"catalog": empty}, "ScanCatalog": {"catalog": link}}):
+        assert run_pipeline("Audit") == []  # Measure and Audit are keyed by the scan's catalog: nothing to redo
+        truth = tmp_path / "truth.parquet"
+        truth.write_bytes((demo / "demo" / "catalog_truth.parquet").read_bytes())
+        with luigi_options({"silentmine": {"catalog_truth": truth}}):
+            assert {"MeasureExtraction", "Audit"} <= set(run_pipeline("Audit"))
+    real = str((demo / "demo" / "catalog").resolve())
+    assert {name: str(root) for name, root in seen.items()} == {"build_measure": real, "build_audit": real}
