@@ -152,6 +152,9 @@ def luigid_api(port: int, method: str, **data) -> dict:
         return json.loads(answer.read())["response"]
 
 
+LUIGID = "import sys; from luigi.cmdline import luigid; luigid(sys.argv[1:])"  # the luigid command, by this Python
+
+
 @contextlib.contextmanager
 def _serve_luigid(folder: Path, config: Path | None = None, wait_s: float = 120) -> Iterator[int]:
     """A luigid on 127.0.0.1 (state and logs under ``folder``, ``config`` as its luigi.cfg),
@@ -159,7 +162,7 @@ def _serve_luigid(folder: Path, config: Path | None = None, wait_s: float = 120)
     port = _free_port()
     (folder / "luigid-logs").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **({"LUIGI_CONFIG_PATH": str(config)} if config else {})}
-    process = subprocess.Popen([str(Path(sys.executable).parent / "luigid"), "--address", "127.0.0.1",
+    process = subprocess.Popen([sys.executable, "-c", LUIGID, "--address", "127.0.0.1",
                                 "--port", str(port), "--state-path", str(folder / "luigid.pickle"),
                                 "--logdir", str(folder / "luigid-logs")],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
