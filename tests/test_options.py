@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline.mining.extraction import PAPER_RUN_RULE, RunRule
@@ -81,3 +83,33 @@ def test_the_demo_command_names_the_demo_truth(luigi_config, tmp_path, monkeypat
     monkeypatch.setattr(tasks.cli, "run_tasks", lambda *args, **kwargs: seen.update(truth=config().catalog_truth))
     assert tasks.cli.main(["demo"]) == 1  # the stubbed run "fails"
     assert seen["truth"] == str(tmp_path / "demo" / "catalog_truth.parquet")
+
+
+def test_measure_and_rules_count_true_runs_with_one_rule(tmp_path, truth_table):
+    """One file whose bass is truly silent (-40 dB) for 85 grid windows (6.016 s) and loud
+    elsewhere: a true run for a rule of 5 s, none for 7 s, in measure.csv and rules.csv alike."""
+    from pipeline.mining.ground_truth import build_measure
+    from pipeline.sources import HOP_S, SOURCES
+
+    n = 200
+    bass = np.zeros(n)
+    bass[20:105] = -40.0
+    truth_table("song.wav", {"bass": bass}, n).to_parquet(tmp_path / "truth.parquet")
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    (tmp_path / "run").mkdir()  # a D_i without excerpts
+    pd.DataFrame({"track_id": "t1", "frame": np.arange(n, dtype=np.int32), "start_s": np.arange(n) * HOP_S,
+                  **{f"p_{s}": np.zeros(n, np.float32) for s in SOURCES}}).to_parquet(tmp_path / "p.parquet")
+    pd.DataFrame({"track_id": ["t1"], "path": [str(catalog / "song.wav")]}).to_parquet(tmp_path / "tracks.parquet")
+    pd.DataFrame({"source": list(SOURCES), "calibratable": True, "threshold": 0.5}).to_parquet(tmp_path / "t.parquet")
+    true_runs = {}
+    for seconds in (5.0, 7.0):
+        out = tmp_path / f"measure-{seconds:g}"
+        out.mkdir()
+        build_measure(tmp_path / "run", tmp_path / "truth.parquet", catalog, out, [tmp_path / "p.parquet"],
+                      tmp_path / "tracks.parquet", {"windows": tmp_path / "t.parquet"}, run_rule=RunRule(seconds))
+        measured = pd.read_csv(out / "measure.csv").set_index("source")["n_true_runs"]
+        rules = pd.read_csv(out / "rules.csv").set_index("source")["n_true_runs"]
+        assert measured.to_dict() == rules.to_dict()
+        true_runs[seconds] = measured["bass"]
+    assert true_runs == {5.0: 1, 7.0: 0}
