@@ -248,6 +248,7 @@ def _ddp_worker(rank: int, world: int, port: int, stems: str, tracks: str, out: 
         distributed.cleanup()
 
 
+@pytest.mark.slow
 def test_ddp_critics_stay_in_sync(data, tmp_path, free_port):
     stems, _, tracks = data
     mp.spawn(_ddp_worker, args=(2, free_port(), str(stems), str(tracks), str(tmp_path)), nprocs=2)

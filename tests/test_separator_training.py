@@ -168,6 +168,7 @@ def _ddp_worker(rank: int, world: int, port: int, stems: str, run: str, out: str
         distributed.cleanup()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", model_names())
 def test_ddp_two_processes_stay_in_sync(data, tmp_path, free_port, model_name):
     stems, run = data
