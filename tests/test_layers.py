@@ -252,3 +252,22 @@ def test_the_layout_table_names_every_package_and_module():
             described = rows.get(f"`{relative}/`")
             assert described is not None, f"{relative}/ has no row in the Code layout table"
             assert modules - set(described.split("`")[1::2]) == set(), f"modules of {relative}/ the row leaves out"
+
+
+def conftest_imports(path: Path) -> list[int]:
+    """Lines of ``path`` that import the tests' conftest as a module (its helpers are fixtures)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return [node.lineno for node in ast.walk(tree)
+            if (isinstance(node, ast.ImportFrom) and node.module in ("conftest", "tests.conftest"))
+            or (isinstance(node, ast.Import) and any(a.name in ("conftest", "tests.conftest") for a in node.names))]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "tests").glob("test_*.py")), ids=lambda p: p.name)
+def test_no_test_imports_the_conftest(path):
+    assert conftest_imports(path) == []
+
+
+def test_the_conftest_checker_sees_both_spellings(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("import os\nfrom tests.conftest import x\n\ndef f():\n    import conftest\n")
+    assert conftest_imports(module) == [2, 5]
