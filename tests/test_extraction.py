@@ -449,3 +449,18 @@ def test_extract_track_bridges_a_dip_into_one_excerpt(tmp_path):
     written, _ = sf.read(tmp_path / "b" / joined[0]["audio_path"], dtype="int16")
     np.testing.assert_array_equal(written, signal[:joined[0]["end_sample"], 0])
     assert np.isnan(joined[0]["separator_db_mean"])
+
+
+def test_the_excerpt_record_is_the_one_definition_of_the_index_columns():
+    import dataclasses
+
+    from pipeline.mining.schema import Excerpt
+
+    assert [f.name for f in dataclasses.fields(Excerpt)] == INDEX_SCHEMA.names
+    kinds = {"int": 1, "float": 0.5, "str": "x"}
+    values = {f.name: kinds[f.type] for f in dataclasses.fields(Excerpt)}
+    excerpt = Excerpt(**values)
+    assert list(excerpt.row()) == INDEX_SCHEMA.names and Excerpt.from_row(excerpt.row()) == excerpt
+    assert pa.Table.from_pylist([excerpt.row()], schema=INDEX_SCHEMA).num_rows == 1
+    with pytest.raises(TypeError):  # a writer that forgets a column fails where it builds the row
+        Excerpt(**{k: v for k, v in values.items() if k != "audio_checksum"})

@@ -50,7 +50,8 @@ to ``audio_base``, the data root in the pipeline, else ``run_dir``):
 Quantisation is done here (not by libsndfile), so the bytes are a function of the inputs only
 and re-running a shard rewrites identical files.
 
-**Index and rejects.**  One index row per excerpt (``pipeline.mining.schema.INDEX_SCHEMA``),
+**Index and rejects.**  One index row per excerpt (:class:`pipeline.mining.schema.Excerpt`, whose
+fields make ``INDEX_SCHEMA``),
 written as hive partitions ``<run_dir>/index/source=<source>/part-<shard_key>.parquet`` (the
 files keep the ``source`` column as well as the partition folder); rejected tracks go to
 ``<run_dir>/rejects/part-<shard_key>.parquet`` (``REJECTS_SCHEMA``, stage ``"extract"``).
@@ -78,7 +79,7 @@ from pipeline import rejects
 from pipeline.audio.io import BLOCK_FRAMES, AudioError, file_checksum, open_stream, probe
 from pipeline.corpora.labels import SILENT_ENERGY, window_energy
 from pipeline.mining.datasets import excerpt_relpath, index_part_relpath, rejects_part_relpath
-from pipeline.mining.schema import INDEX_SCHEMA, PART_SCHEMA
+from pipeline.mining.schema import INDEX_SCHEMA, PART_SCHEMA, Excerpt
 from pipeline.rejects import REJECTS_SCHEMA
 from pipeline.sources import HOP_S, SOURCES, WINDOW_S
 from pipeline.storage.journal import Progress
@@ -367,7 +368,7 @@ def extract_track(
     audio_base: str | os.PathLike | None = None,
     second_opinion: SecondOpinion | None = None,
 ) -> list[dict]:
-    """Write the excerpts of one track and return their index rows (INDEX_SCHEMA keys).
+    """Write the excerpts of one track and return their index rows (:class:`pipeline.mining.schema.Excerpt` rows).
 
     Runs follow ``run_rule`` (:meth:`RunRule.select`).  With
     ``second_opinion``, each excerpt the duration rule keeps is scored (and maybe dropped)
@@ -463,33 +464,31 @@ def extract_track(
                 frame_probs = column[first:stop].astype(np.float64)
                 excerpt_id = f"{track_id}-{source}-{start_sample}"
                 relpath = Path(os.path.relpath(excerpt.final, audio_base)).as_posix()
-                rows.append(
-                    {
-                        "excerpt_id": excerpt_id,
-                        "source": source,
-                        "catalog_path": catalog_path,
-                        "catalog_checksum": catalog_checksum,
-                        "track_id": track_id,
-                        "start_s": float(start_s),
-                        "end_s": float(end_s),
-                        "start_sample": start_sample,
-                        "end_sample": end_sample,
-                        "duration_s": float(end_s - start_s),
-                        "sample_rate": int(rate),
-                        "channels": int(channels),
-                        "threshold": calibrated[source],
-                        "prob_mean": float(frame_probs.mean()),
-                        "prob_min": float(frame_probs.min()),
-                        "n_frames": int(stop - first),
-                        "detector_key": detector_key,
-                        "calibration_key": calibration_key,
-                        "audio_path": relpath,
-                        "audio_format": f"FLAC/{subtype}",
-                        "audio_checksum": file_checksum(excerpt.final),
-                        "separator_db_mean": db_mean,
-                        "separator_db_max": db_max,
-                    }
-                )
+                rows.append(Excerpt(
+                    excerpt_id=excerpt_id,
+                    source=source,
+                    catalog_path=catalog_path,
+                    catalog_checksum=catalog_checksum,
+                    track_id=track_id,
+                    start_s=float(start_s),
+                    end_s=float(end_s),
+                    start_sample=start_sample,
+                    end_sample=end_sample,
+                    duration_s=float(end_s - start_s),
+                    sample_rate=int(rate),
+                    channels=int(channels),
+                    threshold=calibrated[source],
+                    prob_mean=float(frame_probs.mean()),
+                    prob_min=float(frame_probs.min()),
+                    n_frames=int(stop - first),
+                    detector_key=detector_key,
+                    calibration_key=calibration_key,
+                    audio_path=relpath,
+                    audio_format=f"FLAC/{subtype}",
+                    audio_checksum=file_checksum(excerpt.final),
+                    separator_db_mean=db_mean,
+                    separator_db_max=db_max,
+                ).row())
         return rows
     finally:
         for excerpt in excerpts:  # runs dropped by the duration rule, or everything after an error
