@@ -78,7 +78,7 @@ def run_stage(stage: str, track: Path, work: Path, old: bool, min_seconds: float
     from pipeline.features.featurize import build_features_shard
     from pipeline.features.scattering import FeatureExtractor, fit_normalisation
     from pipeline.features.store import FeatureShard, FeatureShardWriter
-    from pipeline.mining.extraction import extract_track
+    from pipeline.mining.extraction import RunRule, extract_track
     from pipeline.sources import FEATURE_RATE, n_windows
 
     shard_path = work / "features.npy"
@@ -111,7 +111,7 @@ def run_stage(stage: str, track: Path, work: Path, old: bool, min_seconds: float
         info = audio.probe(track)
         probs = _probabilities(n_windows(info.frames, info.sample_rate))
         thresholds = {"drums": 0.5, "bass": 0.5, "other": 0.5, "vocals": 0.5}
-        rows = extract_track(track, "tt01", None, probs, thresholds, min_seconds, work / "extract", "d", "c",
+        rows = extract_track(track, "tt01", None, probs, thresholds, RunRule(min_seconds), work / "extract", "d", "c",
                              **({"block_frames": 1 << 40} if old else {}))
         if len(rows) != 4:
             raise RuntimeError(f"expected 4 excerpts, got {len(rows)}")

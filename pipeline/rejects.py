@@ -2,11 +2,13 @@
 
 Every error that rejects a file (:class:`pipeline.audio.common.AudioError`, the extraction's
 ``ExtractionError``) derives from :class:`Rejected` and names its kind where it is raised; the
-rejects tables (``pipeline.mining.schema.REJECTS_SCHEMA``) store it in their ``kind`` column, so
-counts by kind never depend on how a reason is worded.
+rejects tables (:data:`REJECTS_SCHEMA`, written by the scan, the features and the extraction)
+store it in their ``kind`` column, so counts by kind never depend on how a reason is worded.
 """
 
 from __future__ import annotations
+
+import pyarrow as pa
 
 UNREADABLE = "unreadable"  # missing, permission denied, an I/O error
 NOT_UTF8 = "file name not UTF-8"
@@ -26,6 +28,18 @@ OTHER = "other"
 
 KINDS: tuple[str, ...] = (UNREADABLE, NOT_UTF8, NOT_REGULAR, DUPLICATE, EMPTY, CORRUPT, NO_AUDIO_STREAM, NOT_AUDIO,
                           NOT_FINITE, NO_SAMPLES, TOO_SHORT, TOO_MANY_CHANNELS, CHANGED, DETECTOR_OUTPUT, OTHER)
+
+
+# Rejected inputs, one row per (file, stage).
+REJECTS_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("track_id", pa.string()),  # empty when the file could not even be read
+        ("stage", pa.string()),
+        ("kind", pa.string()),  # one of KINDS, set where the error was raised
+        ("reason", pa.string()),
+    ]
+)
 
 
 class Rejected(Exception):

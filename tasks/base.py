@@ -13,27 +13,36 @@ process, with the stage, task family, key, shard, host, pid, start and end times
 spent inside ``build()`` and the stage's counts (failed runs too, with ``status = failed``).
 ``pipeline.storage.journal.read_journal(data_root)`` loads all of it into a DataFrame.
 
-A ``CatalogStage`` gathers the shard tasks of one catalog scan (it requires the scan, so its
-key changes with the scan).  Once the scan is complete it lists its shard tasks among its
-dependencies (``deps()``), so every worker that schedules it, on this machine or another one
-attached to the same ``luigid``, sees every shard and the scheduler hands them out one at a
-time; before the scan exists they come as dynamic dependencies from ``run()``.  A task that finds its
-output already complete when it starts does nothing (another worker finished it first).
+A ``CatalogStage`` gathers the shard tasks of one catalog scan (one of its ``inputs()`` is the
+scan, so its key changes with the scan).  Once the scan is complete its ``requires()`` lists the
+shard tasks besides its inputs, so every worker that schedules it, on this machine or another
+one attached to the same ``luigid``, sees every shard and the scheduler hands them out one at a
+time; before the scan exists they come as dynamic dependencies from ``run()``.  A task that finds
+its output already complete when it starts does nothing (another worker finished it first).
+
+A stage's key hashes its ``inputs()`` (named stages; ``requires()`` for a plain stage), never
+what Luigi schedules besides them.  What an instance learns about its inputs (its key, the shards
+it lists) is remembered for the current input generation (:mod:`tasks.inputs`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
-from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 import luigi
 
 from pipeline.audio.io import decoder_fingerprint
+from pipeline.mining.extraction import PAPER_RUN_RULE, RunRule
 from pipeline.storage import journal
 from pipeline.storage import outputs as storage
 from pipeline.storage.outputs import StageResult
+from tasks import inputs
+
+T = TypeVar("T")
 
 
 class silentmine(luigi.Config):
@@ -46,10 +55,41 @@ class silentmine(luigi.Config):
                               description="unlabelled catalog: a folder tree, or a text file of paths one a line")
     seed = luigi.IntParameter(default=0, description="seed of every random choice in the pipeline")
     threads = luigi.IntParameter(default=0, description="torch/BLAS threads per worker process; 0 = cores / workers")
+    catalog_truth = luigi.Parameter(default="", description="the catalog's known per-window volumes (the demo's "
+                                    "catalog_truth.parquet), read by MeasureExtraction and Audit; empty: none")
 
 
 def config() -> silentmine:
     return silentmine()
+
+
+class RunRuleParameter(luigi.Parameter):
+    """Extraction's run rule (:class:`pipeline.mining.extraction.RunRule`) as one parameter:
+    ``{"min_seconds": 5.0, "max_gap": 0}`` in luigi.cfg and on the command line."""
+
+    def __init__(self, default: RunRule = PAPER_RUN_RULE, **kwargs) -> None:
+        super().__init__(default=default, **kwargs)
+
+    def normalize(self, value) -> RunRule:
+        """A RunRule of a float ``min_seconds`` and an int ``max_gap`` (one task id, one key per rule)."""
+        fields = dataclasses.asdict(value) if isinstance(value, RunRule) else dict(value)
+        unknown = set(fields) - {"min_seconds", "max_gap"}
+        if unknown:
+            raise ValueError(f"a run rule has min_seconds and max_gap, not {sorted(unknown)}")
+        rule = RunRule(**fields)  # checks the values
+        return RunRule(float(rule.min_seconds), int(rule.max_gap))
+
+    def parse(self, text: str) -> RunRule:
+        return self.normalize(json.loads(text))
+
+    def serialize(self, value: RunRule) -> str:
+        return json.dumps(dataclasses.asdict(self.normalize(value)), sort_keys=True)
+
+
+def run_rule_key(rule: RunRule, keep_no_gap: bool = False) -> dict[str, Any]:
+    """A run rule's entries of a stage key: ``min_seconds``, and ``max_gap`` unless it is 0 (the
+    paper's rule kept the keys it had before dips could be bridged) or ``keep_no_gap``."""
+    return {"min_seconds": rule.min_seconds, **({"max_gap": rule.max_gap} if rule.max_gap or keep_no_gap else {})}
 
 
 class Stage(luigi.Task):
@@ -61,12 +101,20 @@ class Stage(luigi.Task):
     """
 
     stage_name: ClassVar[str] = ""
+    # A failed stage is not retried by the scheduler but disabled, so that the workers waiting on
+    # it (``[worker] keep_alive``, set by ``silentmine run``) leave once nothing else can run.
+    retry_count = 1
     # True for stages that decode audio files: their key then holds the decoders' versions
     # (pipeline.audio.io.decoder_fingerprint), so a new decoder gives new outputs.
     decodes_audio: ClassVar[bool] = False
 
     def requires(self) -> dict[str, luigi.Task]:
         return {}
+
+    def inputs(self) -> dict[str, "Stage"]:
+        """The stages this one reads, by name: their keys enter this stage's key.  A plain
+        stage's inputs are its ``requires()``."""
+        return self.requires()
 
     def external_keys(self) -> dict[str, str]:
         """Fingerprints of inputs that are not stages (stem set, catalog listing)."""
@@ -77,15 +125,24 @@ class Stage(luigi.Task):
         return {name: storage.plain(self.param_kwargs[name]) for name, param in self.get_params() if param.significant}
 
     def input_keys(self) -> dict[str, str]:
-        keys = {name: task.key for name, task in self.requires().items()}
+        keys = {name: task.key for name, task in self.inputs().items()}
         keys.update(self.external_keys())
         if self.decodes_audio:
             keys["decoders"] = storage.stable_hash(decoder_fingerprint())
         return keys
 
-    @cached_property
+    def remembered(self, name: str, compute: Callable[[], T]) -> T:
+        """``compute()``, called once per input generation (:func:`tasks.inputs.forget_inputs`
+        starts a new one) for this instance, which Luigi keeps for the process."""
+        if getattr(self, "_remembered_generation", None) != inputs.generation():
+            self._remembered_generation, self._remembered = inputs.generation(), {}
+        if name not in self._remembered:
+            self._remembered[name] = compute()
+        return self._remembered[name]
+
+    @property
     def key(self) -> str:
-        return storage.stage_key(self.stage_name, self.key_params(), self.input_keys())
+        return self.remembered("key", lambda: storage.stage_key(self.stage_name, self.key_params(), self.input_keys()))
 
     @property
     def folder(self) -> Path:
@@ -95,7 +152,7 @@ class Stage(luigi.Task):
         return luigi.LocalTarget(str(self.folder / storage.MANIFEST))
 
     def input_folder(self, name: str) -> Path:
-        return self.requires()[name].folder
+        return self.inputs()[name].folder
 
     def run(self) -> None:
         if self.complete():  # another worker finished it between scheduling and now
@@ -223,27 +280,46 @@ class ShardStage(Stage):
 
 
 class CatalogStage(Stage):
-    """A stage that gathers the shards of one catalog scan; ``requires()`` must hold the scan
-    as ``"scan"``, so the stage's key (and folder) is the scan's own: each catalog, and each
+    """A stage that gathers the shards of one catalog scan; ``inputs()`` must hold the scan as
+    ``"scan"``, so the stage's key (and folder) is the scan's own: each catalog, and each
     version of one, gets its own output, and the shards' outputs are shared between them."""
 
-    def scan_task(self) -> "Stage":
-        return self.requires()["scan"]
+    def inputs(self) -> dict[str, Stage]:
+        raise NotImplementedError(f"{type(self).__name__} must name its inputs, the scan among them")
+
+    def scan_task(self) -> Stage:
+        return self.inputs()["scan"]
 
     def shard_jobs(self) -> list[ShardStage]:
         """The per-shard tasks of the current scan that this stage gathers (none by default)."""
         return []
 
-    def deps(self) -> list[luigi.Task]:
-        """``requires()`` plus, once the scan is complete, every shard task: so that all
-        workers sharing a scheduler schedule (and split) the shards, not only the one that
-        runs this stage and meets them as dynamic dependencies."""
-        # Luigi asks for deps() when it schedules the task and again right before run(); the
-        # answer must not change in between (the scan may finish in between), so the first
-        # answer is kept.  run() still yields the shards of the scan it finds (dynamic deps).
-        if "_deps" not in self.__dict__:
-            deps = super().deps()
-            if self.scan_task().complete():
-                deps += self.shard_jobs()
-            self.__dict__["_deps"] = deps
-        return list(self.__dict__["_deps"])
+    def requires(self) -> dict[str, Any]:
+        """``inputs()`` and, as ``"shards"``, :meth:`listed_shards`: so that all workers sharing
+        a scheduler schedule (and split) the shards, not only the one that runs this stage and
+        meets them as dynamic dependencies."""
+        return {**self.inputs(), "shards": self.listed_shards()}
+
+    def listed_shards(self) -> list[ShardStage]:
+        """Every shard task if the scan was complete when first asked in this input generation,
+        else none (``run()`` yields them).  Luigi asks for the requirements when it schedules the
+        task and again right before ``run()``; the scan may finish in between, and the answer
+        must not change."""
+
+        def listed() -> list[ShardStage]:
+            if not self.scan_task().complete():
+                return []
+            self.shards_finished_before()
+            return self.shard_jobs()
+
+        return self.remembered("listed_shards", listed)
+
+    def shards_finished_before(self) -> set[str]:
+        """Keys of the shards that were finished when this run first listed them."""
+        return self.remembered("finished_before",
+                               lambda: {job.shard_key for job in self.shard_jobs() if job.complete()})
+
+    def run(self):
+        self.shards_finished_before()
+        yield self.shard_jobs()  # dynamic dependencies: the shards exist once the scan has run
+        super().run()

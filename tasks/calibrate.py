@@ -3,7 +3,7 @@
 import luigi
 
 from pipeline.mining.calibration import EXCERPT_GRID, RULES, build_calibration
-from tasks.base import Stage
+from tasks.base import RunRuleParameter, Stage, run_rule_key
 from tasks.detector import DetectStems
 from tasks.labels import Labels
 
@@ -12,9 +12,9 @@ class Calibrate(Stage):
     """Thresholds from labelled tracks the detector was not trained on (``splits``).
 
     ``rule``: ``windows`` (the paper's: 95 % of the selected windows) or ``excerpts`` (95 % of
-    the windows of the excerpts extraction would cut there, the most audio).  ``min_seconds``
-    and ``max_gap`` are extraction's run rule; Extract passes its own, so that the excerpts
-    rule (and both rules' held-out yields) sees the rule extraction applies.
+    the windows of the excerpts extraction would cut there, the most audio).  ``run_rule`` is
+    extraction's; Extract passes its own, so that the excerpts rule (and both rules' held-out
+    yields) sees the rule extraction applies.
     """
 
     stage_name = "calibration"
@@ -24,13 +24,14 @@ class Calibrate(Stage):
     min_windows = luigi.IntParameter(default=100, description="fewest windows a threshold may select")
     splits = luigi.TupleParameter(default=("test",), description="held-out stem-set splits the thresholds come from")
     rule = luigi.ChoiceParameter(default="windows", choices=RULES, description="windows (the paper's) or excerpts")
-    min_seconds = luigi.FloatParameter(default=5.0, description="extraction's shortest excerpt (set by Extract)")
-    max_gap = luigi.IntParameter(default=0, description="extraction's longest bridged dip, frames (set by Extract)")
+    run_rule = RunRuleParameter(description="extraction's run rule (set by Extract)")
 
     def key_params(self):
         """With ``rule = excerpts``, its candidate grid too (``EXCERPT_GRID``), so that thresholds
         chosen on an earlier grid are not reused; the windows rule keeps its keys."""
         params = super().key_params()
+        params.pop("run_rule")
+        params.update(run_rule_key(self.run_rule, keep_no_gap=True))
         if self.rule == "excerpts":
             params["excerpt_grid"] = EXCERPT_GRID
         return params
@@ -41,8 +42,7 @@ class Calibrate(Stage):
     def build(self, folder):
         files = [self.requires()[f"detect_{s}"].probabilities for s in self.splits]
         return build_calibration(files, self.input_folder("labels") / "labels.parquet", folder,
-                                 self.target_db, self.target_fraction, self.min_windows, self.rule,
-                                 self.min_seconds, self.max_gap)
+                                 self.target_db, self.target_fraction, self.min_windows, self.rule, self.run_rule)
 
     @property
     def thresholds(self):

@@ -50,95 +50,86 @@ def _configured_threads() -> int:
     return luigi.configuration.get_config().getint("silentmine", "threads", 0)
 
 
+def _set_option(section: str, name: str, value: str) -> None:
+    """Set an option of the live Luigi configuration (this process and the workers it forks)."""
+    import luigi.configuration
+
+    config = luigi.configuration.get_config()
+    if not config.has_section(section):
+        config.add_section(section)
+    config.set(section, name, value)
+
+
 def _set_threads(threads: int, variables: tuple[str, ...] = ()) -> None:
     """Make ``threads`` the thread count of every stage this process (and the worker processes
     Luigi forks from it) runs: the ``[silentmine] threads`` option every stage reads, torch's
     intra-op pool, and the environment ``variables`` (OpenMP/MKL/OpenBLAS: they act only on
     libraries loaded after they are set)."""
-    import luigi.configuration
-
-    config = luigi.configuration.get_config()
-    if not config.has_section("silentmine"):
-        config.add_section("silentmine")
-    config.set("silentmine", "threads", str(threads))
+    _set_option("silentmine", "threads", str(threads))
     set_process_threads(threads, variables)
 
 
-_progress = {"done": 0, "failed": 0}  # tasks finished by this process's workers in this run
+_results = None  # while `run_tasks` runs: shared counts (done, failed) of the tasks its workers ran
 
 
-def _report_result(task_id: str, status: str, explanation: object) -> None:
-    """Count and print one task result received by a worker of this process.
+def _count_result(task, failed: bool, reason: object = None) -> None:
+    """Count and print one task result, in the process that ran the task.
 
-    Called in this process for every task its workers ran, in this process (``--workers 1``)
-    or in a worker process Luigi forked: those send their results back through Luigi's result
-    queue (a task's own events fire in the process that ran it, where a counter would not
-    reach this one).  With a central ``luigid`` each ``silentmine run`` counts what its own
-    workers ran.  ``status`` is Luigi's (DONE, FAILED; PENDING, for a task that yielded new
-    dependencies, is not a result); ``explanation`` is the failure's traceback text.
+    A Luigi event handler: it fires in this process (``--workers 1``) or in the worker process
+    Luigi forked for the task, which shares the counts with this one (``multiprocessing``
+    memory made before the fork); it does nothing outside ``run_tasks``.  With a central
+    ``luigid`` each ``silentmine run`` counts what its own workers ran.  ``reason``: the
+    failure's exception or message.
     """
-    from luigi.task_status import DONE, FAILED
+    if _results is None:
+        return
+    with _results.get_lock():
+        if failed:
+            _results[1] += 1
+            lines = [line for line in str(reason or "").splitlines() if line.strip()]
+            text = f"{type(reason).__name__}: {lines[-1]}" if isinstance(reason, BaseException) and lines else \
+                (lines[-1] if lines else "no reason given")
+            print(f"[silentmine] FAILED ({_results[1]}): {task.task_id}: {text}", file=sys.stderr, flush=True)
+        else:
+            _results[0] += 1
+            print(f"[silentmine] done ({_results[0]}): {task.task_id}", flush=True)
 
-    if status == DONE:
-        _progress["done"] += 1
-        print(f"[silentmine] done ({_progress['done']}): {task_id}", flush=True)
-    elif status == FAILED:
-        _progress["failed"] += 1
-        lines = [line for line in str(explanation or "").splitlines() if line.strip()]
-        print(f"[silentmine] FAILED ({_progress['failed']}): {task_id}: {lines[-1] if lines else 'no reason given'}",
-              file=sys.stderr, flush=True)
+
+def _watch_results() -> None:
+    """Make fresh shared counts and, once per process, hang `_count_result` on Luigi's events:
+    success and failure (fired where the task ran), a worker process that died or timed out
+    (fired in the worker)."""
+    import multiprocessing
+
+    import luigi
+
+    global _results
+    if _results is None:
+        for event, failed in ((luigi.Event.SUCCESS, False), (luigi.Event.FAILURE, True),
+                              (luigi.Event.PROCESS_FAILURE, True), (luigi.Event.TIMEOUT, True)):
+            luigi.Task.event_handler(event)(
+                lambda task, reason=None, failed=failed: _count_result(task, failed, reason))
+    _results = multiprocessing.Array("i", 2)
+
+
+def counted() -> tuple[int, int]:
+    """``(done, failed)``: the tasks the workers of the last ``run_tasks`` ran."""
+    return (int(_results[0]), int(_results[1])) if _results is not None else (0, 0)
 
 
 def print_summary(wall_s: float) -> None:
     """What the run produced and where: every final stage's folder and its counts."""
     from tasks import All
 
-    failed = f", {_progress['failed']} failed" if _progress["failed"] else ""
-    print(f"\nsilentmine: pipeline finished in {wall_s:.0f} s ({_progress['done']} tasks run{failed})")
+    done, failed = counted()
+    failed_text = f", {failed} failed" if failed else ""
+    print(f"\nsilentmine: pipeline finished in {wall_s:.0f} s ({done} tasks run{failed_text})")
     for name, task in All().requires().items():
         manifest = json.loads(Path(task.output().path).read_text())
         counts = ", ".join(f"{k}={v}" for k, v in manifest.get("counts", {}).items() if not isinstance(v, (dict, list)))
         print(f"  {name:<12} {task.folder}  {counts}")
         for line in manifest.get("summary", []):
             print(f"      {line}")
-
-
-def _worker_factory():
-    """A worker-scheduler factory for ``luigi.build``, whose workers wait while other workers
-    run their tasks and count the results they receive.
-
-    A Luigi worker with nothing to run exits (``[worker] keep_alive = false``), even when
-    another worker attached to the same ``luigid`` is running a task whose dependents it could
-    take; this one stays while any task it scheduled is running elsewhere, and leaves when all
-    are done, or when what is left waits on a failure.
-    """
-    import luigi.rpc
-    import luigi.scheduler
-    import luigi.worker
-
-    class SharingWorker(luigi.worker.Worker):
-        def _keep_alive(self, get_work_response) -> bool:
-            return super()._keep_alive(get_work_response) or bool(get_work_response.running_tasks)
-
-        def _add_task(self, *args, **kwargs):
-            # Telling the scheduler the status of one of this worker's running tasks is passing
-            # on its result (Worker._handle_next_task), here in the parent wherever it ran.
-            running = kwargs.get("task_id") in self._running_tasks
-            super()._add_task(*args, **kwargs)
-            if running:
-                _report_result(kwargs["task_id"], kwargs["status"], json.loads(kwargs.get("expl") or "null"))
-
-    class Factory:  # the three methods luigi.build asks a worker_scheduler_factory for
-        def create_local_scheduler(self):
-            return luigi.scheduler.Scheduler(prune_on_get_work=True, record_task_history=False)
-
-        def create_remote_scheduler(self, url):
-            return luigi.rpc.RemoteScheduler(url)
-
-        def create_worker(self, scheduler, worker_processes, assistant=False):
-            return SharingWorker(scheduler=scheduler, worker_processes=worker_processes, assistant=assistant)
-
-    return Factory()
 
 
 def _scans(root) -> list:
@@ -173,12 +164,16 @@ def run_tasks(task: str, workers: int = 1, scheduler_host: str | None = None,
     ``[silentmine] threads`` torch/BLAS threads, or, when that is 0, the cores divided by
     ``workers``.  True when no task failed and ``task`` is complete (parts may have been run
     by other workers).
+
+    The workers keep alive (``[worker] keep_alive``): one with nothing to run waits while tasks
+    it scheduled are pending, run by other workers, and leaves when they are done or only wait
+    on a failed stage (a stage is not retried: ``Stage.retry_count``).
     """
     import luigi
     from luigi.cmdline_parser import CmdlineParser
     from luigi.execution_summary import LuigiStatusCode
 
-    args = ["--module", "tasks", task, "--workers", str(workers), "--no-lock", *(extra or [])]
+    args = ["--module", "tasks", task, "--workers", str(workers), "--no-lock", "--worker-keep-alive", *(extra or [])]
     if scheduler_host:
         args += ["--scheduler-host", scheduler_host]
         if scheduler_port:
@@ -190,7 +185,7 @@ def run_tasks(task: str, workers: int = 1, scheduler_host: str | None = None,
     for name in unset:  # before torch and numpy are imported (command-line options are seen below)
         os.environ[name] = str(effective_threads(_configured_threads(), workers, cores))
     success = (LuigiStatusCode.SUCCESS, LuigiStatusCode.SUCCESS_WITH_RETRY)
-    _progress.update(done=0, failed=0)
+    _watch_results()
     with CmdlineParser.global_instance(args) as parser:  # imports `tasks`; sees --Task-param options
         from tasks.base import config
         from tasks.inputs import forget_inputs
@@ -200,20 +195,19 @@ def run_tasks(task: str, workers: int = 1, scheduler_host: str | None = None,
         print(f"[silentmine] {workers} worker process{'es' if workers > 1 else ''} of {threads} "
               f"torch/BLAS thread{'s' if threads > 1 else ''} each ({cores} cores)", flush=True)
         forget_inputs()  # see the catalog and stem set as they are now
-        factory = _worker_factory()
         env = dict(workers=workers, no_lock=True, local_scheduler=not scheduler_host)
         if scheduler_host:
             env.update(scheduler_host=scheduler_host, **({"scheduler_port": scheduler_port} if scheduler_port else {}))
         root = parser.get_task_obj()
         for scan in _scans(root):
             if not scan.complete():
-                result = luigi.build([scan], worker_scheduler_factory=factory, detailed_summary=True, **env)
+                result = luigi.build([scan], detailed_summary=True, **env)
                 if not scan.complete():
                     print(result.summary_text)
                     return False
         forget_inputs()  # the catalog stages now see the scan, and list its shards
         root = parser.get_task_obj()
-        result = luigi.build([root], worker_scheduler_factory=factory, detailed_summary=True, **env)
+        result = luigi.build([root], detailed_summary=True, **env)
         print(result.summary_text)
         if result.status in success:
             return True
@@ -248,6 +242,8 @@ def _demo(args: argparse.Namespace) -> int:
     # one synthesis process per core: the corpus does not depend on it (pipeline.corpora.demo)
     generate(demo_root, DemoConfig.tiny(seed=args.seed) if args.tiny else DemoConfig(seed=args.seed),
              workers=available_cores())
+    # the demo catalog's known volumes, which generate() writes beside the catalog
+    _set_option("silentmine", "catalog_truth", str(demo_root / "catalog_truth.parquet"))
     started = time.time()
     ok = run_tasks("All", workers=args.workers)
     if not ok:

@@ -10,6 +10,7 @@ differ from what it would write (exit status 1), as ``tests/test_docs.py`` does.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import inspect
 import json
@@ -59,6 +60,8 @@ def _cell(text: str) -> str:
 
 
 def _value(value) -> str:
+    if dataclasses.is_dataclass(value):
+        return json.dumps(dataclasses.asdict(value))
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, (dict, list, tuple)) or hasattr(value, "items"):
@@ -82,7 +85,7 @@ def parameter_type(param: luigi.Parameter) -> str:
     optional = kind.startswith("Optional")
     kind = kind.removeprefix("Optional")
     words = {"": "str", "Int": "int", "Float": "float", "Bool": "bool", "Dict": "dict (JSON)",
-             "List": "list (JSON)", "Tuple": "list (JSON)"}.get(kind, kind.lower())
+             "List": "list (JSON)", "Tuple": "list (JSON)", "RunRule": "run rule (JSON)"}.get(kind, kind.lower())
     return words + (" or None" if optional else "")
 
 

@@ -8,9 +8,11 @@ from pipeline.corpora.catalog import read_scan_rejects, scan_shards
 from pipeline.features.featurize import read_feature_rejects
 from pipeline.mining.calibration import read_thresholds
 from pipeline.mining.datasets import DatasetRun, ShardStore, build_datasets, view_manifest_fields
-from pipeline.mining.extraction import SecondOpinion, SeparatorScorer, build_excerpts
+from pipeline.mining.extraction import PAPER_RUN_RULE, RunRule, SecondOpinion, build_excerpts
 from pipeline.mining.schema import INDEX_PART_FORMAT
-from tasks.base import CatalogStage, ShardStage, config
+from pipeline.separation.evaluation import SeparatorScorer
+from pipeline.separation.registry import load_model
+from tasks.base import CatalogStage, RunRuleParameter, ShardStage, config, run_rule_key
 from tasks.calibrate import Calibrate
 from tasks.catalog import ScanCatalog
 from tasks.detector import DetectCatalog, TrainDetector
@@ -20,59 +22,54 @@ STORE_TEMPLATE_SHARD = -1  # shard number of the template task that names the st
 
 def separator_task(params):
     """The TrainSeparator of Extract's ``separator`` parameters (over ``[TrainSeparator]``); it
-    must not read the D_i (no remix step), or the DAG would be a cycle."""
-    from tasks.separator import TrainSeparator  # tasks.separator imports this module
+    must not read the D_i (no remix step), or the DAG would be a cycle.
 
-    task = TrainSeparator(**dict(params))
+    The class is Luigi's task of that name: ``tasks.separator`` depends on this module (its
+    remix scheme reads the D_i), so this one names the separator's task without importing it.
+    """
+    task = luigi.task_register.Register.get_task_cls("TrainSeparator")(**dict(params))
     if task.reads_datasets:
         raise ValueError(f"Extract's separator {dict(params)} trains on the D_i (remix): give a run without "
                          "remix, e.g. {\"remix\": false}")
     return task
 
 
-class RunRule:
-    """The parameters of extraction's run rule and second opinion, shared by ExtractShard and
-    Extract (which passes its own to its shards and to Calibrate)."""
+class SecondOpinionParameters:
+    """The parameters of extraction's second opinion, shared by ExtractShard and Extract (which
+    passes its own to its shards)."""
 
-    min_seconds = luigi.FloatParameter(default=5.0, description="shortest excerpt, seconds (the paper's 5)")
-    max_gap = luigi.IntParameter(default=0, description="longest dip below p_i inside a run, frames (0: the paper)")
     separator = luigi.DictParameter(default={}, description="TrainSeparator parameters of the second opinion "
                                     "(a run without remix; {}: none)")
     separator_max_db = luigi.OptionalFloatParameter(default=None, description="drop excerpts whose separator_db_mean "
                                                     "is above this, dB (None: score only)")
 
-    def calibration_task(self) -> Calibrate:
-        """The Calibrate whose thresholds this rule extracts with (it sees the same rule)."""
-        return Calibrate(min_seconds=self.min_seconds, max_gap=self.max_gap)
-
-    def rule_params(self) -> dict:
+    def second_opinion_params(self) -> dict:
         """These parameters, to pass on."""
-        return dict(min_seconds=self.min_seconds, max_gap=self.max_gap, separator=self.separator,
-                    separator_max_db=self.separator_max_db)
+        return dict(separator=self.separator, separator_max_db=self.separator_max_db)
 
     def key_params(self) -> dict:
-        """Without ``max_gap = 0`` and an empty ``separator``: the paper's rule keeps the keys it
-        had before these options existed."""
+        """Without an empty ``separator``: extraction without a second opinion keeps the keys it
+        had before the option existed."""
         params = dict(super().key_params())  # type: ignore[misc]
-        if not params.get("max_gap"):
-            params.pop("max_gap", None)
         if not params.get("separator"):
             params.pop("separator", None)
             params.pop("separator_max_db", None)
         return params
 
 
-class ExtractShard(RunRule, ShardStage):
+class ExtractShard(SecondOpinionParameters, ShardStage):
     """Excerpts of one shard, written into the shard store ``excerpts/<key>/`` shared by every
-    catalog: the key holds the detector, the calibration and ``min_seconds`` (not the catalog),
+    catalog: the key holds the detector, the calibration and the run rule (not the catalog),
     and nothing in the store is deleted by a run."""
 
     stage_name = "excerpts"
     decodes_audio = True
+    run_rule = RunRuleParameter(description="extraction's run rule (set by Extract)")
 
     def requires(self):
         shard = dict(shard=self.shard, shard_key=self.shard_key, tracks_file=self.tracks_file)
-        needs = {"calibration": self.calibration_task(), "detector": TrainDetector(), "detect": DetectCatalog(**shard)}
+        needs = {"calibration": Calibrate(run_rule=self.run_rule), "detector": TrainDetector(),
+                 "detect": DetectCatalog(**shard)}
         if self.separator:
             needs["separator"] = separator_task(self.separator)
         return needs
@@ -89,7 +86,9 @@ class ExtractShard(RunRule, ShardStage):
     def key_params(self):
         """The run rule's, and the format of the index parts (``INDEX_PART_FORMAT``): a store
         never mixes parts that pandas cannot read as one dataset."""
-        return {**super().key_params(), "index_part_format": INDEX_PART_FORMAT}
+        params = super().key_params()
+        params.pop("run_rule")
+        return {**params, **run_rule_key(self.run_rule), "index_part_format": INDEX_PART_FORMAT}
 
     def input_keys(self):
         keys = super().input_keys()
@@ -106,18 +105,16 @@ class ExtractShard(RunRule, ShardStage):
         thresholds = read_thresholds(calibration.thresholds)
         second_opinion = None
         if self.separator:
-            from pipeline.separation.registry import load_model
-
             second_opinion = SecondOpinion(SeparatorScorer(load_model(self.requires()["separator"].best)),
                                            self.separator_max_db)
         return build_excerpts(self.shard_tracks(), self.probabilities, thresholds=thresholds,
-                              min_seconds=self.min_seconds, run_dir=folder, shard_key=self.shard_key,
+                              run_rule=self.run_rule, run_dir=folder, shard_key=self.shard_key,
                               detector_key=detector.key, calibration_key=calibration.key,
-                              audio_base=config().data_root, max_gap=self.max_gap,
-                              second_opinion=second_opinion, progress=self.progress_callback())
+                              audio_base=config().data_root, second_opinion=second_opinion,
+                              progress=self.progress_callback())
 
 
-class Extract(RunRule, CatalogStage):
+class Extract(SecondOpinionParameters, CatalogStage):
     """A catalog scan's D_i: ``datasets/<key>/``, a view over the shard store.
 
     Keyed by the store's key and the scan's, so each catalog (and each version of one) has its
@@ -129,48 +126,55 @@ class Extract(RunRule, CatalogStage):
     """
 
     stage_name = "datasets"
+    min_seconds = luigi.FloatParameter(default=PAPER_RUN_RULE.min_seconds,
+                                       description="shortest excerpt, seconds (the paper's 5)")
+    max_gap = luigi.IntParameter(default=PAPER_RUN_RULE.max_gap,
+                                 description="longest dip below p_i inside a run, frames (0: the paper's rule)")
 
-    def requires(self):
+    @property
+    def run_rule(self) -> RunRule:
+        """Extraction's run rule, which the shards, the calibration and the measurement share."""
+        return RunRule(self.min_seconds, self.max_gap)
+
+    def calibration_task(self) -> Calibrate:
+        """The Calibrate whose thresholds the shards extract with (it sees the same rule)."""
+        return Calibrate(run_rule=self.run_rule)
+
+    def key_params(self):
+        params = super().key_params()
+        params.pop("min_seconds")
+        params.pop("max_gap")
+        return {**params, **run_rule_key(self.run_rule)}
+
+    def shard_params(self) -> dict:
+        """What every shard task of this D_i is given."""
+        return dict(run_rule=self.run_rule, **self.second_opinion_params())
+
+    def inputs(self):
         return {"calibration": self.calibration_task(), "detector": TrainDetector(), "scan": ScanCatalog()}
 
     @property
     def scan(self) -> ScanCatalog:
         """The catalog scan whose D_i this is."""
-        return self.requires()["scan"]
+        return self.inputs()["scan"]
 
     def store_task(self) -> ExtractShard:
         """An ExtractShard that names the store (every shard's key and folder are the same)."""
         return ExtractShard(
             shard=STORE_TEMPLATE_SHARD,
             shard_key="store",
-            tracks_file=self.requires()["scan"].tracks_file,
-            **self.rule_params(),
+            tracks_file=self.scan.tracks_file,
+            **self.shard_params(),
         )
 
     def input_keys(self):
         return {**super().input_keys(), "store": self.store_task().key}
 
     def shard_jobs(self):
-        scan = self.requires()["scan"]
         return [
-            ExtractShard(shard=number, shard_key=key, tracks_file=scan.tracks_file, **self.rule_params())
-            for number, key in scan_shards(scan.tracks_file)
+            ExtractShard(shard=number, shard_key=key, tracks_file=self.scan.tracks_file, **self.shard_params())
+            for number, key in scan_shards(self.scan.tracks_file)
         ]
-
-    def deps(self):
-        deps = super().deps()
-        self._note_finished()
-        return deps
-
-    def _note_finished(self) -> None:
-        """Remember, once, which shards were finished before this run scheduled them."""
-        if "_finished_before" not in self.__dict__ and self.requires()["scan"].complete():
-            self.__dict__["_finished_before"] = {job.shard_key for job in self.shard_jobs() if job.complete()}
-
-    def run(self):
-        self._note_finished()
-        yield self.shard_jobs()  # dynamic dependencies: the shards exist once the scan has run
-        super().run()
 
     def build(self, folder):
         jobs = self.shard_jobs()
@@ -178,15 +182,15 @@ class Extract(RunRule, CatalogStage):
             job.shard_key: read_feature_rejects(job.feature_store) for job in jobs
         }
         return build_datasets(folder, self.store, [job.shard_key for job in jobs],
-                              read_scan_rejects(self.requires()["scan"].folder), feature_rejects,
-                              finished_before=self.__dict__.get("_finished_before", set()))
+                              read_scan_rejects(self.scan.folder), feature_rejects,
+                              finished_before=self.shards_finished_before())
 
     def manifest_extra(self):
         return view_manifest_fields(
             self.store,
             config().data_root,
             self.store_task().key,
-            self.requires()["scan"].key,
+            self.scan.key,
             [job.shard_key for job in self.shard_jobs()],
         )
 

@@ -1,8 +1,8 @@
 """The configured DAG as plain stage descriptions, for ``silentmine status`` and ``silentmine gc``.
 
-:func:`walk` follows the task graph from a root task (``tasks.All``) with Luigi's public
-task API: ``deps()``, which for a stage that gathers catalog shards lists its shard tasks
-once the catalog scan is complete.  :func:`describe` turns the stages it meets into
+:func:`walk` follows the task graph from a root task (``tasks.All``) through ``requires()``,
+which for a stage that gathers catalog shards lists its shard tasks once the catalog scan is
+complete.  :func:`describe` turns the stages it meets into
 :class:`pipeline.storage.status.StageDescription` values (the shards of one stage family in
 one folder become one description with a marker per shard).  Building the graph reads the
 stem set's and the catalog's listings (their fingerprints are input keys), manifests, and
@@ -43,7 +43,7 @@ def walk(root: luigi.Task) -> list[luigi.Task]:
             continue
         seen.add(task.task_id)
         stack.append((task, True))
-        stack.extend((dep, False) for dep in reversed(task.deps()) if dep.task_id not in seen)
+        stack.extend((dep, False) for dep in reversed(luigi.task.flatten(task.requires())) if dep.task_id not in seen)
     return order
 
 
@@ -52,9 +52,7 @@ def _gathers_shards(task: Stage) -> bool:
 
 
 def _input_families(task: Stage) -> dict[str, str]:
-    required = task.requires()
-    items = required.items() if isinstance(required, dict) else ()
-    return {name: dep.task_family for name, dep in items if isinstance(dep, Stage)}
+    return {name: dep.task_family for name, dep in task.inputs().items() if isinstance(dep, Stage)}
 
 
 def _reads(task: Stage) -> tuple[Path, ...]:
@@ -180,10 +178,12 @@ def overlaid(path: str | os.PathLike) -> Iterator[None]:
 
 
 def _protected(described: list[status.StageDescription]) -> set[Path]:
-    """What a configuration reads and gc must never touch: stem set, catalog, and every stage
-    parameter that names an existing file or folder (the demo's truth table...)."""
+    """What a configuration reads and gc must never touch: stem set, catalog, the catalog's truth
+    table, and every stage parameter that names an existing file or folder."""
     settings = config()
     paths = {Path(settings.stem_root), Path(settings.catalog)}
+    if settings.catalog_truth:
+        paths.add(Path(settings.catalog_truth))
     for d in described:
         for value in d.params.values():
             if isinstance(value, str) and value and os.path.exists(value):

@@ -1,4 +1,9 @@
-"""Fingerprints of the pipeline's external inputs, computed once per process."""
+"""Fingerprints of the pipeline's external inputs, computed once per input generation.
+
+Luigi keeps one task instance per parameter set for the life of a process, so what a stage
+learns about its inputs (its key, the shards of a catalog scan) is remembered per
+*generation*: :func:`forget_inputs` starts a new one, after which every stage looks again.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipeline.corpora import catalog, stemset
+
+_generation = 0
 
 
 @lru_cache(maxsize=None)
@@ -24,10 +31,15 @@ def resolved(path: str) -> str:
     return str(Path(path).resolve())
 
 
-def forget_inputs() -> None:
-    """Drop cached fingerprints and task instances, so the next run sees the inputs as they are."""
-    import luigi.task_register
+def generation() -> int:
+    """The current input generation: what stages remember is valid while it lasts."""
+    return _generation
 
+
+def forget_inputs() -> None:
+    """Start a new input generation: the next look at the stem set, the catalog, the scans and
+    the options (keys, shard lists) sees them as they are now."""
+    global _generation
     stem_set_fingerprint.cache_clear()
     catalog_fingerprint.cache_clear()
-    luigi.task_register.Register.clear_instance_cache()
+    _generation += 1

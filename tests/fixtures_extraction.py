@@ -29,8 +29,9 @@ from pipeline.mining.datasets import (
     rejects_part_relpath,
     view_manifest_fields,
 )
-from pipeline.mining.extraction import write_index_parts
-from pipeline.mining.schema import INDEX_SCHEMA, REJECTS_SCHEMA
+from pipeline.mining.extraction import RunRule, write_index_parts
+from pipeline.mining.schema import INDEX_SCHEMA
+from pipeline.rejects import REJECTS_SCHEMA
 from pipeline.sources import HOP_S, SOURCES, WINDOW_S, n_windows
 from pipeline.storage.outputs import stable_hash, write_json_atomic, write_manifest, write_parquet_atomic
 
@@ -222,7 +223,7 @@ def make_empty_view(tmp_path: Path) -> Path:
     probabilities = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), schema=PROBABILITY_SCHEMA,
                                          preserve_index=False).to_pandas()
     shard_key = stable_hash({"shard": 0})
-    result = extract_shard(pd.DataFrame(tracks), probabilities, {s: 0.9 for s in SOURCES}, 5.0, store.folder,
+    result = extract_shard(pd.DataFrame(tracks), probabilities, {s: 0.9 for s in SOURCES}, RunRule(), store.folder,
                            shard_key, DETECTOR_KEY, CALIBRATION_KEY, audio_base=data_root)
     write_json_atomic(store.marker_path(shard_key), {"stage": "excerpts", "key": STORE_KEY, "shard": 0,
                                                      "shard_key": shard_key, "counts": result.counts,

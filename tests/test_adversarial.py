@@ -4,7 +4,6 @@ excerpts, and exact resume of an adversarial (remix + adversarial) separator run
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -233,12 +232,6 @@ def test_adversarial_scheme_needs_a_catalog_and_supervised_ignores_d_i(data, tmp
     assert history[0]["remix_steps"] == 0 and "critic_gap" not in history[0]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, stems: str, tracks: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -255,9 +248,10 @@ def _ddp_worker(rank: int, world: int, port: int, stems: str, tracks: str, out: 
         distributed.cleanup()
 
 
-def test_ddp_critics_stay_in_sync(data, tmp_path):
+@pytest.mark.slow
+def test_ddp_critics_stay_in_sync(data, tmp_path, free_port):
     stems, _, tracks = data
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(stems), str(tracks), str(tmp_path)), nprocs=2)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(stems), str(tracks), str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for part in ("model", "critics"):
         for name, value in ranks[0][part].items():

@@ -25,7 +25,8 @@ from pipeline.mining.audit import (
     write_audit,
 )
 from pipeline.mining.datasets import DatasetRun
-from pipeline.mining.schema import INDEX_SCHEMA, REJECTS_SCHEMA, read_index
+from pipeline.mining.schema import INDEX_SCHEMA, read_index
+from pipeline.rejects import REJECTS_SCHEMA
 from pipeline.sources import SOURCES, WINDOW_S
 from pipeline.storage.outputs import write_parquet_atomic
 
@@ -280,8 +281,9 @@ def test_empty_index_and_hostile_text(built, tmp_path):
     index_html = write_audit(run_dir, None, tmp_path / "report")
     html = index_html.read_text()
     assert "The index is empty" in html and "No calibration thresholds found" in html
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; more" in html and "<script>alert" not in html
-    assert "&lt;b&gt;x&lt;/b&gt;.wav" in html
+    assert "<script>alert" not in html and "<b>x</b>" not in html  # escaped: shown as text, never as markup
+    listed = table_dict(parse(index_html), "rejects")
+    assert listed["/catalog/<b>x</b>.wav"]["reason"] == "<script>alert('x')</script> & more"
     for source in SOURCES:
         text = (index_html.parent / f"{source}.html").read_text()
         assert f"No excerpts were extracted for {source}" in text and "<audio" not in text

@@ -51,7 +51,7 @@ from pipeline.features.featurize import build_features_shard, read_feature_rejec
 from pipeline.features.scattering import n_feature_frames
 from pipeline.features.store import FeatureShard
 from pipeline.mining.datasets import ShardStore, build_datasets
-from pipeline.mining.extraction import build_excerpts
+from pipeline.mining.extraction import RunRule, build_excerpts
 from pipeline.mining.schema import read_index, read_rejects
 from pipeline.sources import FEATURE_RATE, SOURCES, n_windows
 from pipeline.storage.outputs import StageResult, write_json_atomic
@@ -237,7 +237,7 @@ def run_catalog(catalog: Path, work: Path, checkpoint: Path, shard_size: int = 1
         try:
             build_features_shard(shard_tracks, store, num_threads=2)
             runs.build_detect(checkpoint, store, probs_path, num_threads=2)
-            extracted = build_excerpts(shard_tracks, probs_path, thresholds=THRESHOLDS, min_seconds=MIN_SECONDS,
+            extracted = build_excerpts(shard_tracks, probs_path, thresholds=THRESHOLDS, run_rule=RunRule(MIN_SECONDS),
                                        run_dir=run_dir, shard_key=key, detector_key="tiny-detector",
                                        calibration_key="threshold-0")
             write_json_atomic(ShardStore(run_dir).marker_path(key), {"counts": extracted.counts,

@@ -199,7 +199,7 @@ from pipeline.mining.calibration import (  # noqa: E402
     rules_table,
     track_breaks,
 )
-from pipeline.mining.extraction import min_frames_for  # noqa: E402
+from pipeline.mining.extraction import RunRule, min_frames_for  # noqa: E402
 from pipeline.sources import HOP_S, WINDOW_S  # noqa: E402
 
 SHORT = WINDOW_S + 4 * HOP_S  # min_seconds of 5 frames, so that hand-made tables stay small
@@ -234,7 +234,7 @@ def test_excerpts_rule_on_a_hand_made_table():
     probs, volumes, breaks, _ = _tracks(TRACK_A, TRACK_B, TRACK_C)
     # 95 %: at 0.6 the excerpts hold 27 silent windows of 30 (90 %): only 0.9 (and 0.8, which cuts
     # the same excerpts: a tie, resolved to the higher threshold) reach it.
-    strict = calibrate_excerpts(probs, volumes, breaks, target_fraction=0.95, min_windows=1, min_seconds=SHORT)
+    strict = calibrate_excerpts(probs, volumes, breaks, target_fraction=0.95, min_windows=1, run_rule=RunRule(SHORT))
     row = _row(strict, "drums")
     assert list(strict.thresholds.columns) == list(EXCERPT_COLUMNS)
     assert bool(row["calibratable"]) and row["threshold"] == pytest.approx(0.9)
@@ -244,7 +244,8 @@ def test_excerpts_rule_on_a_hand_made_table():
     assert curve.loc[0.8, "extracted_s"] == curve.loc[0.9, "extracted_s"]  # the tie
     # 90 %: 0.6 is admissible and cuts the most audio.  The windows rule cannot go there: C's
     # loud bursts are windows above 0.6 but no excerpt.
-    loose = _row(calibrate_excerpts(probs, volumes, breaks, target_fraction=0.9, min_windows=1, min_seconds=SHORT),
+    loose = _row(calibrate_excerpts(probs, volumes, breaks, target_fraction=0.9, min_windows=1,
+                                    run_rule=RunRule(SHORT)),
                  "drums")
     assert loose["threshold"] == pytest.approx(0.6)
     assert (loose["n_excerpts"], loose["n_windows_inside"]) == (2, 30)
@@ -255,17 +256,17 @@ def test_excerpts_rule_on_a_hand_made_table():
     assert windows["threshold"] == pytest.approx(0.9)
     # min_windows: 30 windows are too few for 31.
     assert not bool(_row(calibrate_excerpts(probs, volumes, breaks, target_fraction=0.9, min_windows=31,
-                                            min_seconds=SHORT), "drums")["calibratable"])
+                                            run_rule=RunRule(SHORT)), "drums")["calibratable"])
 
 
 def test_excerpts_rule_sees_the_gap_rule():
     probs, volumes, breaks, _ = _tracks(TRACK_A, TRACK_B, TRACK_C)
     # With dips of one frame bridged, C's bursts become one loud 39-frame excerpt at 0.6.
     p, silent = probs[:, 0], volumes[:, 0] <= -20.0
-    assert excerpt_statistics(p, silent, breaks, 0.6, SHORT, 0)[:3] == (2, 30, 27)
-    assert excerpt_statistics(p, silent, breaks, 0.6, SHORT, 1)[:3] == (3, 69, 27)
-    row = _row(calibrate_excerpts(probs, volumes, breaks, target_fraction=0.9, min_windows=1, min_seconds=SHORT,
-                                  max_gap=1), "drums")
+    assert excerpt_statistics(p, silent, breaks, 0.6, RunRule(SHORT, 0))[:3] == (2, 30, 27)
+    assert excerpt_statistics(p, silent, breaks, 0.6, RunRule(SHORT, 1))[:3] == (3, 69, 27)
+    row = _row(calibrate_excerpts(probs, volumes, breaks, target_fraction=0.9, min_windows=1,
+                                  run_rule=RunRule(SHORT, 1)), "drums")
     assert row["threshold"] == pytest.approx(0.9)
 
 
@@ -273,15 +274,15 @@ def test_excerpt_runs_never_cross_tracks():
     # 3 sure frames at the end of one track and 3 at the start of the next: no 5-frame excerpt.
     probs, volumes, breaks, _ = _tracks(([0.0] * 5 + [0.9] * 3, [SILENT] * 8), ([0.9] * 3 + [0.0] * 5, [SILENT] * 8))
     assert breaks.tolist() == [True] + [False] * 7 + [True] + [False] * 7
-    assert excerpt_statistics(probs[:, 0], volumes[:, 0] <= -20, breaks, 0.9, SHORT, 2)[0] == 0
+    assert excerpt_statistics(probs[:, 0], volumes[:, 0] <= -20, breaks, 0.9, RunRule(SHORT, 2))[0] == 0
     merged = np.zeros_like(breaks)
     merged[0] = True
-    assert excerpt_statistics(probs[:, 0], volumes[:, 0] <= -20, merged, 0.9, SHORT, 0)[0] == 1
+    assert excerpt_statistics(probs[:, 0], volumes[:, 0] <= -20, merged, 0.9, RunRule(SHORT, 0))[0] == 1
 
 
 def test_excerpts_rule_when_nothing_reaches_the_target():
     probs, volumes, breaks, _ = _tracks(([0.9] * 20, [LOUD] * 20), TRACK_C)
-    calibration = calibrate_excerpts(probs, volumes, breaks, min_windows=1, min_seconds=SHORT)
+    calibration = calibrate_excerpts(probs, volumes, breaks, min_windows=1, run_rule=RunRule(SHORT))
     for source in SOURCES:  # the loud drums, and the other sources (P = 0 everywhere, loud)
         row = _row(calibration, source)
         assert not bool(row["calibratable"]) and np.isnan(row["threshold"]) and row["extracted_s"] == 0.0
@@ -294,15 +295,15 @@ def test_excerpts_rule_when_nothing_reaches_the_target():
 def test_rules_table_reports_both_rules():
     probs, volumes, breaks, table = _tracks(TRACK_A, TRACK_B, TRACK_C)
     windows = calibrate(probs, volumes, target_fraction=0.9, min_windows=1)
-    excerpts = calibrate_excerpts(probs, volumes, breaks, target_fraction=0.9, min_windows=1, min_seconds=SHORT)
+    excerpts = calibrate_excerpts(probs, volumes, breaks, target_fraction=0.9, min_windows=1, run_rule=RunRule(SHORT))
     for rule in ("windows", "excerpts"):
-        row = rules_table(windows, excerpts, table, rule, SHORT).set_index("source").loc["drums"]
+        row = rules_table(windows, excerpts, table, rule, RunRule(SHORT)).set_index("source").loc["drums"]
         assert row["threshold_windows"] == pytest.approx(0.9) and row["threshold_excerpts"] == pytest.approx(0.6)
         assert row["heldout_s_windows"] == pytest.approx(9 * HOP_S + WINDOW_S)
         assert row["heldout_s_excerpts"] == pytest.approx(28 * HOP_S + 2 * WINDOW_S)
         assert row["excerpt_fraction_excerpts"] == pytest.approx(0.9)
         assert row["threshold"] == pytest.approx(0.9 if rule == "windows" else 0.6)
-    thresholds = thresholds_from_table(rules_table(windows, excerpts, table, "excerpts", SHORT))
+    thresholds = thresholds_from_table(rules_table(windows, excerpts, table, "excerpts", RunRule(SHORT)))
     assert thresholds["drums"] == pytest.approx(0.6) and thresholds["other"] is None
     with pytest.raises(ValueError, match="rule"):
         rules_table(windows, excerpts, table, "frames")

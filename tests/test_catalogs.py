@@ -30,7 +30,6 @@ from pipeline.mining.verify import verify_run
 from pipeline.sources import SOURCES
 from pipeline.storage.journal import read_journal
 from pipeline.storage.outputs import StageResult
-from tests.conftest import luigi_options, write_stem_track
 
 SHARD_STAGES = ("CatalogFeatures", "DetectCatalog", "ExtractShard")
 TRACK_SECONDS = 2.0
@@ -49,7 +48,7 @@ def write_catalog(root: Path, names: list[str], seed: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, write_stem_track):
     base = tmp_path_factory.mktemp("catalogs")
     rng = np.random.default_rng(0)
     stems = base / "stems"
@@ -65,7 +64,8 @@ def world(tmp_path_factory):
 
 
 def options(data_root: Path, stems: Path, catalog: Path) -> dict:
-    return {"silentmine": {"data_root": data_root, "stem_root": stems, "catalog": catalog, "threads": 1},
+    return {"silentmine": {"data_root": data_root, "stem_root": stems, "catalog": catalog, "threads": 1,
+                           "catalog_truth": ""},
             "ScanCatalog": {"shard_size": 2}, "Extract": {"min_seconds": 1.0}}
 
 
@@ -87,17 +87,23 @@ def seed_detector_and_thresholds(checkpoint: Path) -> None:
     calibration.write_completion(StageResult(), time.time())
 
 
-def run_extract(world, data_root: Path, catalog: Path, run_pipeline) -> tuple[list[str], DatasetRun]:
-    """Run Extract for ``catalog`` on ``data_root``; return the families that ran and the D_i."""
+@pytest.fixture
+def run_extract(world, run_pipeline, luigi_options):
+    """``run_extract(data_root, catalog) -> (families that ran, D_i)``: Extract for ``catalog`` on
+    ``data_root``."""
     import tasks
 
     _, stems, _, _, checkpoint = world
-    with luigi_options(options(data_root, stems, catalog)):
-        seed_detector_and_thresholds(checkpoint)
-        ran = run_pipeline("Extract")
-        dataset = tasks.Extract().dataset
-        assert dataset.complete
-    return ran, dataset
+
+    def run(data_root: Path, catalog: Path) -> tuple[list[str], DatasetRun]:
+        with luigi_options(options(data_root, stems, catalog)):
+            seed_detector_and_thresholds(checkpoint)
+            ran = run_pipeline("Extract")
+            dataset = tasks.Extract().dataset
+            assert dataset.complete
+        return ran, dataset
+
+    return run
 
 
 def excerpts(dataset: DatasetRun) -> list[tuple[str, str]]:
@@ -116,20 +122,20 @@ def last_gathering(data_root: Path) -> dict:
     return journal[journal["family"] == "Extract"].iloc[-1]["counts"]
 
 
-def test_catalogs_switch_back_and_forth_without_loss_or_recomputation(world, run_pipeline, tmp_path):
+def test_catalogs_switch_back_and_forth_without_loss_or_recomputation(world, run_extract, tmp_path):
     base, _, catalog_a, catalog_b, _ = world
     shared = tmp_path / "shared"
     fresh = {}
 
     def fresh_run(label: str, catalog: Path) -> list[tuple[str, str]]:
         if label not in fresh:
-            fresh[label] = excerpts(run_extract(world, tmp_path / f"fresh-{label}", catalog, run_pipeline)[1])
+            fresh[label] = excerpts(run_extract(tmp_path / f"fresh-{label}", catalog)[1])
         return fresh[label]
 
     earlier: list[DatasetRun] = []
 
     def step(label: str, catalog: Path) -> tuple[list[str], DatasetRun]:
-        ran, dataset = run_extract(world, shared, catalog, run_pipeline)
+        ran, dataset = run_extract(shared, catalog)
         assert excerpts(dataset) == fresh_run(label, catalog), label
         runs = shard_runs(shared)
         assert not runs.duplicated().any(), f"{label}: a finished shard ran again\n{runs[runs.duplicated()]}"
@@ -181,12 +187,13 @@ def test_catalogs_switch_back_and_forth_without_loss_or_recomputation(world, run
     assert read_journal(shared)["status"].eq("done").all()
 
 
-def test_verify_command_checks_the_configured_d_i_and_the_other_stages(world, run_pipeline, tmp_path, capsys):
+def test_verify_command_checks_the_configured_d_i_and_the_other_stages(world, run_extract, luigi_options, tmp_path,
+                                                                       capsys):
     from tasks.cli import main
 
     _, stems, catalog_a, _, _ = world
     data_root = tmp_path / "data"
-    _, dataset = run_extract(world, data_root, catalog_a, run_pipeline)
+    _, dataset = run_extract(data_root, catalog_a)
     with luigi_options(options(data_root, stems, catalog_a)):
         assert main(["verify"]) == 0
         out = capsys.readouterr().out

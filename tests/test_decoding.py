@@ -348,6 +348,7 @@ NO_FFMPEG_CHILD = textwrap.dedent(r"""
 """)
 
 
+@pytest.mark.slow
 def test_decoding_and_evaluation_run_without_ffmpeg_on_the_path(media, stem_mp4, tmp_path):
     """PATH holds only an empty folder, so no ffmpeg or ffprobe program can be found."""
     empty = tmp_path / "bin"
@@ -378,6 +379,7 @@ MUSEVAL_CHILD = textwrap.dedent(r"""
 """)
 
 
+@pytest.mark.slow
 def test_sdr_equals_museval_evaluate(tmp_path):
     """museval's own entry point, imported where stempeg's PATH check passes: stand-in ffmpeg and
     ffprobe programs that are never run (they would exit 1)."""

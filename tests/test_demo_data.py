@@ -157,6 +157,7 @@ def test_demo_json_records_config_and_counts(demo):
     assert len(durations) == 3 and stored["splits"]["train"]["duration_s"] == pytest.approx(sum(durations.values()))
 
 
+@pytest.mark.slow
 def test_absence_rates_match_musdb(song_set):
     volumes, _ = song_set
     absent = (volumes <= ABSENT_DB).mean(axis=1)
@@ -167,6 +168,7 @@ def test_absence_rates_match_musdb(song_set):
         assert (volumes[index] <= -13).mean() - (volumes[index] <= -20).mean() > 0.03
 
 
+@pytest.mark.slow
 def test_relative_volumes_spread_over_all_bands(song_set):
     volumes, _ = song_set
     for name in ("drums", "bass", "vocals"):
@@ -177,6 +179,7 @@ def test_relative_volumes_spread_over_all_bands(song_set):
     assert not np.isnan(volumes).any()
 
 
+@pytest.mark.slow
 def test_long_silent_runs_exist(song_set):
     """Runs of >= 5 s where drums, bass or vocals are absent on every window, as in real songs."""
     _, per_song = song_set
@@ -209,6 +212,7 @@ def test_song_with_silence_stops_exactly(source):
     assert info.arrangement.states[source].tolist() == [2, 0]
 
 
+@pytest.mark.slow
 def test_same_seed_same_output_other_seed_differs(demo, tmp_path):
     out, summary = demo
     again = generate(tmp_path / "again", DemoConfig.tiny(seed=3))
@@ -228,6 +232,7 @@ def test_same_seed_same_output_other_seed_differs(demo, tmp_path):
     assert a.shape != b.shape or not np.array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_rerun_into_same_folder_is_idempotent_and_prunes(tmp_path):
     small = DemoConfig(seed=5, n_train=2, n_valid=1, n_test=0, n_catalog=3, stem_duration_s=(3.0, 4.0),
                        catalog_duration_s=(3.0, 4.0))
@@ -254,6 +259,7 @@ def test_rerun_into_same_folder_is_idempotent_and_prunes(tmp_path):
     assert any(p.stat().st_mtime_ns != stamps[p] for p in stamps if p.exists())
 
 
+@pytest.mark.slow
 def test_parallel_workers_give_the_same_files(tmp_path):
     small = DemoConfig(seed=6, n_train=1, n_valid=0, n_test=1, n_catalog=3, stem_duration_s=(3.0, 4.0),
                        catalog_duration_s=(3.0, 4.0))
@@ -275,6 +281,7 @@ def test_config_rejects_bad_values():
         song_with_silence(np.random.default_rng(0), 5.0, 16_000, 4, 2.0)
 
 
+@pytest.mark.slow
 def test_command_line_song_counts(demo, tmp_path, capsys):
     from tasks.cli import main
 

@@ -83,6 +83,7 @@ def test_separate_track_keeps_length_and_shape():
     assert out.shape == (4, 2, 2 * RATE + 123) and np.isfinite(out).all()
 
 
+@pytest.mark.slow
 def test_museval_sdr_is_not_scale_invariant():
     # Why TasNet has a mixture consistency option: SI-SNR leaves an estimate's gain free, the
     # v4 SDR does not forgive it (0.3x and 3x the true gain lose several dB; the others stay).
@@ -130,6 +131,7 @@ def test_silent_stems_are_excluded_per_track_and_per_frame():
     assert by_source["drums"]["sdr"] == pytest.approx(np.median(expected[[0, 2]]), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_evaluate_separator_on_a_test_split_with_a_silent_stem(tmp_path):
     root = write_stem_set(tmp_path / "stems", {"test": 2}, seconds=2.0, silent=(("test", 1, "bass"),))
     torch.manual_seed(0)
@@ -169,6 +171,7 @@ def _sines(seconds: float = 3.0, rate: int = RATE) -> tuple[np.ndarray, np.ndarr
     return stems.sum(axis=0), stems
 
 
+@pytest.mark.slow
 def test_trivial_row_on_a_track_whose_answer_is_known():
     mix, stems = _sines()
     estimates = trivial_estimates(mix)
@@ -179,6 +182,7 @@ def test_trivial_row_on_a_track_whose_answer_is_known():
     np.testing.assert_allclose(sdr, 10 * np.log10(16 / 12), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_oracle_row_separates_disjoint_sources_and_keeps_a_lone_source():
     mix, stems = _sines()
     estimates = oracle_estimates(mix, stems)
@@ -204,6 +208,7 @@ def _checkpoint(path, seed: int, rate: int = RATE, channels: int = 1):
     return path
 
 
+@pytest.mark.slow
 def test_parallel_scoring_equals_serial_and_writes_the_comparison(tmp_path):
     root = write_stem_set(tmp_path / "stems", {"test": 2}, seconds=2.0, rate=RATE,
                           silent=(("test", 1, "bass"),))

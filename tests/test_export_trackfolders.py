@@ -33,7 +33,6 @@ from pipeline.mining.datasets import DatasetRun
 from pipeline.separation.data import StemWindows
 from pipeline.separation.remix import RemixSampler
 from pipeline.sources import INAUDIBLE_DB, SOURCES
-from tests.conftest import luigi_options, write_stem_track
 
 RATE, CHANNELS, SECONDS = 44100, 2, 0.5
 WINDOW = round(SECONDS * RATE)
@@ -49,7 +48,7 @@ def run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def stems(tmp_path_factory):
+def stems(tmp_path_factory, write_stem_track):
     """Two train and one valid labelled track of 3 s at 44.1 kHz; vocals silent from 1 s on."""
     rng = np.random.default_rng(5)
     root = tmp_path_factory.mktemp("stems")
@@ -290,7 +289,7 @@ def test_an_undecodable_excerpt_is_skipped_with_its_reason(run, tmp_path):
     assert not (tmp_path / "out" / second["source"] / "train" / second["excerpt_id"]).exists()
 
 
-def test_the_export_stage_writes_pairs_keyed_by_the_stem_set(run, stems, tmp_path, monkeypatch):
+def test_the_export_stage_writes_pairs_keyed_by_the_stem_set(run, stems, tmp_path, monkeypatch, luigi_options):
     """``Export(format="remix-pairs")`` reads [silentmine] stem_root and seed, keys on the stem set,
     and hands its options to the library (Extract's D_i stands in for the fixture's)."""
     import tasks.export

@@ -15,15 +15,16 @@ from pipeline.audio.io import file_checksum
 from pipeline.mining.extraction import (
     PART_SCHEMA,
     ExtractionError,
+    RunRule,
     extract_shard,
     extract_track,
     find_runs,
     min_frames_for,
     run_spans,
-    select_runs,
 )
 from pipeline.mining.ground_truth import covered_seconds, measure_extraction, merge_intervals
-from pipeline.mining.schema import INDEX_SCHEMA, PROBABILITY_SCHEMA, REJECTS_SCHEMA, read_index
+from pipeline.mining.schema import INDEX_SCHEMA, PROBABILITY_SCHEMA, read_index
+from pipeline.rejects import REJECTS_SCHEMA
 from pipeline.sources import FEATURE_RATE, HOP_S, SOURCES, WINDOW_S, n_windows
 
 THRESHOLDS = {"drums": 0.5, "bass": 0.5, "other": None, "vocals": 0.7}
@@ -65,15 +66,15 @@ def test_five_second_rule_boundary():
     long_track = 100.0
     just_under = np.zeros(200, bool)
     just_under[10:79] = True  # 69 frames
-    assert select_runs(just_under, long_track, 5.0)[0].shape == (0, 2)
+    assert RunRule(5.0).select(just_under, long_track)[0].shape == (0, 2)
     just_over = np.zeros(200, bool)
     just_over[10:80] = True  # 70 frames
-    runs, spans = select_runs(just_over, long_track, 5.0)
+    runs, spans = RunRule(5.0).select(just_over, long_track)
     assert runs.tolist() == [[10, 80]]
     np.testing.assert_allclose(spans, [[0.64, 0.64 + 5.056]])
     # Exactly the minimum: 69 frames against a 4.992 s minimum (float rounding absorbed).
     assert min_frames_for(4.992) == 69
-    assert select_runs(just_under, long_track, 4.992)[0].tolist() == [[10, 79]]
+    assert RunRule(4.992).select(just_under, long_track)[0].tolist() == [[10, 79]]
 
 
 def test_run_touching_the_track_end_is_clipped():
@@ -82,11 +83,11 @@ def test_run_touching_the_track_end_is_clipped():
     unclipped_end = 99 * HOP_S + WINDOW_S
     start = 30 * HOP_S
     # Track ends exactly 5 s after the run's start: the clipped span is exactly 5 s -> kept.
-    runs, spans = select_runs(mask, start + 5.0, 5.0)
+    runs, spans = RunRule(5.0).select(mask, start + 5.0)
     assert runs.tolist() == [[30, 100]]
     assert spans[0, 1] == pytest.approx(start + 5.0) and spans[0, 1] < unclipped_end
     # Track ends 10 ms earlier: 70 frames, but the clipped span is 4.99 s -> dropped.
-    assert select_runs(mask, start + 4.99, 5.0)[0].shape == (0, 2)
+    assert RunRule(5.0).select(mask, start + 4.99)[0].shape == (0, 2)
 
 
 # --------------------------------------------------------------------------- catalog fixtures
@@ -162,7 +163,7 @@ def _assert_index_types(frame: pd.DataFrame) -> None:
 
 def _run(catalog, run_dir, shard="s0001"):
     _, tracks, probabilities, _ = catalog
-    return extract_shard(tracks, probabilities, THRESHOLDS, 5.0, run_dir, shard, "det123", "cal456")
+    return extract_shard(tracks, probabilities, THRESHOLDS, RunRule(), run_dir, shard, "det123", "cal456")
 
 
 # --------------------------------------------------------------------------- extraction
@@ -309,7 +310,7 @@ def test_a_shard_without_excerpts_removes_its_stale_parts(catalog, tmp_path):
     run_dir = tmp_path / "run"
     _run(catalog, run_dir)
     _, tracks, probabilities, _ = catalog
-    result = extract_shard(tracks, probabilities, {s: None for s in SOURCES}, 5.0, run_dir, "s0001", "d", "c")
+    result = extract_shard(tracks, probabilities, {s: None for s in SOURCES}, RunRule(), run_dir, "s0001", "d", "c")
     assert result.index.empty and list(result.index.columns) == [f.name for f in INDEX_SCHEMA]
     assert not list((run_dir / "index").rglob("*.parquet"))
     assert read_index(run_dir / "index").empty
@@ -324,7 +325,7 @@ def test_extract_track_run_to_the_end_of_the_file(tmp_path):
     n_frames = _frames(6.1) + 1
     probs = np.zeros((n_frames, 4), np.float32)
     probs[:, 1] = 0.9
-    rows = extract_track(path, "ab01", None, probs, {"bass": 0.5}, 5.0, tmp_path / "run", "d", "c")
+    rows = extract_track(path, "ab01", None, probs, {"bass": 0.5}, RunRule(), tmp_path / "run", "d", "c")
     assert len(rows) == 1
     row = rows[0]
     assert (row["start_sample"], row["end_sample"]) == (0, signal.shape[0])
@@ -335,19 +336,12 @@ def test_extract_track_run_to_the_end_of_the_file(tmp_path):
     np.testing.assert_array_equal(written, signal[:, 0])
     # A track that is long enough but whose probabilities never stay high gives nothing.
     probs[::50, 1] = 0.0
-    assert extract_track(path, "ab01", None, probs, {"bass": 0.5}, 5.0, tmp_path / "run2", "d", "c") == []
+    assert extract_track(path, "ab01", None, probs, {"bass": 0.5}, RunRule(), tmp_path / "run2", "d", "c") == []
     with pytest.raises(ExtractionError, match="NaN"):
-        extract_track(path, "ab01", None, np.full((3, 4), np.inf), {"bass": 0.5}, 5.0, tmp_path, "d", "c")
+        extract_track(path, "ab01", None, np.full((3, 4), np.inf), {"bass": 0.5}, RunRule(), tmp_path, "d", "c")
 
 
 # --------------------------------------------------------------------------- ground truth
-
-
-def _truth(file: str, n: int, volumes: dict[str, np.ndarray]) -> pd.DataFrame:
-    table = pd.DataFrame({"file": file, "window": np.arange(n), "start_s": np.arange(n) * HOP_S})
-    for source in SOURCES:
-        table[f"V_{source}"] = volumes.get(source, np.zeros(n))
-    return table
 
 
 def _excerpt(path, source: str, start_s: float, end_s: float) -> dict:
@@ -355,15 +349,15 @@ def _excerpt(path, source: str, start_s: float, end_s: float) -> dict:
             "duration_s": end_s - start_s}
 
 
-def test_measure_extraction_on_hand_made_tables(tmp_path):
+def test_measure_extraction_on_hand_made_tables(tmp_path, truth_table):
     root = tmp_path / "catalog"
     bass_a = np.zeros(200)
     bass_a[20:120] = -40.0  # a true run of 100 windows: [1.28, 8.256) s
     vocals_a = np.full(200, -np.inf)  # silent mixture everywhere: a true run [0, 13.376) s
     bass_b = np.zeros(150)
     bass_b[:100] = -25.0  # silent at -20 dB but audible at -30 dB: no true run
-    truth = pd.concat([_truth("a/song.wav", 200, {"bass": bass_a, "vocals": vocals_a}),
-                       _truth("b.flac", 150, {"bass": bass_b})], ignore_index=True)
+    truth = pd.concat([truth_table("a/song.wav", {"bass": bass_a, "vocals": vocals_a}, 200),
+                       truth_table("b.flac", {"bass": bass_b}, 150)], ignore_index=True)
     run_a = (20 * HOP_S, 119 * HOP_S + WINDOW_S)
     index = pd.DataFrame([
         _excerpt(root / "a" / "song.wav", "bass", *run_a),
@@ -432,11 +426,11 @@ def test_bridged_dips_count_towards_the_five_seconds():
     mask = np.ones(frames, bool)
     mask[30:33] = False  # 67 frames above the threshold, 3 below
     long_track = 100.0
-    assert select_runs(mask, long_track, 5.0)[0].shape == (0, 2)
-    runs, spans = select_runs(mask, long_track, 5.0, max_gap=3)
+    assert RunRule(5.0).select(mask, long_track)[0].shape == (0, 2)
+    runs, spans = RunRule(5.0, max_gap=3).select(mask, long_track)
     assert runs.tolist() == [[0, frames]]
     assert spans[0, 1] - spans[0, 0] >= 5.0
-    assert select_runs(mask, long_track, 5.0, max_gap=2)[0].shape == (0, 2)
+    assert RunRule(5.0, max_gap=2).select(mask, long_track)[0].shape == (0, 2)
 
 
 def test_extract_track_bridges_a_dip_into_one_excerpt(tmp_path):
@@ -447,11 +441,26 @@ def test_extract_track_bridges_a_dip_into_one_excerpt(tmp_path):
     probs = np.zeros((_frames(8.0), 4), np.float32)
     probs[:, 0] = 0.9
     probs[50:54, 0] = 0.1  # a dip of 4 frames
-    split = extract_track(path, "cd01", None, probs, {"drums": 0.5}, 3.0, tmp_path / "a", "d", "c", max_gap=3)
-    joined = extract_track(path, "cd01", None, probs, {"drums": 0.5}, 3.0, tmp_path / "b", "d", "c", max_gap=4)
+    split = extract_track(path, "cd01", None, probs, {"drums": 0.5}, RunRule(3.0, 3), tmp_path / "a", "d", "c")
+    joined = extract_track(path, "cd01", None, probs, {"drums": 0.5}, RunRule(3.0, 4), tmp_path / "b", "d", "c")
     assert [r["n_frames"] for r in split] == [50, probs.shape[0] - 54]
     assert len(joined) == 1 and joined[0]["n_frames"] == probs.shape[0]
     assert joined[0]["prob_min"] == pytest.approx(0.1)  # the dip is part of the excerpt
     written, _ = sf.read(tmp_path / "b" / joined[0]["audio_path"], dtype="int16")
     np.testing.assert_array_equal(written, signal[:joined[0]["end_sample"], 0])
     assert np.isnan(joined[0]["separator_db_mean"])
+
+
+def test_the_excerpt_record_is_the_one_definition_of_the_index_columns():
+    import dataclasses
+
+    from pipeline.mining.schema import Excerpt
+
+    assert [f.name for f in dataclasses.fields(Excerpt)] == INDEX_SCHEMA.names
+    kinds = {"int": 1, "float": 0.5, "str": "x"}
+    values = {f.name: kinds[f.type] for f in dataclasses.fields(Excerpt)}
+    excerpt = Excerpt(**values)
+    assert list(excerpt.row()) == INDEX_SCHEMA.names and Excerpt.from_row(excerpt.row()) == excerpt
+    assert pa.Table.from_pylist([excerpt.row()], schema=INDEX_SCHEMA).num_rows == 1
+    with pytest.raises(TypeError):  # a writer that forgets a column fails where it builds the row
+        Excerpt(**{k: v for k, v in values.items() if k != "audio_checksum"})

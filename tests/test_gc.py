@@ -5,20 +5,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from pipeline.storage import gc
 from pipeline.storage.status import StageDescription
 from tasks.cli import main
-
-
-@pytest.fixture
-def configured(luigi_config, small_stem_set, small_catalog):
-    luigi_config("silentmine", "stem_root", small_stem_set)
-    luigi_config("silentmine", "catalog", small_catalog)
-    luigi_config("silentmine", "threads", 1)
-    luigi_config("ScanCatalog", "shard_size", 1)
-    return luigi_config
 
 
 def _feature_shards() -> list:

@@ -2,11 +2,9 @@
 
 import numpy as np
 
-from tests.conftest import write_stem_track
-
 
 def test_unchanged_rerun_does_nothing_and_changes_rerun_only_dependants(
-        luigi_config, small_stem_set, small_catalog, run_pipeline):
+        luigi_config, small_stem_set, small_catalog, run_pipeline, write_stem_track):
     luigi_config("silentmine", "stem_root", small_stem_set)
     luigi_config("silentmine", "catalog", small_catalog)
 

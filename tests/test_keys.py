@@ -17,11 +17,10 @@ import os
 
 import pytest
 
-from tests.conftest import luigi_options
-
 # The demo's luigi.cfg (as of the layout refactor), minus what does not enter a key.
 CONFIG = {
-    "silentmine": {"data_root": "data", "stem_root": "stems", "catalog": "catalog", "seed": "0"},
+    "silentmine": {"data_root": "data", "stem_root": "stems", "catalog": "catalog", "seed": "0",
+                   "catalog_truth": "data/demo/catalog_truth.parquet"},
     "ScanCatalog": {"shard_size": "8"},
     "TrainDetector": {"width": "0.125", "epochs": "6", "patience": "3", "crop_seconds": "5.0",
                       "gain_db": "12", "shift_rows": "2"},
@@ -72,7 +71,7 @@ RECORDED = {
 
 
 @pytest.fixture
-def fixed_inputs(tmp_path, monkeypatch):
+def fixed_inputs(tmp_path, monkeypatch, luigi_options):
     """The configuration above alone (luigi.cfg left out), with machine-independent fingerprints."""
     import pipeline.corpora.catalog as catalog
     import pipeline.corpora.stemset as stemset
@@ -83,7 +82,7 @@ def fixed_inputs(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "demo").mkdir(parents=True)
-    (tmp_path / "data" / "demo" / "catalog_truth.parquet").write_bytes(b"")  # MeasureExtraction's default
+    (tmp_path / "data" / "demo" / "catalog_truth.parquet").write_bytes(b"")  # [silentmine] catalog_truth
     monkeypatch.setattr(tasks.base, "decoder_fingerprint", lambda: {"decoders": "fixed"})
     monkeypatch.setattr(stemset, "list_tracks", lambda root, split: [f"{root}/{split}"])
     monkeypatch.setattr(stemset, "fingerprint", lambda tracks: "stems:" + ",".join(map(str, tracks)))

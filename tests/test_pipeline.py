@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import luigi
@@ -12,7 +13,6 @@ import soundfile as sf
 
 from pipeline.audio.io import file_checksum
 from pipeline.mining.schema import read_index
-from tests.conftest import luigi_options
 
 pytestmark = pytest.mark.slow
 
@@ -21,20 +21,24 @@ SETTINGS = {
     "ScanCatalog": {"shard_size": 3},
     "TrainDetector": {"width": 0.0625, "epochs": 2, "patience": 2, "crop_seconds": 3.0},
     "Calibrate": {"min_windows": 10, "target_fraction": 0.9, "splits": '["valid", "test"]'},
+    # luigi.cfg's TasNet in mono: museval's projection filters, most of Evaluate's cost, solve a
+    # system 8 times smaller than in stereo (stereo scoring is test_evaluation's)
     "TrainSeparator": {"channels": 4, "depth": 3, "epochs": 1, "batches_per_epoch": 2, "batch_size": 2,
-                       "window_s": 1.0, "lr_decay_every": 1},
+                       "window_s": 1.0, "lr_decay_every": 1,
+                       "model_config": '{"filters": 32, "lstm_layers": 2, "hidden": 32, "sample_rate": 16000, '
+                                       '"consistency": true, "audio_channels": 1}'},
     "Evaluate": {"max_tracks": 1},
 }
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory, tiny_demo):
+def demo(tmp_path_factory, tiny_demo, luigi_options):
     """The tiny demo corpus, and luigi.cfg pointed at it (restored afterwards)."""
     root = tmp_path_factory.mktemp("pipeline")
     tiny_demo(root / "demo")
     options = {"silentmine": {"data_root": root / "data", "stem_root": root / "demo" / "stems",
-                              "catalog": root / "demo" / "catalog", "threads": 2},
-               "MeasureExtraction": {"truth": root / "demo" / "catalog_truth.parquet"}, **SETTINGS}
+                              "catalog": root / "demo" / "catalog", "threads": 2,
+                              "catalog_truth": root / "demo" / "catalog_truth.parquet"}, **SETTINGS}
     with luigi_options(options):
         yield root
 
@@ -123,3 +127,62 @@ def test_excerpts_hold_the_original_samples(demo, run_pipeline):
                                       stop=int(row.end_sample))
     assert rate == original_rate == row.sample_rate and excerpt.shape == original.shape
     np.testing.assert_allclose(excerpt, original, atol=2 ** -15)
+
+
+def _rules_and_measure(task) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return pd.read_csv(task.folder / "measure.csv"), pd.read_csv(task.folder / "rules.csv")
+
+
+def test_measure_and_rules_count_true_runs_with_the_configured_min_seconds(demo, run_pipeline, luigi_options,
+                                                                           monkeypatch):
+    # The tiny demo's truly silent runs (<= -30 dB) last 2 to 3 s: with 2 s extraction's rule
+    # counts them, the default 5 s does not (a rule of 7 s is measured on hand-made tables in
+    # test_options.py).
+    import tasks
+    from pipeline.threads import THREAD_VARIABLES
+    from tasks.cli import main
+
+    run_pipeline("MeasureExtraction")
+    at_5 = _rules_and_measure(tasks.MeasureExtraction())
+    for name in THREAD_VARIABLES:  # `silentmine run` sets the ones that are unset; put them back after
+        monkeypatch.setenv(name, os.environ.get(name, "2"))
+    assert main(["run", "MeasureExtraction", "--Extract-min-seconds", "2"]) == 0
+    with luigi_options({"Extract": {"min_seconds": 2}}):
+        measure = tasks.MeasureExtraction()
+        assert measure.requires()["calibration_windows"].run_rule.min_seconds == 2.0
+        at_2 = _rules_and_measure(measure)
+    for measured, rules in (at_5, at_2):
+        runs = measured.set_index("source")["n_true_runs"]
+        for rule, table in rules.groupby("rule"):
+            assert table.set_index("source")["n_true_runs"].to_dict() == runs.to_dict(), rule
+    assert at_2[0]["n_true_runs"].sum() > at_5[0]["n_true_runs"].sum()
+
+
+def test_the_scan_catalog_option_reaches_measure_and_audit(demo, run_pipeline, luigi_options, monkeypatch, tmp_path):
+    import tasks
+    import tasks.audit
+    import tasks.measure
+
+    run_pipeline("Audit")
+    link = tmp_path / "catalog-link"
+    link.symlink_to(demo / "demo" / "catalog")
+    seen = {}
+    for module, name in ((tasks.measure, "build_measure"), (tasks.audit, "build_audit")):
+        original = getattr(module, name)
+
+        def spy(*args, _original=original, _name=name, **kwargs):
+            seen[_name] = kwargs.get("catalog_root", args[2] if len(args) > 2 else None)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    # [silentmine] catalog names another folder; the scan's option names the same catalog by another path
+    with luigi_options({"silentmine": {"catalog": empty}, "ScanCatalog": {"catalog": link}}):
+        assert run_pipeline("Audit") == []  # Measure and Audit are keyed by the scan's catalog: nothing to redo
+        truth = tmp_path / "truth.parquet"
+        truth.write_bytes((demo / "demo" / "catalog_truth.parquet").read_bytes())
+        with luigi_options({"silentmine": {"catalog_truth": truth}}):
+            assert {"MeasureExtraction", "Audit"} <= set(run_pipeline("Audit"))
+    real = str((demo / "demo" / "catalog").resolve())
+    assert {name: str(root) for name, root in seen.items()} == {"build_measure": real, "build_audit": real}

@@ -2,77 +2,27 @@
 
 from __future__ import annotations
 
-import json
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
 
-from tests.conftest import luigi_options
-
 pytestmark = pytest.mark.slow
 
-BIN = Path(sys.executable).parent
 WAIT_S = 120  # ceiling for the scheduler to answer; the test goes on as soon as it does
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _api(port: int, method: str, **data) -> dict:
-    query = urllib.parse.urlencode({"data": json.dumps(data)})
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/{method}?{query}", timeout=5) as answer:
-        return json.loads(answer.read())["response"]
-
-
 @pytest.fixture
-def luigid(tmp_path):
-    port = _free_port()
-    (tmp_path / "luigid-logs").mkdir()
-    process = subprocess.Popen(
-        [
-            str(BIN / "luigid"),
-            "--address",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--state-path",
-            str(tmp_path / "luigid.pickle"),
-            "--logdir",
-            str(tmp_path / "luigid-logs"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.time() + WAIT_S
-        while True:
-            try:
-                _api(port, "task_list", status="RUNNING")
-                break
-            except (OSError, urllib.error.URLError):
-                assert process.poll() is None and time.time() < deadline, "luigid did not start"
-                time.sleep(0.2)
-        yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+def scheduler(tmp_path, luigid):
+    """A luigid for this test: ``(port, api)``."""
+    with luigid(tmp_path) as port:
+        yield port, luigid.api
 
 
-def test_running_shard_progress_in_luigid(tmp_path, luigid, monkeypatch):
+def test_running_shard_progress_in_luigid(tmp_path, scheduler, luigi_options, monkeypatch):
     import luigi
 
     import tasks.base
@@ -80,6 +30,8 @@ def test_running_shard_progress_in_luigid(tmp_path, luigid, monkeypatch):
     from tasks.catalog import ScanCatalog
     from tasks.features import CatalogFeatures
     from tasks.inputs import forget_inputs
+
+    port, api = scheduler
 
     catalog = tmp_path / "catalog"
     catalog.mkdir()
@@ -105,13 +57,13 @@ def test_running_shard_progress_in_luigid(tmp_path, luigid, monkeypatch):
     def watch():
         deadline = time.time() + WAIT_S
         while time.time() < deadline and not release.is_set():
-            for task_id, task in _api(luigid, "task_list", status="RUNNING").items():
+            for task_id, task in api(port, "task_list", status="RUNNING").items():
                 if task.get("progress_percentage") is not None and "1/3" in (task.get("status_message") or ""):
                     seen.update(
                         task,
                         task_id=task_id,
-                        message=_api(luigid, "get_task_status_message", task_id=task_id)["statusMessage"],
-                        percent=_api(luigid, "get_task_progress_percentage", task_id=task_id)["progressPercentage"],
+                        message=api(port, "get_task_status_message", task_id=task_id)["statusMessage"],
+                        percent=api(port, "get_task_progress_percentage", task_id=task_id)["progressPercentage"],
                     )
                     release.set()
             time.sleep(0.1)
@@ -130,7 +82,7 @@ def test_running_shard_progress_in_luigid(tmp_path, luigid, monkeypatch):
         shard = CatalogFeatures(shard=number, shard_key=key, tracks_file=scan.tracks_file)
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
-        ok = luigi.build([shard], scheduler_host="127.0.0.1", scheduler_port=luigid, workers=1)
+        ok = luigi.build([shard], scheduler_host="127.0.0.1", scheduler_port=port, workers=1)
         watcher.join(timeout=WAIT_S)
         assert ok and shard.complete()
         forget_inputs()
@@ -138,5 +90,5 @@ def test_running_shard_progress_in_luigid(tmp_path, luigid, monkeypatch):
     assert seen["percent"] == pytest.approx(100 / 3, abs=0.1)
     assert seen["message"].startswith(f"features shard {number}: 1/3 tracks; now ")
     assert seen["message"].endswith("song1.wav")
-    final = _api(luigid, "task_list", status="DONE")[shard.task_id]
+    final = api(port, "task_list", status="DONE")[shard.task_id]
     assert final["progress_percentage"] == 100.0 and final["status_message"].endswith("3/3 tracks")

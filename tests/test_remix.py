@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import torch
-from conftest import write_stem_track
 from test_tasnet import TINY as TINY_TASNET
 
 from pipeline.mining.schema import INDEX_SCHEMA
@@ -25,6 +24,7 @@ from pipeline.separation.losses import si_snr_loss
 from pipeline.separation.remix import RemixSampler, l1_loss, remix_loss, remix_step
 from pipeline.separation.tasnet import TasNet
 from pipeline.sources import SOURCES
+from tests.fixtures_stems import stem_track
 
 RATE = 44_100
 
@@ -32,13 +32,13 @@ RATE = 44_100
 def write_stem_set(root: Path, splits: dict[str, int], seconds: float = 2.0, rate: int = RATE, seed: int = 0,
                    silent: tuple[tuple[str, int, str], ...] = ()) -> Path:
     """A stem set in the MUSDB18-HQ layout, ``<root>/<split>/<split>-<kk>/``, tracks made by
-    ``conftest.write_stem_track``; ``silent`` lists ``(split, track number, source)`` stems that
+    ``tests.fixtures_stems.stem_track``; ``silent`` lists ``(split, track number, source)`` stems that
     are digital silence over the whole track."""
     rng = np.random.default_rng(seed)
     for split, count in splits.items():
         for k in range(count):
             mute = {SOURCES.index(name): (0.0, seconds) for s, j, name in silent if (s, j) == (split, k)}
-            write_stem_track(root / split / f"{split}-{k:02d}", rng, seconds, rate, silent=mute)
+            stem_track(root / split / f"{split}-{k:02d}", rng, seconds, rate, silent=mute)
     return root
 
 

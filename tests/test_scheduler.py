@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +13,6 @@ import pytest
 from pipeline.mining.schema import read_index
 from pipeline.storage.journal import read_journal
 from pipeline.threads import effective_threads
-from tests.conftest import luigi_options
 
 pytestmark = pytest.mark.slow
 
@@ -45,12 +40,6 @@ def _write_config(path: Path, options: dict[str, dict]) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _silentmine(config: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "LUIGI_CONFIG_PATH": str(config)}
     return subprocess.Popen([str(BIN / "silentmine"), "run", "Extract", *args], cwd=REPO, env=env,
@@ -63,7 +52,7 @@ def _finish(process: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def shared_run(tmp_path_factory, tiny_demo):
+def shared_run(tmp_path_factory, tiny_demo, luigid):
     """The tiny demo run by two processes through one luigid and, alongside them (one thread each;
     the shared run leaves a core idle while one task holds the other worker back), by one
     process alone into its own data root."""
@@ -71,72 +60,38 @@ def shared_run(tmp_path_factory, tiny_demo):
     tiny_demo(root / "demo")
     shared = _write_config(root / "shared.cfg", _options(root, root / "shared"))
     alone = _silentmine(_write_config(root / "alone.cfg", _options(root, root / "alone")))
-    port = _free_port()
-    (root / "luigid-logs").mkdir()
-    luigid = subprocess.Popen([str(BIN / "luigid"), "--address", "127.0.0.1", "--port", str(port),
-                               "--state-path", str(root / "luigid.pickle"), "--logdir", str(root / "luigid-logs")],
-                              env={**os.environ, "LUIGI_CONFIG_PATH": str(shared)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read()
-                break
-            except urllib.error.HTTPError:
-                break  # it answers
-            except OSError:
-                assert luigid.poll() is None and time.time() < deadline, "luigid did not start"
-                time.sleep(0.2)
-        workers = [_silentmine(shared, "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port),
-                               "--workers", "1") for _ in range(2)]
-        shared_results = [_finish(p) for p in workers]
+        with luigid(root, shared) as port:
+            workers = [_silentmine(shared, "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port),
+                                   "--workers", "1") for _ in range(2)]
+            shared_results = [_finish(p) for p in workers]
     except BaseException:
         alone.kill()
         raise
-    finally:
-        luigid.terminate()
-        luigid.wait(timeout=30)
     return root, shared_results, _finish(alone)
 
 
-def _graph(root: Path, data_root: Path) -> set[tuple[str, str, str | None]]:
+def _graph(options) -> set[tuple[str, str, str | None]]:
     """``(family, key, shard_key)`` of every stage task of `Extract` (its shards included)."""
-    import luigi
-
     import tasks
     from tasks.base import Stage
-    from tasks.inputs import forget_inputs
+    from tasks.graph import walk
 
-    with luigi_options(_options(root, data_root)):
-        forget_inputs()
-        seen, stack, found = set(), [tasks.Extract()], set()
-        while stack:
-            task = stack.pop()
-            if task.task_id in seen:
-                continue
-            seen.add(task.task_id)
-            if isinstance(task, Stage):
-                found.add((task.task_family, task.key, getattr(task, "shard_key", None)))
-            stack.extend(luigi.task.flatten(task.deps()))
-        forget_inputs()
-    return found
+    with options:
+        return {(task.task_family, task.key, getattr(task, "shard_key", None))
+                for task in walk(tasks.Extract()) if isinstance(task, Stage)}
 
 
-def _run_folder(root: Path, data_root: Path, task_name: str, requirement: str | None = None) -> Path:
-    """The folder of task ``task_name`` (or of its ``requirement``) under ``data_root``'s options."""
+def _run_folder(options, task_name: str, requirement: str | None = None) -> Path:
+    """The folder of task ``task_name`` (or of its ``requirement``) under ``options``."""
     import tasks
-    from tasks.inputs import forget_inputs
 
-    with luigi_options(_options(root, data_root)):
-        forget_inputs()
+    with options:
         task = getattr(tasks, task_name)()
-        folder = (task.requires()[requirement] if requirement else task).folder
-        forget_inputs()
-    return folder
+        return (task.requires()[requirement] if requirement else task).folder
 
 
-def test_two_workers_through_luigid_run_every_task_once(shared_run):
+def test_two_workers_through_luigid_run_every_task_once(shared_run, luigi_options):
     root, results, _ = shared_run
     for code, out in results:
         assert code == 0, out[-3000:]
@@ -144,7 +99,7 @@ def test_two_workers_through_luigid_run_every_task_once(shared_run):
     done = journal[journal["status"] == "done"]
     ran = [(family, key, shard_key if isinstance(shard_key, str) else None)
            for family, key, shard_key in zip(done["family"], done["key"], done["shard_key"])]
-    expected = _graph(root, root / "shared")
+    expected = _graph(luigi_options(_options(root, root / "shared")))
     assert len(ran) == len(set(ran)), done.groupby(["family", "shard_key"], dropna=False).size()
     assert set(ran) == expected
     families = {family for family, _, _ in expected}
@@ -158,18 +113,19 @@ def test_two_workers_through_luigid_run_every_task_once(shared_run):
     assert (done["body_s"] > 0).all() and (done["body_s"] <= done["wall_s"]).all()
 
 
-def test_a_single_worker_gives_the_same_datasets(shared_run):
+def test_a_single_worker_gives_the_same_datasets(shared_run, luigi_options):
     root, _, (code, out) = shared_run
     assert code == 0, out[-3000:]
-    shared_run_dir = _run_folder(root, root / "shared", "Extract")
-    alone_run_dir = _run_folder(root, root / "alone", "Extract")
+    shared_run_dir = _run_folder(luigi_options(_options(root, root / "shared")), "Extract")
+    alone_run_dir = _run_folder(luigi_options(_options(root, root / "alone")), "Extract")
     assert shared_run_dir.name == alone_run_dir.name  # same key: same parameters and inputs
     shared_index = read_index(shared_run_dir / "index").sort_values("excerpt_id").reset_index(drop=True)
     alone_index = read_index(alone_run_dir / "index").sort_values("excerpt_id").reset_index(drop=True)
     assert len(shared_index) > 0
     assert list(shared_index["excerpt_id"]) == list(alone_index["excerpt_id"])
     assert list(shared_index["audio_checksum"]) == list(alone_index["audio_checksum"])
-    thresholds = [pd.read_parquet(_run_folder(root, data_root, "Extract", "calibration") / "thresholds.parquet")
+    thresholds = [pd.read_parquet(_run_folder(luigi_options(_options(root, data_root)), "Extract", "calibration")
+                                  / "thresholds.parquet")
                   for data_root in (root / "shared", root / "alone")]
     pd.testing.assert_frame_equal(*thresholds)
     alone_journal = read_journal(root / "alone")

@@ -7,7 +7,6 @@ import copy
 import json
 import logging
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -151,12 +150,6 @@ def test_without_any_d_i_trains_plain_supervised(data, tmp_path, caplog):
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["remix_enabled"] is False
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, stems: str, run: str, out: str, model_name: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -175,11 +168,12 @@ def _ddp_worker(rank: int, world: int, port: int, stems: str, run: str, out: str
         distributed.cleanup()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", model_names())
-def test_ddp_two_processes_stay_in_sync(data, tmp_path, model_name):
+def test_ddp_two_processes_stay_in_sync(data, tmp_path, free_port, model_name):
     stems, run = data
     world = 2
-    mp.spawn(_ddp_worker, args=(world, _free_port(), str(stems), str(run), str(tmp_path), model_name), nprocs=world)
+    mp.spawn(_ddp_worker, args=(world, free_port(), str(stems), str(run), str(tmp_path), model_name), nprocs=world)
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
     for name, value in results[0]["final"].items():
         assert torch.equal(value, results[1]["final"][name]), name

@@ -6,26 +6,6 @@ import json
 
 import luigi
 import pandas as pd
-import pytest
-
-# A detector and calibration that train in seconds on the tiny stem set (3 s tracks).
-SETTINGS = {"ScanCatalog": {"shard_size": 1},
-            "TrainDetector": {"width": 0.0625, "epochs": 1, "patience": 1, "crop_seconds": 2.0},
-            "Calibrate": {"min_windows": 1, "target_fraction": 0.5, "target_db": -10}}
-
-
-@pytest.fixture
-def configured(luigi_config, small_stem_set, small_catalog, tmp_path):
-    luigi_config("silentmine", "stem_root", small_stem_set)
-    # No ground truth (the demo's would be found relative to the working folder when it exists):
-    # MeasureExtraction then needs only the paper's rule, and the DAG holds one Calibrate.
-    luigi_config("MeasureExtraction", "truth", tmp_path / "none.parquet")
-    luigi_config("silentmine", "catalog", small_catalog)
-    luigi_config("silentmine", "threads", 1)
-    for section, values in SETTINGS.items():
-        for key, value in values.items():
-            luigi_config(section, key, value)
-    return luigi_config
 
 
 def _status() -> dict:

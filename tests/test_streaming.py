@@ -21,7 +21,7 @@ from pipeline.audio import io as audio
 from pipeline.features.featurize import catalog_blocks, featurize, read_feature_rejects
 from pipeline.features.scattering import FeatureExtractor, n_feature_frames
 from pipeline.features.store import FeatureShard, FeatureShardWriter
-from pipeline.mining.extraction import extract_track, quantise
+from pipeline.mining.extraction import RunRule, extract_track, quantise
 from pipeline.sources import FEATURE_RATE, n_windows
 
 
@@ -246,8 +246,10 @@ def test_streamed_excerpts_are_the_bytes_of_a_whole_write(tmp_path, subtype):
     sf.write(path, x.T, rate, subtype=subtype)
     probs = _probs(n_windows(x.shape[1], rate) + 1)
     thresholds = {"drums": 0.5, "bass": 0.5, "other": 0.5, "vocals": 0.5}
-    small = extract_track(path, "ab12", None, probs, thresholds, 5.0, tmp_path / "small", "d", "c", block_frames=777)
-    big = extract_track(path, "ab12", None, probs, thresholds, 5.0, tmp_path / "big", "d", "c", block_frames=1 << 20)
+    small = extract_track(path, "ab12", None, probs, thresholds, RunRule(), tmp_path / "small", "d", "c",
+                          block_frames=777)
+    big = extract_track(path, "ab12", None, probs, thresholds, RunRule(), tmp_path / "big", "d", "c",
+                        block_frames=1 << 20)
     assert [r["source"] for r in small] == ["drums", "bass", "vocals"] == [r["source"] for r in big]
     assert small[1]["end_sample"] == x.shape[1]  # the bass run is clipped at the track's end
     whole, _ = audio.load(path)
@@ -273,5 +275,6 @@ def test_a_late_nan_leaves_no_excerpt_behind(tmp_path):
     sf.write(path, x.T, rate, subtype="FLOAT")
     probs = _probs(n_windows(x.shape[1], rate))
     with pytest.raises(audio.AudioError, match="NaN"):
-        extract_track(path, "cd34", None, probs, {"drums": 0.5}, 5.0, tmp_path / "run", "d", "c", block_frames=500)
+        extract_track(path, "cd34", None, probs, {"drums": 0.5}, RunRule(), tmp_path / "run", "d", "c",
+                      block_frames=500)
     assert not [p for p in (tmp_path / "run").rglob("*") if p.is_file()]

@@ -20,7 +20,7 @@ from fixtures_extraction import make_extraction_run
 from pipeline.features.store import index_path_for, write_feature_shard
 from pipeline.mining.datasets import DatasetRun
 from pipeline.mining.extraction import PART_SCHEMA
-from pipeline.mining.schema import REJECTS_SCHEMA, read_rejects
+from pipeline.mining.schema import read_rejects
 from pipeline.mining.verify import (
     Problem,
     check_checkpoint,
@@ -29,6 +29,7 @@ from pipeline.mining.verify import (
     verify_cli,
     verify_run,
 )
+from pipeline.rejects import REJECTS_SCHEMA
 from pipeline.storage.outputs import write_parquet_atomic
 
 

@@ -12,8 +12,8 @@ import soundfile as sf
 import torch
 
 from pipeline.mining.extraction import (
+    RunRule,
     SecondOpinion,
-    SeparatorScorer,
     excerpt_separator_db,
     extract_track,
     separator_volumes,
@@ -29,6 +29,7 @@ from pipeline.mining.ground_truth import (
 )
 from pipeline.mining.schema import INDEX_SCHEMA, read_index
 from pipeline.separation.contract import ModelConfig, Separator
+from pipeline.separation.evaluation import SeparatorScorer
 from pipeline.sources import HOP_S, SOURCES, WINDOW_S, n_windows
 
 RATE = 8000
@@ -99,7 +100,8 @@ def test_second_opinion_keeps_or_drops_excerpts(tmp_path):
     thresholds = {"drums": 0.5, "bass": 0.5}
     separator = GainSeparator([0.01, 0.3, 0.0, 0.0])  # drums estimated at -40 dB, bass at -10.5 dB
     judged = SecondOpinion(SeparatorScorer(separator), max_db=-20.0)
-    rows = extract_track(path, "ef01", None, probs, thresholds, 5.0, tmp_path / "a", "d", "c", second_opinion=judged)
+    rows = extract_track(path, "ef01", None, probs, thresholds, RunRule(), tmp_path / "a", "d", "c",
+                         second_opinion=judged)
     assert [r["source"] for r in rows] == ["drums"]
     assert rows[0]["separator_db_mean"] == pytest.approx(-40.0, abs=1e-3)
     assert rows[0]["separator_db_max"] == pytest.approx(-40.0, abs=1e-3)
@@ -107,7 +109,8 @@ def test_second_opinion_keeps_or_drops_excerpts(tmp_path):
     assert not list((tmp_path / "a").rglob(".*"))  # the dropped excerpt's temporary is gone
     assert len(list((tmp_path / "a").rglob("*.flac"))) == 1
     scored = SecondOpinion(SeparatorScorer(separator))  # no limit: scored and kept
-    rows = extract_track(path, "ef01", None, probs, thresholds, 5.0, tmp_path / "b", "d", "c", second_opinion=scored)
+    rows = extract_track(path, "ef01", None, probs, thresholds, RunRule(), tmp_path / "b", "d", "c",
+                         second_opinion=scored)
     by_source = {r["source"]: r for r in rows}
     assert by_source["bass"]["separator_db_mean"] == pytest.approx(20 * np.log10(0.3), abs=1e-3)
     assert (scored.scored, scored.dropped) == (2, 0)
@@ -132,22 +135,15 @@ def test_index_parts_without_separator_columns_read_as_nan(tmp_path):
 # --------------------------------------------------------------------------- rules against ground truth
 
 
-def _truth(file: str, volumes: dict[str, np.ndarray], n: int) -> pd.DataFrame:
-    table = pd.DataFrame({"file": file, "window": np.arange(n), "start_s": np.arange(n) * HOP_S})
-    for source in SOURCES:
-        table[f"V_{source}"] = volumes.get(source, np.zeros(n))
-    return table
-
-
 @pytest.fixture
-def catalog(tmp_path):
+def catalog(tmp_path, truth_table):
     """One 200-frame file: bass truly silent on frames 20..119, detector sure on 30..119 and
     half-sure (0.6) on 120..179 where the bass plays."""
     root = tmp_path / "catalog"
     n = 200
     bass = np.zeros(n)
     bass[20:120] = -40.0
-    truth = _truth("song.wav", {"bass": bass}, n)
+    truth = truth_table("song.wav", {"bass": bass}, n)
     p_bass = np.zeros(n, np.float32)
     p_bass[30:120] = 0.95
     p_bass[120:180] = 0.6

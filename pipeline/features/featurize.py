@@ -28,7 +28,6 @@ from pipeline.audio import io as audio
 from pipeline.corpora import stemset
 from pipeline.features.scattering import FeatureExtractor
 from pipeline.features.store import FeatureShardWriter
-from pipeline.mining.schema import REJECTS_SCHEMA
 from pipeline.progress import progress_bar
 from pipeline.sources import FEATURE_RATE
 from pipeline.storage.journal import Progress
@@ -65,7 +64,7 @@ def featurize(items: Iterable[Item], npy_path: Path, total: int | None = None,
             samples += counter.samples
     if progress:
         progress(done, total or done, "")
-    frame = pd.DataFrame(rejected, columns=REJECTS_SCHEMA.names)
+    frame = pd.DataFrame(rejected, columns=rejects.REJECTS_SCHEMA.names)
     write_parquet_atomic(frame.astype(str), rejects_path(npy_path))
     return {"tracks": len(writer.index_frame()), "rejects": len(rejected),
             "audio_seconds": round(samples / FEATURE_RATE, 1)}

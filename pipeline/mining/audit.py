@@ -6,6 +6,10 @@ and preview clips in ``out_dir/clips/``.
 Every link is relative and the pages use only inline CSS and JavaScript, so the folder can be
 zipped and opened anywhere without a network.
 
+What the report shows is computed here, as plain values (:class:`Table` and the cell kinds
+beside it); the pages are rendered from the Jinja2 templates in ``templates/audit/`` (markup,
+style and the sorting script), which compute nothing.
+
 What it shows:
 
 * overview: excerpts and hours per source, the distributions of duration and detector
@@ -33,15 +37,18 @@ fraction of extracted audio that is truly silent is the share of those windows w
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
-from html import escape
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import soundfile as sf
+from jinja2 import Environment, PackageLoader, StrictUndefined
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image
@@ -62,70 +69,6 @@ MAX_REASON_ROWS = 50  # grouped reasons listed
 TOP_N = 20  # catalog folders and tracks in the provenance tables
 N_WEAKEST_OVERVIEW = 3  # lowest-probability excerpts played on the overview, per source
 _VOLUME_FLOOR_DB = -60.0  # histogram range of true volumes (lower values are drawn in the first bin)
-
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1400px;
-padding:1em 2em;color:#222;background:#fff;line-height:1.4}
-h1{font-size:1.6em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
-nav a{margin-right:1em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.85em}
-th,td{border:1px solid #ccc;padding:.2em .5em;vertical-align:middle}
-th{background:#f0f0f0;position:sticky;top:0}
-table.sortable th{cursor:pointer;user-select:none}
-th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-.id{font-family:ui-monospace,monospace;font-size:.9em}
-img.plot{max-width:100%;border:1px solid #eee}
-img.spec{display:block;width:160px;height:60px}
-audio{width:220px;height:32px}
-.note{color:#555;font-style:italic}.empty{color:#a00;font-weight:bold}
-.wide{overflow-x:auto;max-width:100%}
-.warn{background:#fff3cd;border:1px solid #e0c36a;padding:.5em}
-pre{background:#f7f7f7;padding:.5em;overflow-x:auto;font-size:.85em}
-section.source{border-left:4px solid #ddd;padding-left:1em;margin:1em 0}
-"""
-
-# Click a header to sort its table (numbers before text, stable); cells may carry data-v.
-_JS = """
-(function(){
-  function key(cell){
-    var v = cell.getAttribute('data-v');
-    if (v === null) { v = cell.textContent.trim(); }
-    var n = Number(v);
-    return (v !== '' && !isNaN(n)) ? n : v.toLowerCase();
-  }
-  function cmp(a, b){
-    var na = typeof a === 'number', nb = typeof b === 'number';
-    if (na !== nb) { return na ? -1 : 1; }
-    return a < b ? -1 : (a > b ? 1 : 0);
-  }
-  var tables = document.querySelectorAll('table.sortable');
-  Array.prototype.forEach.call(tables, function(table){
-    if (!table.tHead || !table.tBodies.length) { return; }
-    var heads = table.tHead.rows[0].cells;
-    Array.prototype.forEach.call(heads, function(th, col){
-      th.addEventListener('click', function(){
-        var asc = th.getAttribute('aria-sort') !== 'ascending';
-        Array.prototype.forEach.call(heads, function(h){ h.removeAttribute('aria-sort'); });
-        th.setAttribute('aria-sort', asc ? 'ascending' : 'descending');
-        var body = table.tBodies[0];
-        var rows = Array.prototype.slice.call(body.rows);
-        rows.sort(function(r1, r2){
-          var c = cmp(key(r1.cells[col]), key(r2.cells[col]));
-          return asc ? c : -c;
-        });
-        rows.forEach(function(r){ body.appendChild(r); });
-      });
-    });
-    table.setAttribute('data-sortable', 'ready');
-  });
-})();
-"""
-
-
-class _Html(str):
-    """Text that is already HTML (escaped where needed); inserted as is."""
-
 
 def sample_excerpts(index: pd.DataFrame, n: int, seed: int, n_lowest: int | None = None) -> pd.DataFrame:
     """At most ``n`` rows of ``index``: the ``n_lowest`` with the lowest ``prob_mean`` plus a
@@ -247,56 +190,98 @@ def truth_inside_excerpts(index: pd.DataFrame, truth: pd.DataFrame,
     return per_excerpt, {s: np.concatenate(v) if v else np.zeros(0) for s, v in values.items()}
 
 
-# ----------------------------------------------------------------------------------------- HTML
+# ------------------------------------------------------------------------------ what the pages show
 
 
-def _num_attr(value: float) -> str:
-    if np.isnan(value):
-        return ""
+@dataclass(frozen=True)
+class Link:
+    href: str  # relative to the report folder
+    text: str
+
+
+@dataclass(frozen=True)
+class Player:
+    """An excerpt's preview clip."""
+
+    src: str
+    title: str
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """A clip that could not be made, and why."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Picture:
+    src: str
+    alt: str
+    css_class: str = "plot"
+
+
+@dataclass(frozen=True)
+class Mono:
+    """An identifier, shown in a fixed-width font."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Titled:
+    """Text shown short, with its full form on hover."""
+
+    text: str
+    title: str
+
+
+@dataclass(frozen=True)
+class Blank:
+    """An empty cell."""
+
+
+_CELL_KINDS = {Link: "link", Player: "player", Unavailable: "unavailable", Picture: "picture", Mono: "mono",
+               Titled: "titled", Blank: "blank"}
+
+
+@dataclass
+class Table:
+    """A sortable table: ``rows`` of values (numbers, text, None, or one of the cell kinds above),
+    floats shown with ``digits`` decimals; ``sorted_by``: the header it is sorted by."""
+
+    headers: list[str]
+    rows: list[list[Any]]
+    table_id: str | None = None
+    sorted_by: str | None = None
+    digits: int = 3
+
+
+def cell_kind(value: Any) -> str:
+    """How a table cell shows ``value``: missing (None, NaN), bool, int, float, text, or a cell kind."""
+    if type(value) in _CELL_KINDS:
+        return _CELL_KINDS[type(value)]
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+        return "missing"
+    if isinstance(value, (bool, np.bool_)):
+        return "bool"
+    if isinstance(value, (int, np.integer)):
+        return "int"
+    if isinstance(value, (float, np.floating)):
+        return "float"
+    return "text"
+
+
+def sort_value(value: float) -> str:
+    """A number's ``data-v`` (what the table sorts by): full precision, ``Infinity`` for inf."""
     if np.isinf(value):
         return "Infinity" if value > 0 else "-Infinity"
     return repr(float(value))
 
 
-def _cell(value, digits: int = 3) -> str:
-    """One ``<td>``: numbers right-aligned with a sort value, text escaped, ``_Html`` as is."""
-    if isinstance(value, _Html):
-        return f"<td>{value}</td>"
-    if value is None or (isinstance(value, (float, np.floating)) and np.isnan(value)):
-        return '<td data-v="">&ndash;</td>'
-    if isinstance(value, (bool, np.bool_)):
-        return f"<td>{'yes' if value else 'no'}</td>"
-    if isinstance(value, (int, np.integer)):
-        return f'<td class="num" data-v="{int(value)}">{int(value)}</td>'
-    if isinstance(value, (float, np.floating)):
-        return f'<td class="num" data-v="{_num_attr(value)}">{float(value):.{digits}f}</td>'
-    return f"<td>{escape(str(value))}</td>"
-
-
-def _table(headers: list[str], rows: list[list], sorted_by: str | None = None, digits: int = 3,
-           table_id: str | None = None) -> str:
-    head = "".join(f'<th aria-sort="ascending">{escape(h)}</th>' if h == sorted_by else f"<th>{escape(h)}</th>"
-                   for h in headers)
-    body = "\n".join("<tr>" + "".join(_cell(v, digits) for v in row) + "</tr>" for row in rows)
-    ident = f' id="{escape(table_id)}"' if table_id else ""
-    return f'<table class="sortable"{ident}><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>'
-
-
-def _frame_table(frame: pd.DataFrame, digits: int = 3, table_id: str | None = None) -> str:
-    rows = [[None if (isinstance(v, float) and np.isnan(v)) else v for v in rec]
-            for rec in frame.itertuples(index=False)]
-    return _table([str(c) for c in frame.columns], rows, digits=digits, table_id=table_id)
-
-
-def _page(title: str, nav: str, body: str) -> str:
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{escape(title)}</title><style>{_CSS}</style></head>\n<body>\n<nav>{nav}</nav>\n"
-            f"{body}\n<script>{_JS}</script>\n</body></html>\n")
-
-
-def _img(rel: str, alt: str, cls: str = "plot") -> _Html:
-    return _Html(f'<img class="{cls}" src="{escape(rel)}" alt="{escape(alt)}">')
+def frame_table(frame: pd.DataFrame, table_id: str | None = None, digits: int = 3) -> Table:
+    return Table([str(c) for c in frame.columns], [list(rec) for rec in frame.itertuples(index=False)], table_id,
+                 digits=digits)
 
 
 def _safe_page(source: str) -> str:
@@ -388,9 +373,11 @@ def _display_path(path: str, catalog_root: str | None) -> str:
     return path
 
 
-def _provenance(index: pd.DataFrame, catalog_root: str | None) -> str:
+def provenance(index: pd.DataFrame, catalog_root: str | None) -> dict | None:
+    """Where the excerpts came from: the top ``TOP_N`` catalog folders and tracks by extracted
+    seconds (paths relative to ``catalog_root`` when under it); None without excerpts."""
     if index.empty:
-        return '<p class="empty">No excerpts, so no catalog folders or tracks to show.</p>'
+        return None
     shown = index["catalog_path"].map({p: _display_path(p, catalog_root) for p in index["catalog_path"].unique()})
     folders = shown.map(lambda p: os.path.dirname(p) or ".")
     frame = index.assign(folder=folders, file=shown)
@@ -407,58 +394,121 @@ def _provenance(index: pd.DataFrame, catalog_root: str | None) -> str:
     sources = [s for s in SOURCES if s in per_source.columns] + sorted(set(per_source.columns) - set(SOURCES))
     track_rows = [[name[0], name[1], int(r.excerpts), float(r.seconds), *[float(r[s]) for s in sources]]
                   for name, r in by_track.head(TOP_N).iterrows()]
-    root_note = f" Paths are relative to the catalog root {escape(str(catalog_root))}." if catalog_root else ""
-    return (f"<p>{len(by_folder)} catalog folders and {len(by_track)} tracks gave excerpts; the top {TOP_N} "
-            f"by extracted duration are listed.{root_note}</p>"
-            "<h3>Catalog folders</h3>"
-            + _table(["folder", "tracks", "excerpts", "seconds", "hours", "% of extracted"], folder_rows,
-                     table_id="provenance-folders", digits=2)
-            + "<h3>Tracks</h3>"
-            + _table(["catalog file", "track_id", "excerpts", "seconds", *[f"{s} s" for s in sources]], track_rows,
-                     table_id="provenance-tracks", digits=2))
+    return {"folders_total": len(by_folder), "tracks_total": len(by_track), "top": TOP_N,
+            "catalog_root": catalog_root,
+            "folders": Table(["folder", "tracks", "excerpts", "seconds", "hours", "% of extracted"], folder_rows,
+                             "provenance-folders", digits=2),
+            "tracks": Table(["catalog file", "track_id", "excerpts", "seconds", *[f"{s} s" for s in sources]],
+                            track_rows, "provenance-tracks", digits=2)}
 
 
-def _rejects_section(rejects: pd.DataFrame) -> str:
+def rejects_figures(rejects: pd.DataFrame) -> dict:
+    """The rejected files: their reasons grouped (numbers replaced by N, at most
+    ``MAX_REASON_ROWS``) and the first ``MAX_REJECT_ROWS`` files by stage and path."""
     if rejects.empty:
-        return "<p>No file was rejected.</p>"
+        return {"count": 0}
     grouped = rejects.assign(reason_kind=rejects["reason"].astype(str).str.replace(r"\d+(\.\d+)?", "N", regex=True))
     by_reason = (grouped.groupby(["stage", "reason_kind"]).size().rename("files").reset_index()
                  .sort_values(["files", "reason_kind"], ascending=[False, True]))
     reason_rows = [[r.stage, r.reason_kind, int(r.files)] for r in by_reason.head(MAX_REASON_ROWS).itertuples()]
-    more_reasons = (f'<p class="note">Showing {MAX_REASON_ROWS} of {len(by_reason)} reasons.</p>'
-                    if len(by_reason) > MAX_REASON_ROWS else "")
     listed = rejects.sort_values(["stage", "path"], kind="mergesort").head(MAX_REJECT_ROWS)
-    note = (f'<p class="note">Showing the first {MAX_REJECT_ROWS} of {len(rejects)} rejected files '
-            f"(sorted by stage and path); the full list is in the run's rejects/ folder.</p>"
-            if len(rejects) > MAX_REJECT_ROWS else "")
-    return (f"<p>{len(rejects)} rejected files. Reasons are grouped with their numbers replaced by N.</p>"
-            + _table(["stage", "reason", "files"], reason_rows, table_id="reject-reasons") + more_reasons
-            + "<h3>Rejected files</h3>" + note
-            + _table(["path", "track_id", "stage", "reason"],
-                     [[r.path, r.track_id, r.stage, r.reason] for r in listed.itertuples()], table_id="rejects"))
+    return {"count": len(rejects), "reasons_total": len(by_reason),
+            "reasons": Table(["stage", "reason", "files"], reason_rows, "reject-reasons"),
+            "files": Table(["path", "track_id", "stage", "reason"],
+                           [[r.path, r.track_id, r.stage, r.reason] for r in listed.itertuples()], "rejects")}
 
 
-def _run_section(run_dir: Path) -> str:
+def run_figures(run_dir: Path) -> dict:
+    """The D_i's manifest: its identity fields and, as JSON, its parameters, inputs and counts."""
     if not (run_dir / MANIFEST).is_file():
-        return f'<p class="warn">No {MANIFEST} in {escape(str(run_dir))}: the run did not finish.</p>'
+        return {"name": run_dir.name, "folder": str(run_dir), "manifest": None}
     manifest = read_manifest(run_dir)
-    rows = [[name, manifest.get(name)] for name in ("stage", "key", "code_version", "started_at", "finished_at",
-                                                    "wall_s", "host") if name in manifest]
+    rows = [[name, "" if manifest.get(name) is None else str(manifest.get(name))]
+            for name in ("stage", "key", "code_version", "started_at", "finished_at", "wall_s", "host")
+            if name in manifest]
     details = {k: manifest.get(k) for k in ("params", "inputs", "store", "scan", "counts") if k in manifest}
-    return (_table(["field", "value"], [[k, "" if v is None else str(v)] for k, v in rows])
-            + f"<pre>{escape(json.dumps(details, indent=2, sort_keys=True, default=str))}</pre>")
+    return {"name": run_dir.name, "folder": str(run_dir), "manifest": manifest,
+            "fields": Table(["field", "value"], rows),
+            "details": json.dumps(details, indent=2, sort_keys=True, default=str)}
+
+
+def truth_figures(index: pd.DataFrame, sources: list[str], truth_cols: pd.DataFrame,
+                  truth_values: dict[str, np.ndarray], img: Path) -> dict:
+    """Per source: excerpts, those without truth, truth windows inside, the fractions at or below
+    ``TRULY_SILENT_DB`` and ``INAUDIBLE_DB``, median V and V95; and the histogram of V inside."""
+    known = truth_cols.reindex(index["excerpt_id"].to_numpy())["true_windows"].fillna(0).to_numpy() > 0
+    rows = []
+    for s in sources:
+        v = truth_values.get(s, np.zeros(0))
+        in_source = (index["source"] == s).to_numpy()
+        rows.append([s, int(in_source.sum()), int((in_source & ~known).sum()), int(v.size),
+                     float(np.mean(v <= TRULY_SILENT_DB)) if v.size else None,
+                     float(np.mean(v <= INAUDIBLE_DB)) if v.size else None,
+                     float(np.median(v)) if v.size else None,
+                     float(np.quantile(v, 0.95, method="inverted_cdf")) if v.size else None])
+    picture = None
+    if any(v.size for v in truth_values.values()):
+        _plot_truth(truth_values, sources, img / "truth_volume.png")
+        picture = Picture("img/truth_volume.png", "true relative volume inside the excerpts")
+    return {"silent_db": TRULY_SILENT_DB, "inaudible_db": INAUDIBLE_DB, "picture": picture,
+            "table": Table(["source", "excerpts", "excerpts without truth", "windows inside",
+                            f"fraction <= {TRULY_SILENT_DB:g} dB", f"fraction <= {INAUDIBLE_DB:g} dB",
+                            "median V (dB)", "V95 (dB)"], rows, "truth-table")}
+
+
+def measured_figures(measure_dir: Path, img: Path) -> dict:
+    """The yield-against-purity curve of a MeasureExtraction output: its plot, the rules' figures
+    and the curve's table (:mod:`pipeline.mining.ground_truth`)."""
+    png, rules, curve = (measure_dir / name for name in ("yield_curve.png", "rules.parquet", "yield_curve.parquet"))
+    picture = None
+    if png.is_file():
+        shutil.copyfile(png, img / "yield_curve.png")
+        picture = Picture("img/yield_curve.png", "purity against extracted audio as the threshold varies")
+    return {"folder": str(measure_dir), "curve_picture": picture,
+            "rules": frame_table(pd.read_parquet(rules), "yield-rules") if rules.is_file() else None,
+            "curve": frame_table(pd.read_parquet(curve), "yield-curve") if curve.is_file() else None}
+
+
+def calibration_figures(thresholds: pd.DataFrame | None, curves: pd.DataFrame | None, curves_png: Path | None,
+                        img: Path) -> dict:
+    """The calibration's curves (its picture, or one drawn from ``curves``) and thresholds table."""
+    picture = Picture("img/calibration_curves.png", "calibration curves")
+    if curves_png is not None:
+        shutil.copyfile(curves_png, img / "calibration_curves.png")
+    elif curves is not None and {"source", "threshold", "fraction_silent", "coverage"} <= set(curves.columns):
+        _plot_curves(curves, img / "calibration_curves.png")
+    else:
+        picture = None
+    return {"curves": picture,
+            "thresholds": frame_table(thresholds, "calibration-thresholds") if thresholds is not None else None}
+
+
+def distribution_figures(index: pd.DataFrame, sources: list[str], summaries: dict, img: Path) -> list | None:
+    """Histograms per source of duration, mean and minimum probability (thresholds marked); None
+    without excerpts."""
+    if index.empty:
+        return None
+    threshold_of = {s: np.nan if summaries[s]["threshold"] is None else summaries[s]["threshold"] for s in sources}
+    _plot_per_source(index, sources, "duration_s", "excerpt duration (s)", img / "duration.png")
+    _plot_per_source(index, sources, "prob_mean", "mean P_i over the excerpt", img / "prob_mean.png",
+                     thresholds=threshold_of, bins=np.linspace(0, 1, 41))
+    _plot_per_source(index, sources, "prob_min", "min P_i over the excerpt", img / "prob_min.png",
+                     thresholds=threshold_of, bins=np.linspace(0, 1, 41))
+    return [("Duration", [Picture("img/duration.png", "excerpt durations per source")]),
+            ("Detector probability", [Picture("img/prob_mean.png", "mean probability per source"),
+                                      Picture("img/prob_min.png", "minimum probability per source")])]
 
 
 class _Clips:
-    """Writes the clip and spectrogram of each sampled excerpt once and remembers the cells."""
+    """Writes the clip and spectrogram of each sampled excerpt once and remembers its two cells."""
 
     def __init__(self, run: DatasetRun, out_dir: Path, clip_seconds: float):
         self.run, self.out_dir, self.clip_seconds = run, out_dir, clip_seconds
         self.fmt = clip_format()
-        self.cells: dict[str, tuple[_Html, _Html]] = {}
+        self.cells: dict[str, tuple[Any, Any]] = {}
         self.failures: list[tuple[str, str]] = []
 
-    def add(self, row, name: str) -> tuple[_Html, _Html]:
+    def add(self, row, name: str) -> tuple[Any, Any]:
         if row.excerpt_id in self.cells:
             return self.cells[row.excerpt_id]
         clip_rel, spec_rel = f"clips/{name}.{self.fmt[2]}", f"img/spec-{name}.png"
@@ -470,20 +520,21 @@ class _Clips:
             clip = write_clip(audio_file, self.out_dir / clip_rel, self.clip_seconds, int(row.sample_rate),
                               self.fmt)
             write_spectrogram(clip, CLIP_RATE, self.out_dir / spec_rel)
-            cells = (_Html(f'<audio controls preload="none" src="{escape(clip_rel)}" '
-                           f'title="{escape(str(row.excerpt_id))}"></audio>'),
-                     _img(spec_rel, f"spectrogram of {row.excerpt_id}", "spec"))
+            cells = (Player(clip_rel, str(row.excerpt_id)),
+                     Picture(spec_rel, f"spectrogram of {row.excerpt_id}", "spec"))
         except (AudioError, OSError, sf.LibsndfileError) as err:
             for partial in (self.out_dir / clip_rel, self.out_dir / spec_rel):
                 partial.unlink(missing_ok=True)
             self.failures.append((str(row.excerpt_id), str(err)))
-            cells = (_Html(f'<span class="empty">audio unavailable: {escape(str(err))}</span>'), _Html(""))
+            cells = (Unavailable(str(err)), Blank())
         self.cells[row.excerpt_id] = cells
         return cells
 
 
-def _excerpt_rows(sample: pd.DataFrame, clips: _Clips, source: str, truth_cols: pd.DataFrame | None,
-                  catalog_root: str | None) -> tuple[list[str], list[list]]:
+def excerpts_table(sample: pd.DataFrame, clips: _Clips, source: str, truth_cols: pd.DataFrame | None,
+                   catalog_root: str | None) -> Table:
+    """A source page's table: each sampled excerpt's player, spectrogram and index fields (and
+    the truth inside it, with ground truth), sorted by ``prob_mean``."""
     headers = ["player", "spectrogram", "excerpt_id", "catalog file", "start_s", "end_s", "duration_s",
                "prob_mean", "prob_min", "threshold", "n_frames", "sample_rate", "channels"]
     if truth_cols is not None:
@@ -492,9 +543,8 @@ def _excerpt_rows(sample: pd.DataFrame, clips: _Clips, source: str, truth_cols: 
     rows = []
     for k, row in enumerate(sample.itertuples(index=False)):
         player, spectrogram = clips.add(row, f"{_safe_page(source)}-{k:04d}")
-        shown = _display_path(str(row.catalog_path), catalog_root)
-        values = [player, spectrogram, _Html(f'<span class="id">{escape(str(row.excerpt_id))}</span>'),
-                  _Html(f'<span title="{escape(str(row.catalog_path))}">{escape(shown)}</span>'),
+        values = [player, spectrogram, Mono(str(row.excerpt_id)),
+                  Titled(_display_path(str(row.catalog_path), catalog_root), str(row.catalog_path)),
                   row.start_s, row.end_s, row.duration_s, row.prob_mean, row.prob_min, row.threshold,
                   int(row.n_frames), int(row.sample_rate), int(row.channels)]
         if truth_cols is not None:
@@ -503,13 +553,16 @@ def _excerpt_rows(sample: pd.DataFrame, clips: _Clips, source: str, truth_cols: 
         values += [row.audio_path, row.audio_format, str(row.audio_checksum)[:16], str(row.catalog_checksum)[:16],
                    row.detector_key, row.calibration_key]
         rows.append(values)
-    return headers, rows
+    return Table(headers, rows, f"excerpts-{_safe_page(source)}", sorted_by="prob_mean")
 
 
-def _source_summary(index: pd.DataFrame, source: str, thresholds: pd.DataFrame | None) -> dict:
+def source_summary(index: pd.DataFrame, source: str, thresholds: pd.DataFrame | None) -> dict:
+    """A source's excerpts, seconds, hours and tracks, and whether (and where) it was calibrated."""
     rows = index[index["source"] == source]
-    info = {"excerpts": len(rows), "seconds": float(rows["duration_s"].sum()),
-            "tracks": int(rows["track_id"].nunique()), "calibratable": None, "threshold": None}
+    seconds = float(rows["duration_s"].sum())
+    info = {"name": source, "page": f"{_safe_page(source)}.html", "excerpts": len(rows), "seconds": seconds,
+            "hours": seconds / 3600, "tracks": int(rows["track_id"].nunique()), "calibratable": None,
+            "threshold": None}
     if thresholds is not None and "source" in thresholds.columns:
         match = thresholds[thresholds["source"] == source]
         if len(match):
@@ -517,14 +570,44 @@ def _source_summary(index: pd.DataFrame, source: str, thresholds: pd.DataFrame |
                 info["calibratable"] = bool(match["calibratable"].iloc[0])
             if "threshold" in match.columns:
                 info["threshold"] = float(match["threshold"].iloc[0])
+    calibrated = info["threshold"] is not None and np.isfinite(info["threshold"])
+    info["threshold_text"] = f"{info['threshold']:.3f}" if calibrated else "none"
     return info
 
 
-def _empty_message(source: str, info: dict) -> str:
-    why = ""
-    if info["calibratable"] is False:
-        why = " The detector could not be calibrated for this source, so it gets no dataset (a result, not an error)."
-    return f'<p class="empty">No excerpts were extracted for {escape(source)}.{why}</p>'
+def sources_table(index: pd.DataFrame, summaries: dict) -> Table:
+    rows = []
+    for s, info in summaries.items():
+        mine = index[index["source"] == s]
+        rows.append([Link(info["page"], s), info["calibratable"], info["threshold"], info["excerpts"],
+                     info["seconds"], info["hours"], info["tracks"],
+                     float(mine["duration_s"].median()) if len(mine) else None,
+                     float(mine["prob_mean"].median()) if len(mine) else None,
+                     float(mine["prob_mean"].min()) if len(mine) else None])
+    return Table(["source", "calibratable", "threshold", "excerpts", "seconds", "hours", "tracks",
+                  "median duration s", "median prob_mean", "min prob_mean"], rows, "sources-table")
+
+
+def weakest_table(sample: pd.DataFrame, clips: _Clips, source: str) -> Table:
+    """The overview's preview of a source: its ``N_WEAKEST_OVERVIEW`` lowest-probability excerpts."""
+    rows = []
+    for k, row in enumerate(sample.head(N_WEAKEST_OVERVIEW).itertuples(index=False)):
+        player, spectrogram = clips.add(row, f"{_safe_page(source)}-{k:04d}")
+        rows.append([player, spectrogram, Mono(str(row.excerpt_id)), row.prob_mean, row.prob_min, row.duration_s])
+    return Table(["player", "spectrogram", "excerpt_id", "prob_mean", "prob_min", "duration_s"], rows,
+                 sorted_by="prob_mean")
+
+
+# ---------------------------------------------------------------------------------------- pages
+
+
+def templates() -> Environment:
+    """The report's Jinja2 templates (``templates/audit/``), escaping every value they insert."""
+    environment = Environment(loader=PackageLoader("pipeline.mining", "templates/audit"), autoescape=True,
+                              undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                              keep_trailing_newline=True)
+    environment.filters.update(cell_kind=cell_kind, sort_value=sort_value)
+    return environment
 
 
 def write_audit(
@@ -573,23 +656,43 @@ def write_audit(
         truth_cols = per_excerpt.set_index(index["excerpt_id"].to_numpy())
         truth_cols = truth_cols[~truth_cols.index.duplicated()]
 
+    pages = templates()
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
-        (tmp / "img").mkdir(parents=True)
+        img = tmp / "img"
+        img.mkdir(parents=True)
         (tmp / "clips").mkdir()
         clips = _Clips(run, tmp, clip_seconds)
-        summaries = {s: _source_summary(index, s, thresholds) for s in sources}
+        summaries = {s: source_summary(index, s, thresholds) for s in sources}
         samples = {s: sample_excerpts(index[index["source"] == s], per_source, seed) for s in sources}
-        nav = " ".join(['<a href="index.html">overview</a>']
-                       + [f'<a href="{escape(_safe_page(s))}.html">{escape(s)}</a>' for s in sources])
-        for source in sources:
-            page = _source_page(source, summaries[source], samples[source], clips, truth_cols, root,
-                                per_source, seed)
-            (tmp / f"{_safe_page(source)}.html").write_text(_page(f"D_i audit: {source}", nav, page), encoding="utf-8")
-        overview = _overview(run_dir, index, rejects, thresholds, curves, curves_png, sources, summaries, samples,
-                             clips, truth_cols, truth_values, root, tmp,
-                             Path(measure_dir) if measure_dir is not None else None)
-        (tmp / "index.html").write_text(_page(f"D_i audit: {run_dir.name}", nav, overview), encoding="utf-8")
+        common = {"sources": list(summaries.values()), "seed": seed, "clip_seconds": clip_seconds,
+                  "clip_rate": CLIP_RATE}
+        for source, info in summaries.items():
+            shown = {**info, "shown": len(samples[source]),
+                     "lowest": min(len(samples[source]), max(N_WEAKEST_OVERVIEW, per_source // 5)),
+                     "table": excerpts_table(samples[source], clips, source, truth_cols, root)
+                     if info["excerpts"] else None}
+            (tmp / info["page"]).write_text(
+                pages.get_template("source.html.j2").render(title=f"D_i audit: {source}", s=shown, **common),
+                encoding="utf-8")
+        overview = {
+            "run": run_figures(run_dir),
+            "totals": {"excerpts": len(index), "hours": float(index["duration_s"].sum()) / 3600,
+                       "rejects": len(rejects)},
+            "sources_table": sources_table(index, summaries),
+            "per_source": [{**info, "weakest": weakest_table(samples[s], clips, s) if info["excerpts"] else None}
+                           for s, info in summaries.items()],
+            "distributions": distribution_figures(index, sources, summaries, img),
+            "calibration": calibration_figures(thresholds, curves, curves_png, img),
+            "measured": measured_figures(Path(measure_dir), img) if measure_dir is not None else None,
+            "rejects": rejects_figures(rejects),
+            "provenance": provenance(index, root),
+            "truth": truth_figures(index, sources, truth_cols, truth_values, img) if truth_cols is not None else None,
+        }
+        overview["clip_failures"] = clips.failures[:MAX_REJECT_ROWS]
+        (tmp / "index.html").write_text(
+            pages.get_template("overview.html.j2").render(title=f"D_i audit: {run_dir.name}", **overview, **common),
+            encoding="utf-8")
     return out_dir / "index.html"
 
 
@@ -608,152 +711,3 @@ def build_audit(
     report = write_audit(run, calibration_dir, out_dir, truth=truth, catalog_root=catalog_root, per_source=per_source,
                          clip_seconds=clip_seconds, seed=seed, measure_dir=measure_dir)
     return StageResult(summary=[f"report: {report}"])
-
-
-def _source_page(source: str, info: dict, sample: pd.DataFrame, clips: _Clips, truth_cols: pd.DataFrame | None,
-                 catalog_root: str | None, per_source: int, seed: int) -> str:
-    calibrated = info["threshold"] is not None and np.isfinite(info["threshold"])
-    threshold = f"{info['threshold']:.3f}" if calibrated else "none"
-    head = (f"<h1>D_i for {escape(source)}</h1><p>{info['excerpts']} excerpts, {info['seconds']:.1f} s "
-            f"({info['seconds'] / 3600:.3f} h) from {info['tracks']} tracks; calibrated threshold "
-            f"{escape(threshold)}.</p>")
-    if info["excerpts"] == 0:
-        return head + f'<section class="source" id="source-{escape(source)}">{_empty_message(source, info)}</section>'
-    n_lowest = min(len(sample), max(N_WEAKEST_OVERVIEW, per_source // 5))
-    how = (f"all {info['excerpts']} excerpts" if len(sample) == info["excerpts"] else
-           f"{len(sample)} of {info['excerpts']} excerpts: the {n_lowest} with the lowest mean probability and a "
-           f"random sample (seed {seed}) of the others")
-    headers, rows = _excerpt_rows(sample, clips, source, truth_cols, catalog_root)
-    return (head + f'<section class="source" id="source-{escape(source)}"><h2>Excerpts</h2>'
-            f"<p>Showing {escape(how)}, sorted by prob_mean (lowest first); click a column header to sort. "
-            f"Each player holds the first {clips.clip_seconds:g} s, mono at {CLIP_RATE} Hz.</p>"
-            + '<div class="wide">'
-            + _table(headers, rows, sorted_by="prob_mean", table_id=f"excerpts-{_safe_page(source)}")
-            + "</div></section>")
-
-
-def _yield_section(measure_dir: Path, out: Path) -> str:
-    """The yield-against-purity curve of a MeasureExtraction output: its plot, the rules' figures
-    and the curve's table (:mod:`pipeline.mining.ground_truth`)."""
-    parts = ['<h2 id="yield">Yield and purity (against ground truth)</h2>']
-    png, rules, curve = (measure_dir / name for name in ("yield_curve.png", "rules.parquet", "yield_curve.parquet"))
-    if png.is_file():
-        shutil.copyfile(png, out / "img" / "yield_curve.png")
-        parts.append(_img("img/yield_curve.png", "purity against extracted audio as the threshold varies"))
-    if rules.is_file():
-        parts += ["<h3>Per rule</h3>", _frame_table(pd.read_parquet(rules), table_id="yield-rules")]
-    if curve.is_file():
-        parts += ["<h3>As the threshold varies</h3>", _frame_table(pd.read_parquet(curve), table_id="yield-curve")]
-    if len(parts) == 1:
-        parts.append(f'<p class="note">No yield curve found in {escape(str(measure_dir))}.</p>')
-    return "\n".join(parts)
-
-
-def _overview(run_dir: Path, index: pd.DataFrame, rejects: pd.DataFrame, thresholds: pd.DataFrame | None,
-              curves: pd.DataFrame | None, curves_png: Path | None, sources: list[str], summaries: dict,
-              samples: dict, clips: _Clips, truth_cols: pd.DataFrame | None, truth_values: dict,
-              catalog_root: str | None, out: Path, measure_dir: Path | None = None) -> str:
-    parts = [f"<h1>Audit of extraction run {escape(run_dir.name)}</h1>",
-             f"<p>Run folder: <code>{escape(str(run_dir))}</code>. {len(index)} excerpts, "
-             f"{index['duration_s'].sum() / 3600:.3f} h, {len(rejects)} rejected files.</p>"]
-    if index.empty:
-        parts.append('<p class="empty">The index is empty: no excerpts were extracted for any source.</p>')
-
-    parts.append('<h2 id="sources">Sources</h2>')
-    source_rows = []
-    for s in sources:
-        info, rows = summaries[s], index[index["source"] == s]
-        link = _Html(f'<a href="{escape(_safe_page(s))}.html">{escape(s)}</a>')
-        source_rows.append([link, info["calibratable"], info["threshold"], info["excerpts"], info["seconds"],
-                            info["seconds"] / 3600, info["tracks"],
-                            float(rows["duration_s"].median()) if len(rows) else None,
-                            float(rows["prob_mean"].median()) if len(rows) else None,
-                            float(rows["prob_mean"].min()) if len(rows) else None])
-    parts.append(_table(["source", "calibratable", "threshold", "excerpts", "seconds", "hours", "tracks",
-                         "median duration s", "median prob_mean", "min prob_mean"], source_rows,
-                        table_id="sources-table"))
-
-    parts.append('<h2 id="per-source">Per source: the weakest excerpts</h2>')
-    for s in sources:
-        info = summaries[s]
-        body = [f'<section class="source" id="source-{escape(s)}"><h3><a href="{escape(_safe_page(s))}.html">'
-                f"{escape(s)}</a></h3>"]
-        if info["excerpts"] == 0:
-            body.append(_empty_message(s, info))
-        else:
-            weakest = samples[s].head(N_WEAKEST_OVERVIEW)
-            rows = []
-            for k, row in enumerate(weakest.itertuples(index=False)):
-                player, spectrogram = clips.add(row, f"{_safe_page(s)}-{k:04d}")
-                rows.append([player, spectrogram, _Html(f'<span class="id">{escape(str(row.excerpt_id))}</span>'),
-                             row.prob_mean, row.prob_min, row.duration_s])
-            shown = (f"The {len(weakest)} with the lowest mean probability:" if len(weakest)
-                     else "No excerpt is previewed (per_source is 0).")
-            body.append(f"<p>{info['excerpts']} excerpts, {info['seconds'] / 3600:.3f} h. {shown}</p>")
-            if rows:
-                body.append(_table(["player", "spectrogram", "excerpt_id", "prob_mean", "prob_min", "duration_s"],
-                                   rows, sorted_by="prob_mean"))
-        body.append("</section>")
-        parts.append("".join(body))
-
-    parts.append('<h2 id="distributions">Distributions</h2>')
-    if index.empty:
-        parts.append('<p class="empty">No excerpts: nothing to plot.</p>')
-    else:
-        threshold_of = {s: np.nan if summaries[s]["threshold"] is None else summaries[s]["threshold"] for s in sources}
-        _plot_per_source(index, sources, "duration_s", "excerpt duration (s)", out / "img" / "duration.png")
-        _plot_per_source(index, sources, "prob_mean", "mean P_i over the excerpt", out / "img" / "prob_mean.png",
-                         thresholds=threshold_of, bins=np.linspace(0, 1, 41))
-        _plot_per_source(index, sources, "prob_min", "min P_i over the excerpt", out / "img" / "prob_min.png",
-                         thresholds=threshold_of, bins=np.linspace(0, 1, 41))
-        parts += ["<h3>Duration</h3>", _img("img/duration.png", "excerpt durations per source"),
-                  "<h3>Detector probability</h3>", _img("img/prob_mean.png", "mean probability per source"),
-                  _img("img/prob_min.png", "minimum probability per source")]
-
-    parts.append('<h2 id="calibration">Calibration</h2>')
-    if curves_png is not None:
-        shutil.copyfile(curves_png, out / "img" / "calibration_curves.png")
-        parts.append(_img("img/calibration_curves.png", "calibration curves"))
-    elif curves is not None and {"source", "threshold", "fraction_silent", "coverage"} <= set(curves.columns):
-        _plot_curves(curves, out / "img" / "calibration_curves.png")
-        parts.append(_img("img/calibration_curves.png", "calibration curves"))
-    else:
-        parts.append('<p class="note">No calibration curves found.</p>')
-    if thresholds is not None:
-        parts.append(_frame_table(thresholds, table_id="calibration-thresholds"))
-    else:
-        parts.append('<p class="warn">No calibration thresholds found (thresholds.parquet).</p>')
-
-    if measure_dir is not None:
-        parts.append(_yield_section(measure_dir, out))
-    parts.append('<h2 id="rejects">Rejects</h2>' + _rejects_section(rejects))
-    parts.append('<h2 id="provenance">Provenance: where the excerpts came from</h2>' + _provenance(index, catalog_root))
-
-    if truth_cols is not None:
-        parts.append('<h2 id="ground-truth">Ground truth: true relative volume inside the excerpts</h2>')
-        parts.append(f"<p>Truth windows (0.64 s on the 64 ms grid) lying wholly inside an excerpt; "
-                     f"&ldquo;truly silent&rdquo; means V_i &lt;= {TRULY_SILENT_DB:g} dB, &ldquo;inaudible&rdquo; "
-                     f"V_i &lt;= {INAUDIBLE_DB:g} dB.</p>")
-        rows = []
-        known = truth_cols.reindex(index["excerpt_id"].to_numpy())["true_windows"].fillna(0).to_numpy() > 0
-        for s in sources:
-            v = truth_values.get(s, np.zeros(0))
-            in_source = (index["source"] == s).to_numpy()
-            rows.append([s, int(in_source.sum()), int((in_source & ~known).sum()), int(v.size),
-                         float(np.mean(v <= TRULY_SILENT_DB)) if v.size else None,
-                         float(np.mean(v <= INAUDIBLE_DB)) if v.size else None,
-                         float(np.median(v)) if v.size else None,
-                         float(np.quantile(v, 0.95, method="inverted_cdf")) if v.size else None])
-        parts.append(_table(["source", "excerpts", "excerpts without truth", "windows inside",
-                             f"fraction <= {TRULY_SILENT_DB:g} dB", f"fraction <= {INAUDIBLE_DB:g} dB",
-                             "median V (dB)", "V95 (dB)"], rows, table_id="truth-table"))
-        if any(v.size for v in truth_values.values()):
-            _plot_truth(truth_values, sources, out / "img" / "truth_volume.png")
-            parts.append(_img("img/truth_volume.png", "true relative volume inside the excerpts"))
-
-    if clips.failures:
-        items = "".join(f"<li>{escape(i)}: {escape(m)}</li>" for i, m in clips.failures[:MAX_REJECT_ROWS])
-        parts.append(f'<h2 id="clip-failures">Excerpts that could not be previewed</h2><ul class="warn">{items}</ul>')
-
-    parts.append('<h2 id="run">Run</h2>' + _run_section(run_dir))
-    return "\n".join(parts)

@@ -30,7 +30,7 @@ the default).  The windows rule targets windows, but extraction keeps only runs 
 ``min_seconds``, so its excerpts come out far purer than the target and most silent material is
 left behind.  Rule ``excerpts`` targets the excerpts themselves: for each candidate threshold,
 the held-out tracks are cut exactly as extraction would cut a catalog track
-(:func:`pipeline.mining.extraction.select_runs`, the same ``min_seconds`` and ``max_gap``), and
+(:meth:`pipeline.mining.extraction.RunRule.select`, the same run rule), and
 the candidate is admissible when the excerpts hold at least ``min_windows`` windows and at
 least ``target_fraction`` of them have ``V_i <= target_db``.  A run's windows are frames
 ``a .. b-1``, one 64 ms hop each, so this share is duration-weighted; dips bridged by
@@ -53,7 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pipeline.mining.extraction import MIN_SECONDS, run_spans, select_runs
+from pipeline.mining.extraction import PAPER_RUN_RULE, RunRule, run_spans
 from pipeline.sources import SOURCES, TRULY_SILENT_DB
 from pipeline.storage.outputs import StageResult, write_png_atomic
 
@@ -235,20 +235,20 @@ def track_breaks(track_ids: np.ndarray, frames: np.ndarray) -> np.ndarray:
 
 
 def excerpt_statistics(p: np.ndarray, silent: np.ndarray, breaks: np.ndarray, threshold: float,
-                       min_seconds: float = MIN_SECONDS, max_gap: int = 0) -> tuple[int, int, int, float, np.ndarray]:
+                       run_rule: RunRule = PAPER_RUN_RULE) -> tuple[int, int, int, float, np.ndarray]:
     """What extraction at ``threshold`` would cut from held-out windows of one source.
 
     ``p``: ``(n,)`` P_i; ``silent``: ``(n,)`` bool ``V_i <= target``; ``breaks``: ``(n,)`` from
     :func:`track_breaks`.  Returns ``(n_excerpts, n_windows_inside, n_silent_inside,
     extracted_s, inside)`` with ``inside`` the bool ``(n,)`` mask of the excerpts' windows.
-    Stretches are cut apart by ``max_gap + 1`` False frames, so no run crosses a track.
+    Stretches are cut apart by ``run_rule.max_gap + 1`` False frames, so no run crosses a track.
     """
     starts = np.flatnonzero(breaks)
-    pad = max_gap + 1
+    pad = run_rule.max_gap + 1
     positions = np.arange(p.size) + pad * np.cumsum(breaks)  # each stretch shifted past its pads
     mask = np.zeros(p.size + pad * (starts.size + 1), dtype=bool)
     mask[positions] = p >= threshold
-    runs, _ = select_runs(mask, math.inf, min_seconds, max_gap)
+    runs, _ = run_rule.select(mask, math.inf)
     # A labelled window ends inside its track, so the unclipped span is the excerpt's span.
     spans = run_spans(runs, math.inf)
     cover = np.zeros(mask.size + 1, dtype=np.int64)
@@ -276,8 +276,7 @@ def calibrate_excerpts(
     target_db: float = TARGET_DB,
     target_fraction: float = TARGET_FRACTION,
     min_windows: int = MIN_WINDOWS,
-    min_seconds: float = MIN_SECONDS,
-    max_gap: int = 0,
+    run_rule: RunRule = PAPER_RUN_RULE,
     candidates: int = EXCERPT_CANDIDATES,
 ) -> ExcerptCalibration:
     """Rule ``excerpts`` (module docstring) on ``probs`` and ``volumes`` ``(n, 4)`` whose rows are
@@ -296,9 +295,8 @@ def calibrate_excerpts(
         raise ValueError("probs and volumes must not contain NaN (a silent mixture is V = -inf)")
     if not 0.0 < target_fraction <= 1.0:
         raise ValueError(f"target_fraction must lie in (0, 1], got {target_fraction}")
-    if min_windows < 1 or candidates < 2 or max_gap < 0:
-        raise ValueError(f"min_windows >= 1, candidates >= 2 and max_gap >= 0 are required, got {min_windows}, "
-                         f"{candidates} and {max_gap}")
+    if min_windows < 1 or candidates < 2:
+        raise ValueError(f"min_windows >= 1 and candidates >= 2 are required, got {min_windows} and {candidates}")
     if breaks.size:
         breaks = breaks.copy()
         breaks[0] = True
@@ -308,8 +306,7 @@ def calibrate_excerpts(
         silent = v <= target_db
         stats = []
         for threshold in _excerpt_candidates(p, candidates):
-            n_excerpts, n_inside, n_silent, seconds, _ = excerpt_statistics(p, silent, breaks, threshold, min_seconds,
-                                                                            max_gap)
+            n_excerpts, n_inside, n_silent, seconds, _ = excerpt_statistics(p, silent, breaks, threshold, run_rule)
             stats.append((float(threshold), n_excerpts, n_inside, n_silent / n_inside if n_inside else np.nan, seconds))
         curve = pd.DataFrame(stats, columns=["threshold", "n_excerpts", "n_windows_inside", "fraction_silent",
                                              "extracted_s"])
@@ -321,7 +318,7 @@ def calibrate_excerpts(
         else:
             best = admissible.sort_values(["extracted_s", "fraction_silent", "threshold"], ascending=False,
                                           kind="stable").iloc[0]
-            *_, inside = excerpt_statistics(p, silent, breaks, float(best["threshold"]), min_seconds, max_gap)
+            *_, inside = excerpt_statistics(p, silent, breaks, float(best["threshold"]), run_rule)
             rows.append({"source": source, "calibratable": True, "threshold": float(best["threshold"]),
                          "n_excerpts": int(best["n_excerpts"]), "n_windows_inside": int(best["n_windows_inside"]),
                          "achieved_fraction": float(best["fraction_silent"]),
@@ -401,7 +398,7 @@ RULE_COLUMNS = ("rule", "threshold_windows", "threshold_excerpts", "heldout_s_wi
 
 
 def rules_table(windows: Calibration, excerpts: ExcerptCalibration, table: pd.DataFrame, rule: str,
-                min_seconds: float = MIN_SECONDS, max_gap: int = 0) -> pd.DataFrame:
+                run_rule: RunRule = PAPER_RUN_RULE) -> pd.DataFrame:
     """The thresholds table of ``rule``: :data:`THRESHOLD_COLUMNS` then :data:`RULE_COLUMNS`.
 
     ``threshold`` and ``calibratable`` are the chosen rule's.  With ``windows`` the other
@@ -426,8 +423,7 @@ def rules_table(windows: Calibration, excerpts: ExcerptCalibration, table: pd.Da
                             ("excerpts", by_source.loc[source, "threshold"])):
             out.loc[k, f"threshold_{name}"] = value
             if np.isfinite(value):
-                _, n_inside, n_silent, seconds, inside = excerpt_statistics(p, silent, breaks, value, min_seconds,
-                                                                            max_gap)
+                _, n_inside, n_silent, seconds, inside = excerpt_statistics(p, silent, breaks, value, run_rule)
                 out.loc[k, f"heldout_s_{name}"] = seconds
                 out.loc[k, f"excerpt_fraction_{name}"] = n_silent / n_inside if n_inside else np.nan
                 if rule == name == "excerpts":
@@ -448,7 +444,7 @@ def rules_table(windows: Calibration, excerpts: ExcerptCalibration, table: pd.Da
 def build_calibration(probability_files: list[str | os.PathLike], labels_path: str | os.PathLike,
                       out: str | os.PathLike, target_db: float = TARGET_DB,
                       target_fraction: float = TARGET_FRACTION, min_windows: int = MIN_WINDOWS,
-                      rule: str = "windows", min_seconds: float = MIN_SECONDS, max_gap: int = 0) -> StageResult:
+                      rule: str = "windows", run_rule: RunRule = PAPER_RUN_RULE) -> StageResult:
     """The calibration stage: thresholds from held-out probabilities and their labels, by ``rule``.
 
     Writes ``thresholds.parquet`` / ``.csv`` (:func:`rules_table`), ``curves.parquet`` and
@@ -468,8 +464,8 @@ def build_calibration(probability_files: list[str | os.PathLike], labels_path: s
     volumes = table[[f"V_{name}" for name in SOURCES]].to_numpy(np.float64)
     result = calibrate(probs, volumes, target_db, target_fraction, min_windows)
     excerpts = calibrate_excerpts(probs, volumes, track_breaks(table["track_id"].to_numpy(), table["frame"].to_numpy()),
-                                  target_db, target_fraction, min_windows, min_seconds, max_gap)
-    thresholds = rules_table(result, excerpts, table, rule, min_seconds, max_gap)
+                                  target_db, target_fraction, min_windows, run_rule)
+    thresholds = rules_table(result, excerpts, table, rule, run_rule)
     write_parquet_atomic(thresholds, out / "thresholds.parquet")
     (out / "thresholds.csv").write_text(thresholds.to_csv(index=False))
     write_parquet_atomic(result.curves, out / "curves.parquet")

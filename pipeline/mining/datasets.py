@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any, Collection, Iterator, Mapping
@@ -44,7 +43,8 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline import rejects as kinds
-from pipeline.mining.schema import INDEX_SCHEMA, PART_SCHEMA, REJECTS_SCHEMA, read_index, read_rejects
+from pipeline.mining.schema import PART_SCHEMA, Excerpt, read_index, read_rejects
+from pipeline.rejects import REJECTS_SCHEMA
 from pipeline.sources import SOURCES
 from pipeline.storage.outputs import MANIFEST, StageResult, atomic_path, read_manifest, write_parquet_atomic
 
@@ -101,59 +101,6 @@ def normal_relative_path(path: str) -> str | None:
     if pure.is_absolute() or not pure.parts or ".." in pure.parts:
         return None
     return pure.as_posix()
-
-
-def _python_type(arrow_type: pa.DataType) -> type:
-    if pa.types.is_integer(arrow_type):
-        return int
-    if pa.types.is_floating(arrow_type):
-        return float
-    return str
-
-
-_INDEX_TYPES = {f.name: _python_type(f.type) for f in INDEX_SCHEMA}
-
-
-@dataclass(frozen=True)
-class Excerpt:
-    """One excerpt of D_i: one field per ``INDEX_SCHEMA`` column (described in ``INDEX_COLUMNS``).
-
-    Times in seconds, samples at the catalog file's own rate; ``audio_path`` is relative to the
-    data root (resolve it with :meth:`DatasetRun.audio_file`).
-    """
-
-    excerpt_id: str
-    source: str
-    catalog_path: str
-    catalog_checksum: str
-    track_id: str
-    start_s: float
-    end_s: float
-    start_sample: int
-    end_sample: int
-    duration_s: float
-    sample_rate: int
-    channels: int
-    threshold: float
-    prob_mean: float
-    prob_min: float
-    n_frames: int
-    detector_key: str
-    calibration_key: str
-    audio_path: str
-    audio_format: str
-    audio_checksum: str
-    separator_db_mean: float
-    separator_db_max: float
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "Excerpt":
-        """From an index row (a mapping or a pandas Series with every INDEX_SCHEMA column)."""
-        return cls(**{name: kind(row[name]) for name, kind in _INDEX_TYPES.items()})
-
-
-if [f.name for f in fields(Excerpt)] != list(INDEX_SCHEMA.names):  # one home for the columns: INDEX_SCHEMA
-    raise RuntimeError("Excerpt's fields must be INDEX_SCHEMA's columns, in order")
 
 
 class ShardStore:

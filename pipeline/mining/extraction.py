@@ -4,18 +4,21 @@
 seconds (64 ms hop, 0.64 s window; ``pipeline.sources``).  For a calibrated source i, a *run*
 is a maximal stretch of consecutive frames ``a .. b-1`` with ``P_i >= p_i``; with ``max_gap > 0``
 (frames) dips below ``p_i`` of at most ``max_gap`` frames between two such stretches stay
-inside the run and the excerpt (:func:`find_runs`; 0 is the paper's rule).
+inside the run and the excerpt (:func:`find_runs`; 0 is the paper's rule).  The run rule,
+``min_seconds`` and ``max_gap``, is one value, :class:`RunRule`, that extraction, calibration
+and the measurement against ground truth share.
 
 **Second opinion.**  With a :class:`SecondOpinion` (Extract's ``separator``), each excerpt the
-duration rule keeps is separated by a trained separator before it is renamed into place
-(:class:`SeparatorScorer`) and the estimated relative volume of its source per grid window,
+duration rule keeps is separated by a trained separator before it is renamed into place (a
+:data:`Scorer`: :class:`pipeline.separation.evaluation.SeparatorScorer` in the pipeline) and the
+estimated relative volume of its source per grid window,
 ``10 log10(||s_i_hat||^2 / ||m||^2)`` (:func:`separator_volumes`), is stored as
 ``separator_db_mean`` / ``separator_db_max``; an excerpt whose mean is above ``max_db`` is
 dropped.
 
 **The duration rule.**  A run covers the union of its windows, ``[a * HOP_S, (b-1) * HOP_S +
 WINDOW_S)`` seconds, clipped to the track's length; it is kept when that span is at least
-``min_seconds`` (5 s; a 1e-9 s tolerance absorbs float rounding).  Unclipped, ``m`` frames span
+``min_seconds`` (5 s by default; a 1e-9 s tolerance absorbs float rounding).  Unclipped, ``m`` frames span
 ``(m-1) * HOP_S + WINDOW_S`` seconds, so :func:`min_frames_for` gives the fewest frames that can
 qualify (70 frames = 5.056 s for 5 s; 69 frames span 4.992 s), and clipping at the track's end
 can only remove runs, never add them.
@@ -47,7 +50,8 @@ to ``audio_base``, the data root in the pipeline, else ``run_dir``):
 Quantisation is done here (not by libsndfile), so the bytes are a function of the inputs only
 and re-running a shard rewrites identical files.
 
-**Index and rejects.**  One index row per excerpt (``pipeline.mining.schema.INDEX_SCHEMA``),
+**Index and rejects.**  One index row per excerpt (:class:`pipeline.mining.schema.Excerpt`, whose
+fields make ``INDEX_SCHEMA``),
 written as hive partitions ``<run_dir>/index/source=<source>/part-<shard_key>.parquet`` (the
 files keep the ``source`` column as well as the partition folder); rejected tracks go to
 ``<run_dir>/rejects/part-<shard_key>.parquet`` (``REJECTS_SCHEMA``, stage ``"extract"``).
@@ -60,6 +64,7 @@ result lists every file it wrote (``files``: index parts, audio, rejects part, r
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,15 +76,15 @@ import pyarrow as pa
 import soundfile as sf
 
 from pipeline import rejects
-from pipeline.audio.io import BLOCK_FRAMES, AudioError, file_checksum, match_channels, open_stream, probe, resample
+from pipeline.audio.io import BLOCK_FRAMES, AudioError, file_checksum, open_stream, probe
 from pipeline.corpora.labels import SILENT_ENERGY, window_energy
 from pipeline.mining.datasets import excerpt_relpath, index_part_relpath, rejects_part_relpath
-from pipeline.mining.schema import INDEX_SCHEMA, PART_SCHEMA, REJECTS_SCHEMA
+from pipeline.mining.schema import INDEX_SCHEMA, PART_SCHEMA, Excerpt
+from pipeline.rejects import REJECTS_SCHEMA
 from pipeline.sources import HOP_S, SOURCES, WINDOW_S
 from pipeline.storage.journal import Progress
 from pipeline.storage.outputs import StageResult, atomic_path, tmp_name, write_parquet_atomic
 
-MIN_SECONDS = 5.0  # shortest excerpt kept, seconds
 STAGE = "extract"
 _SPAN_TOLERANCE_S = 1e-9
 _LOSSLESS_16 = {"PCM_16", "PCM_S8", "PCM_U8"}  # source subtypes written as PCM_16 without loss
@@ -147,15 +152,52 @@ def run_spans(runs: np.ndarray, duration_s: float, hop_s: float = HOP_S, window_
     return np.stack([start, np.maximum(end, start)], axis=1)
 
 
-def select_runs(mask: np.ndarray, duration_s: float, min_seconds: float = MIN_SECONDS,
-                max_gap: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Frame runs of ``mask`` (dips of <= ``max_gap`` frames bridged, :func:`find_runs`) kept by
-    the duration rule, and their clipped spans in seconds.  The one run rule of extraction, of
-    calibration with ``rule = "excerpts"`` and of the measurement's simulated extraction."""
-    runs = find_runs(mask, min_frames_for(min_seconds), max_gap)
-    spans = run_spans(runs, duration_s)
-    keep = spans[:, 1] - spans[:, 0] >= min_seconds - _SPAN_TOLERANCE_S
-    return runs[keep], spans[keep]
+@dataclass(frozen=True)
+class RunRule:
+    """Extraction's run rule (module docstring): a run of frames with ``P_i >= p_i``, dips of at
+    most ``max_gap`` frames (64 ms each; 0: the paper's rule) bridged, is kept when it spans at
+    least ``min_seconds`` seconds.  The defaults are the paper's, and every stage's."""
+
+    min_seconds: float = 5.0  # shortest excerpt kept, seconds
+    max_gap: int = 0  # longest dip below p_i inside a run, frames
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.min_seconds, numbers.Real) and math.isfinite(self.min_seconds)
+                and self.min_seconds > 0):
+            raise ValueError(f"min_seconds must be a positive number of seconds, got {self.min_seconds!r}")
+        if isinstance(self.max_gap, bool) or not isinstance(self.max_gap, numbers.Integral) or self.max_gap < 0:
+            raise ValueError(f"max_gap must be a whole number of frames >= 0, got {self.max_gap!r}")
+
+    @property
+    def min_frames(self) -> int:
+        """Fewest frames a run needs to qualify (:func:`min_frames_for`)."""
+        return min_frames_for(self.min_seconds)
+
+    @property
+    def strict(self) -> "RunRule":
+        """The duration rule alone: no dip bridged (runs of truly silent windows)."""
+        return RunRule(self.min_seconds)
+
+    def long_enough(self, duration_s: float) -> bool:
+        """Whether ``duration_s`` seconds can hold an excerpt."""
+        return duration_s >= self.min_seconds - _SPAN_TOLERANCE_S
+
+    def candidates(self, mask: np.ndarray) -> np.ndarray:
+        """Frame runs ``(k, 2)`` of ``mask`` ``(n_frames,)`` that can qualify, before the track's length is known."""
+        return find_runs(mask, self.min_frames, self.max_gap)
+
+    def select(self, mask: np.ndarray, duration_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """Frame runs ``(k, 2)`` of ``mask`` ``(n_frames,)`` kept by the rule on a track of
+        ``duration_s`` seconds, and their clipped spans ``(k, 2)`` in seconds.  The one run rule
+        of extraction, of calibration with ``rule = "excerpts"`` and of the measurement's
+        simulated extraction."""
+        runs = self.candidates(mask)
+        spans = run_spans(runs, duration_s)
+        keep = spans[:, 1] - spans[:, 0] >= self.min_seconds - _SPAN_TOLERANCE_S
+        return runs[keep], spans[keep]
+
+
+PAPER_RUN_RULE = RunRule()  # 5 s, no dip bridged: what every stage uses unless told otherwise
 
 
 def separator_volumes(estimates: np.ndarray, mixture: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -178,24 +220,6 @@ def separator_volumes(estimates: np.ndarray, mixture: np.ndarray, sample_rate: i
         volumes = 10.0 * np.log10(source_energy / np.where(silent, 1.0, mix_energy))
     volumes[:, silent] = -np.inf
     return volumes.astype(np.float32)
-
-
-class SeparatorScorer:
-    """A trained separator's second opinion on an excerpt: :data:`Scorer` over
-    :func:`pipeline.separation.evaluation.separate_track` (resampled and channel-matched to the
-    model first, with soxr), then :func:`separator_volumes` at the model's rate."""
-
-    def __init__(self, model, device: str = "cpu") -> None:
-        self.model = model.eval()
-        self.device = device
-
-    def __call__(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-        from pipeline.separation.evaluation import separate_track
-
-        rate, channels = self.model.config.sample_rate, self.model.config.audio_channels
-        mixture = match_channels(resample(np.asarray(audio, dtype=np.float32), sample_rate, rate), channels)
-        estimates = separate_track(self.model, mixture, device=self.device)
-        return separator_volumes(estimates, mixture, rate)
 
 
 @dataclass
@@ -336,18 +360,17 @@ def extract_track(
     checksum: str | None,
     probs: np.ndarray,
     thresholds: dict[str, float | None],
-    min_seconds: float,
+    run_rule: RunRule,
     run_dir: str | os.PathLike,
     detector_key: str,
     calibration_key: str,
     block_frames: int = BLOCK_FRAMES,
     audio_base: str | os.PathLike | None = None,
-    max_gap: int = 0,
     second_opinion: SecondOpinion | None = None,
 ) -> list[dict]:
-    """Write the excerpts of one track and return their index rows (INDEX_SCHEMA keys).
+    """Write the excerpts of one track and return their index rows (:class:`pipeline.mining.schema.Excerpt` rows).
 
-    Runs follow :func:`select_runs` with ``max_gap`` (frames; 0 = the paper's rule).  With
+    Runs follow ``run_rule`` (:meth:`RunRule.select`).  With
     ``second_opinion``, each excerpt the duration rule keeps is scored (and maybe dropped)
     before it is renamed into place; without, ``separator_db_*`` are NaN.
 
@@ -372,15 +395,14 @@ def extract_track(
     if not np.isfinite(probs).all():
         raise ExtractionError("detector probabilities contain NaN or Inf", kind=rejects.DETECTOR_OUTPUT)
     info = probe(path)
-    if info.duration_s < min_seconds - _SPAN_TOLERANCE_S:
-        raise ExtractionError(_too_short(info.duration_s, min_seconds), kind=rejects.TOO_SHORT)
+    if not run_rule.long_enough(info.duration_s):
+        raise ExtractionError(_too_short(info.duration_s, run_rule.min_seconds), kind=rejects.TOO_SHORT)
 
     calibrated = {s: float(t) for s, t in thresholds.items() if t is not None and np.isfinite(t)}
     unknown = set(calibrated) - set(SOURCES)
     if unknown:
         raise ValueError(f"thresholds name unknown sources: {sorted(unknown)}")
-    min_frames = min_frames_for(min_seconds)
-    candidates = {s: find_runs(probs[:, SOURCES.index(s)] >= p, min_frames, max_gap) for s, p in calibrated.items()}
+    candidates = {s: run_rule.candidates(probs[:, SOURCES.index(s)] >= p) for s, p in calibrated.items()}
     if not any(len(runs) for runs in candidates.values()):
         return []
 
@@ -410,15 +432,15 @@ def extract_track(
                 f"the decoder's rate {decoded_rate} Hz differs from the probed {rate} Hz", kind=rejects.CORRUPT
             )
         duration_s = n_samples / rate
-        if duration_s < min_seconds - _SPAN_TOLERANCE_S:
-            raise ExtractionError(_too_short(duration_s, min_seconds), kind=rejects.TOO_SHORT)
+        if not run_rule.long_enough(duration_s):
+            raise ExtractionError(_too_short(duration_s, run_rule.min_seconds), kind=rejects.TOO_SHORT)
         rows = []
         for source in SOURCES:
             if source not in calibrated:
                 continue
             column = probs[:, SOURCES.index(source)]
             written = {(e.first, e.stop): e for e in excerpts if e.source == source}
-            runs, spans = select_runs(column >= calibrated[source], duration_s, min_seconds, max_gap)
+            runs, spans = run_rule.select(column >= calibrated[source], duration_s)
             for (first, stop), (start_s, end_s) in zip(runs.tolist(), spans.tolist()):
                 excerpt = written[(first, stop)]
                 if not excerpt.audible:
@@ -442,33 +464,31 @@ def extract_track(
                 frame_probs = column[first:stop].astype(np.float64)
                 excerpt_id = f"{track_id}-{source}-{start_sample}"
                 relpath = Path(os.path.relpath(excerpt.final, audio_base)).as_posix()
-                rows.append(
-                    {
-                        "excerpt_id": excerpt_id,
-                        "source": source,
-                        "catalog_path": catalog_path,
-                        "catalog_checksum": catalog_checksum,
-                        "track_id": track_id,
-                        "start_s": float(start_s),
-                        "end_s": float(end_s),
-                        "start_sample": start_sample,
-                        "end_sample": end_sample,
-                        "duration_s": float(end_s - start_s),
-                        "sample_rate": int(rate),
-                        "channels": int(channels),
-                        "threshold": calibrated[source],
-                        "prob_mean": float(frame_probs.mean()),
-                        "prob_min": float(frame_probs.min()),
-                        "n_frames": int(stop - first),
-                        "detector_key": detector_key,
-                        "calibration_key": calibration_key,
-                        "audio_path": relpath,
-                        "audio_format": f"FLAC/{subtype}",
-                        "audio_checksum": file_checksum(excerpt.final),
-                        "separator_db_mean": db_mean,
-                        "separator_db_max": db_max,
-                    }
-                )
+                rows.append(Excerpt(
+                    excerpt_id=excerpt_id,
+                    source=source,
+                    catalog_path=catalog_path,
+                    catalog_checksum=catalog_checksum,
+                    track_id=track_id,
+                    start_s=float(start_s),
+                    end_s=float(end_s),
+                    start_sample=start_sample,
+                    end_sample=end_sample,
+                    duration_s=float(end_s - start_s),
+                    sample_rate=int(rate),
+                    channels=int(channels),
+                    threshold=calibrated[source],
+                    prob_mean=float(frame_probs.mean()),
+                    prob_min=float(frame_probs.min()),
+                    n_frames=int(stop - first),
+                    detector_key=detector_key,
+                    calibration_key=calibration_key,
+                    audio_path=relpath,
+                    audio_format=f"FLAC/{subtype}",
+                    audio_checksum=file_checksum(excerpt.final),
+                    separator_db_mean=db_mean,
+                    separator_db_max=db_max,
+                ).row())
         return rows
     finally:
         for excerpt in excerpts:  # runs dropped by the duration rule, or everything after an error
@@ -479,13 +499,12 @@ def extract_shard(
     tracks: pd.DataFrame,
     probabilities: pd.DataFrame,
     thresholds: dict[str, float | None],
-    min_seconds: float,
+    run_rule: RunRule,
     run_dir: str | os.PathLike,
     shard_key: str,
     detector_key: str,
     calibration_key: str,
     audio_base: str | os.PathLike | None = None,
-    max_gap: int = 0,
     second_opinion: SecondOpinion | None = None,
     progress: Progress | None = None,
 ) -> ShardResult:
@@ -519,12 +538,11 @@ def extract_shard(
                     checksum,
                     probs,
                     thresholds,
-                    min_seconds,
+                    run_rule,
                     run_dir,
                     detector_key,
                     calibration_key,
                     audio_base=audio_base,
-                    max_gap=max_gap,
                     second_opinion=second_opinion,
                 )
             )

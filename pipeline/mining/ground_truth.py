@@ -12,8 +12,8 @@ in dB.  The index is the D_i index (``pipeline.mining.schema.INDEX_SCHEMA``).  P
   ``V_i <= inaudible_db`` (-30 dB), ``v95_db`` the 95th percentile (inverted CDF, no
   interpolation) of ``V_i`` over inside windows.  ``-inf`` counts as silent.
 * **Recall side.**  A *truly silent run* is a run of truth windows with ``V_i <= inaudible_db``
-  kept by the extraction's duration rule (``pipeline.mining.extraction.select_runs``, ``min_seconds``;
-  a file's length is taken as the end of its last window).  It is *recovered* when the union of
+  kept by the extraction's duration rule (``RunRule.strict`` of the run rule: its ``min_seconds``, no
+  dip bridged; a file's length is taken as the end of its last window).  It is *recovered* when the union of
   the excerpts of the same source and file overlaps at least half of its span in seconds.
 
 Excerpts whose file is not under ``catalog_root`` or has no truth rows are counted in
@@ -22,8 +22,8 @@ Excerpts whose file is not under ``catalog_root`` or has no truth rows are count
 **Rules and the yield-against-purity curve.**  Besides the D_i that was extracted, the same
 measurement is made of the excerpts extraction *would* cut from the catalog's detector
 probabilities at other thresholds (:func:`simulated_index`: the run rule of extraction,
-:func:`pipeline.mining.extraction.select_runs` with the same ``min_seconds`` and ``max_gap``,
-each file's length taken as the end of its last truth window; no audio is decoded, and the
+:meth:`pipeline.mining.extraction.RunRule.select` with the same rule, each file's length taken
+as the end of its last truth window; no audio is decoded, and the
 all-zero excerpts extraction skips are kept).  :func:`rule_table` does it at each calibration
 rule's ``p_i``, :func:`yield_curve` at a grid of thresholds, so that purity can be read
 against yield as the threshold varies.  :func:`separator_table` filters the extracted index on
@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.mining.calibration import inverted_cdf_quantile
-from pipeline.mining.extraction import MIN_SECONDS, select_runs
+from pipeline.mining.extraction import PAPER_RUN_RULE, RunRule
 from pipeline.sources import INAUDIBLE_DB, SOURCES, TRULY_SILENT_DB, WINDOW_S
 from pipeline.storage.outputs import StageResult
 
@@ -114,12 +114,13 @@ def measure_extraction(
     catalog_root: str | os.PathLike,
     silent_db: float = TRULY_SILENT_DB,
     inaudible_db: float = INAUDIBLE_DB,
-    min_seconds: float = MIN_SECONDS,
+    run_rule: RunRule = PAPER_RUN_RULE,
 ) -> pd.DataFrame:
     """One row per source (:data:`MEASURE_COLUMNS`): what the excerpts in ``index`` got right.
 
     ``index``: D_i index rows (needs ``source, catalog_path, start_s, end_s, duration_s``);
-    ``truth``: ``file, window, start_s, V_<source>``.  See the module docstring for the rules.
+    ``truth``: ``file, window, start_s, V_<source>``; ``run_rule``: the extraction's, whose
+    ``min_seconds`` makes a truly silent run.  See the module docstring for the rules.
     """
     relative = [relative_file(str(p), catalog_root) for p in index["catalog_path"]]
     truth_by_file = {str(name): group.sort_values("window", kind="stable")
@@ -145,7 +146,7 @@ def measure_extraction(
             starts = windows["start_s"].to_numpy(np.float64)
             inside_volumes.append(volumes[windows_inside(starts, union)])
             duration = float(starts[-1] + WINDOW_S) if len(starts) else 0.0
-            _, spans = select_runs(volumes <= inaudible_db, duration, min_seconds)
+            _, spans = run_rule.strict.select(volumes <= inaudible_db, duration)
             covered = covered_seconds(spans, union)
             n_runs += spans.shape[0]
             n_recovered += int((covered >= RECOVERED_OVERLAP * (spans[:, 1] - spans[:, 0]) - _TOLERANCE_S).sum())
@@ -174,7 +175,7 @@ def file_durations(truth: pd.DataFrame) -> dict[str, float]:
 
 def simulated_index(probabilities: pd.DataFrame, tracks: pd.DataFrame, thresholds: dict[str, float | None],
                     durations: dict[str, float], catalog_root: str | os.PathLike,
-                    min_seconds: float = MIN_SECONDS, max_gap: int = 0) -> pd.DataFrame:
+                    run_rule: RunRule = PAPER_RUN_RULE) -> pd.DataFrame:
     """The excerpts extraction would cut at ``thresholds`` (``{source: p_i or None}``), as index
     rows ``source, catalog_path, start_s, end_s, duration_s``, without decoding audio.
 
@@ -193,7 +194,7 @@ def simulated_index(probabilities: pd.DataFrame, tracks: pd.DataFrame, threshold
             if threshold is None or not np.isfinite(threshold):
                 continue
             mask = frames[f"p_{source}"].to_numpy(np.float64) >= threshold
-            _, spans = select_runs(mask, durations[name], min_seconds, max_gap)
+            _, spans = run_rule.select(mask, durations[name])
             rows.extend({"source": source, "catalog_path": path, "start_s": a, "end_s": b, "duration_s": b - a}
                         for a, b in spans.tolist())
     return pd.DataFrame(rows, columns=["source", "catalog_path", "start_s", "end_s", "duration_s"])
@@ -204,16 +205,16 @@ RULE_COLUMNS = ("rule", "source", "threshold", "extracted_hours", "n_excerpts", 
 
 
 def rule_table(probabilities: pd.DataFrame, tracks: pd.DataFrame, rules: dict[str, dict[str, float | None]],
-               truth: pd.DataFrame, catalog_root: str | os.PathLike, min_seconds: float = MIN_SECONDS,
-               max_gap: int = 0) -> pd.DataFrame:
+               truth: pd.DataFrame, catalog_root: str | os.PathLike,
+               run_rule: RunRule = PAPER_RUN_RULE) -> pd.DataFrame:
     """Per rule (``{rule: {source: p_i or None}}``) and source: the simulated excerpts' purity
     (``fraction_silent``), ``v95_db``, recall and extracted hours (:data:`RULE_COLUMNS`); a
     source without ``p_i`` under a rule has NaN threshold and no excerpts."""
     durations = file_durations(truth)
     rows = []
     for rule, thresholds in rules.items():
-        index = simulated_index(probabilities, tracks, thresholds, durations, catalog_root, min_seconds, max_gap)
-        measured = measure_extraction(index, truth, catalog_root, min_seconds=min_seconds).set_index("source")
+        index = simulated_index(probabilities, tracks, thresholds, durations, catalog_root, run_rule)
+        measured = measure_extraction(index, truth, catalog_root, run_rule=run_rule).set_index("source")
         for source in SOURCES:
             r = measured.loc[source]
             threshold = thresholds.get(source)
@@ -226,18 +227,18 @@ def rule_table(probabilities: pd.DataFrame, tracks: pd.DataFrame, rules: dict[st
 
 
 def yield_curve(probabilities: pd.DataFrame, tracks: pd.DataFrame, truth: pd.DataFrame,
-                catalog_root: str | os.PathLike, thresholds=CURVE_THRESHOLDS, min_seconds: float = MIN_SECONDS,
-                max_gap: int = 0) -> pd.DataFrame:
+                catalog_root: str | os.PathLike, thresholds=CURVE_THRESHOLDS,
+                run_rule: RunRule = PAPER_RUN_RULE) -> pd.DataFrame:
     """Yield against purity as the threshold varies: :func:`rule_table` rows (``rule`` holds
     the threshold's text) of every source at each of ``thresholds``, ascending."""
     tables = [rule_table(probabilities, tracks, {f"{t:g}": {s: float(t) for s in SOURCES}}, truth, catalog_root,
-                         min_seconds, max_gap) for t in sorted(set(float(t) for t in thresholds))]
+                         run_rule) for t in sorted(set(float(t) for t in thresholds))]
     curve = pd.concat(tables, ignore_index=True).drop(columns="rule")
     return curve.sort_values(["source", "threshold"], kind="stable").reset_index(drop=True)
 
 
 def separator_table(index: pd.DataFrame, truth: pd.DataFrame, catalog_root: str | os.PathLike,
-                    limits=SEPARATOR_LIMITS_DB, min_seconds: float = MIN_SECONDS) -> pd.DataFrame:
+                    limits=SEPARATOR_LIMITS_DB, run_rule: RunRule = PAPER_RUN_RULE) -> pd.DataFrame:
     """The extracted D_i kept by the separator's second opinion at each of ``limits`` dB
     (``separator_db_mean <= limit``), measured like :func:`rule_table` (``rule`` reads
     ``separator <= L dB``); empty when no excerpt has a separator score."""
@@ -248,7 +249,7 @@ def separator_table(index: pd.DataFrame, truth: pd.DataFrame, catalog_root: str 
     rows = []
     for limit in (None, *limits):
         kept = scored if limit is None else scored[scored["separator_db_mean"] <= limit]
-        measured = measure_extraction(kept, truth, catalog_root, min_seconds=min_seconds).set_index("source")
+        measured = measure_extraction(kept, truth, catalog_root, run_rule=run_rule).set_index("source")
         for source in SOURCES:
             r = measured.loc[source]
             rows.append({"rule": "scored, all kept" if limit is None else f"separator <= {limit:g} dB",
@@ -299,8 +300,7 @@ def _rule_line(r) -> str:
 
 def measure_rules(probabilities: pd.DataFrame, tracks: pd.DataFrame, rules: dict[str, dict[str, float | None]],
                   truth: pd.DataFrame, catalog_root: str | os.PathLike, out: str | os.PathLike,
-                  index: pd.DataFrame | None = None, min_seconds: float = MIN_SECONDS,
-                  max_gap: int = 0) -> StageResult:
+                  index: pd.DataFrame | None = None, run_rule: RunRule = PAPER_RUN_RULE) -> StageResult:
     """The rules part of the measure stage: ``rules.parquet`` / ``.csv`` (:func:`rule_table`, plus
     :func:`separator_table` of ``index`` when it has scores), ``yield_curve.parquet`` / ``.csv`` and
     ``yield_curve.png`` in ``out``; counts ``rules`` (the table's records), a summary line a row."""
@@ -309,11 +309,10 @@ def measure_rules(probabilities: pd.DataFrame, tracks: pd.DataFrame, rules: dict
     from pipeline.storage.outputs import write_parquet_atomic
 
     out = Path(out)
-    table = rule_table(probabilities, tracks, rules, truth, catalog_root, min_seconds, max_gap)
+    table = rule_table(probabilities, tracks, rules, truth, catalog_root, run_rule)
     if index is not None:
-        table = pd.concat([table, separator_table(index, truth, catalog_root, min_seconds=min_seconds)],
-                          ignore_index=True)
-    curve = yield_curve(probabilities, tracks, truth, catalog_root, min_seconds=min_seconds, max_gap=max_gap)
+        table = pd.concat([table, separator_table(index, truth, catalog_root, run_rule=run_rule)], ignore_index=True)
+    curve = yield_curve(probabilities, tracks, truth, catalog_root, run_rule=run_rule)
     write_parquet_atomic(table, out / "rules.parquet")
     (out / "rules.csv").write_text(table.to_csv(index=False))
     write_parquet_atomic(curve, out / "yield_curve.parquet")
@@ -327,7 +326,7 @@ def build_measure(run: "DatasetRun | str | os.PathLike", truth_path: str | os.Pa
                   catalog_root: str | os.PathLike, out: str | os.PathLike,
                   probability_files: list[str | os.PathLike], tracks_file: str | os.PathLike,
                   threshold_files: dict[str, str | os.PathLike], rule: str = "windows",
-                  min_seconds: float = MIN_SECONDS, max_gap: int = 0) -> StageResult:
+                  run_rule: RunRule = PAPER_RUN_RULE) -> StageResult:
     """The measure stage: what an extraction got right, against the truth file.
 
     :func:`measure_extraction` of the D_i's index (``run``: a
@@ -335,7 +334,7 @@ def build_measure(run: "DatasetRun | str | os.PathLike", truth_path: str | os.Pa
     ``rule``), written to ``measure.parquet`` / ``measure.csv``; then :func:`measure_rules` of
     the files the pipeline keeps: the detection shards' probabilities (``probability_files``),
     the scan's ``tracks.parquet`` and each calibration rule's ``thresholds.parquet``
-    (``threshold_files``: rule -> file), with extraction's ``min_seconds`` and ``max_gap``.
+    (``threshold_files``: rule -> file), all with extraction's ``run_rule``.
     Counts ``excerpts``, ``measure`` and ``rules`` (the tables' records); the summary: one line a
     source of the extracted D_i, then one a rule and source.
     """
@@ -347,7 +346,7 @@ def build_measure(run: "DatasetRun | str | os.PathLike", truth_path: str | os.Pa
 
     out = Path(out)
     index = DatasetRun.of(run).index()
-    table = measure_extraction(index, pd.read_parquet(truth_path), catalog_root)
+    table = measure_extraction(index, pd.read_parquet(truth_path), catalog_root, run_rule=run_rule)
     write_parquet_atomic(table, out / "measure.parquet")
     (out / "measure.csv").write_text(table.to_csv(index=False))
     lines = [f"extracted ({rule} rule): {r.source}: {r.extracted_seconds / 60:.1f} min in {r.n_excerpts} excerpts, "
@@ -358,7 +357,7 @@ def build_measure(run: "DatasetRun | str | os.PathLike", truth_path: str | os.Pa
     tracks = pd.read_parquet(tracks_file, columns=["track_id", "path"])
     rules = {name: read_thresholds(path) for name, path in threshold_files.items()}
     ruled = measure_rules(probabilities, tracks, rules, pd.read_parquet(truth_path), catalog_root, out, index,
-                          min_seconds, max_gap)
+                          run_rule)
     counts = {"excerpts": int(table["n_excerpts"].sum()), "measure": json.loads(table.to_json(orient="records")),
               **ruled.counts}
     return StageResult(counts, [*lines, *ruled.summary])

@@ -56,6 +56,7 @@ import torch
 
 from pipeline.audio import io as audio
 from pipeline.corpora.stemset import StemTrack, list_tracks, load_mixture, load_stems
+from pipeline.mining.extraction import separator_volumes
 from pipeline.progress import progress_bar
 from pipeline.separation.comparison import (
     box_plot,
@@ -532,3 +533,21 @@ def build_evaluate(runs: dict[str, str | os.PathLike | dict[int, str | os.PathLi
             "median_diff": _rounded(row.median_diff), "ci": [_rounded(row.ci_low), _rounded(row.ci_high)],
             "p": _rounded(row.wilcoxon_p, 4), "pairs": int(row.pairs)}
     return StageResult(result, summary)
+
+
+class SeparatorScorer:
+    """A trained separator's second opinion on an excerpt, a
+    :data:`pipeline.mining.extraction.Scorer`: :func:`separate_track` (resampled and
+    channel-matched to the model first, with soxr), then
+    :func:`pipeline.mining.extraction.separator_volumes` at the model's rate."""
+
+    def __init__(self, model: Separator, device: str = "cpu") -> None:
+        self.model = model.eval()
+        self.device = device
+
+    def __call__(self, excerpt: np.ndarray, sample_rate: int) -> np.ndarray:
+        rate, channels = self.model.config.sample_rate, self.model.config.audio_channels
+        mixture = audio.match_channels(audio.resample(np.asarray(excerpt, dtype=np.float32), sample_rate, rate),
+                                       channels)
+        estimates = separate_track(self.model, mixture, device=self.device)
+        return separator_volumes(estimates, mixture, rate)

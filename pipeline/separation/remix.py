@@ -21,7 +21,7 @@ its end.  The remix batch carries one source ``i`` for all its items (one decisi
 no augmentation is applied to ``s_i`` or ``m_i``.
 
 The excerpts can also come from a WebDataset export of the D_i (``webdataset=``: tar shards of
-:mod:`pipeline.mining.export`, for a D_i too large for many small files on a network
+:mod:`pipeline.exports.webdataset`, for a D_i too large for many small files on a network
 filesystem): the shards' headers and JSON records are read once, and each crop reads only its
 excerpt's bytes from the tar.  The rows, their order and the crops drawn for a seed are the
 same as from the D_i folder.
@@ -41,8 +41,8 @@ import torch
 from torch import nn
 
 from pipeline.audio import io as audio
+from pipeline.exports.webdataset import TarMember, webdataset_members
 from pipeline.mining.datasets import DatasetRun
-from pipeline.mining.export import TarMember, webdataset_members
 from pipeline.separation.contract import center_trim
 from pipeline.separation.losses import l1_loss, remix_loss  # noqa: F401  (l1_loss: the main loss's home)
 from pipeline.sources import SOURCES

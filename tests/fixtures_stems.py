@@ -1,0 +1,31 @@
+"""Noise-like stem tracks in the MUSDB18-HQ layout, written in-process (the conftest fixtures'
+stem sets and the separation tests' are made of them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from pipeline.sources import SOURCES
+
+
+def stem_track(folder: Path, rng: np.random.Generator, seconds: float, rate: int = 44100,
+               silent: dict[int, tuple[float, float]] | None = None) -> np.ndarray:
+    """Write ``<folder>/{mixture,drums,bass,other,vocals}.wav`` of noise-like stems; return stems."""
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    stems = np.stack([
+        rng.standard_normal((2, n)) * 0.1 * (np.sin(2 * np.pi * 2 * t) > 0.5),  # pulses
+        np.stack([0.2 * np.sin(2 * np.pi * 55 * t)] * 2),  # bass tone
+        rng.standard_normal((2, n)) * 0.05,  # broadband "other"
+        np.stack([0.1 * np.sin(2 * np.pi * 440 * t + 3 * np.sin(2 * np.pi * 5 * t))] * 2),  # voice-ish
+    ]).astype(np.float32)
+    for index, (start, stop) in (silent or {}).items():
+        stems[index, :, int(start * rate): int(stop * rate)] = 0.0
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, stem in zip(SOURCES, stems):
+        sf.write(folder / f"{name}.wav", stem.T, rate, subtype="FLOAT")
+    sf.write(folder / "mixture.wav", stems.sum(0).T, rate, subtype="FLOAT")
+    return stems
