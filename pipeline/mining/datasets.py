@@ -282,13 +282,16 @@ def build_datasets(view_dir: str | os.PathLike, store: ShardStore | str | os.Pat
                 raise ValueError(f"shard {key}'s marker lists {rel!r}, not a part under {INDEX_DIR}/ or {REJECTS_DIR}/")
             wanted[normal] = store.folder / normal
     own = {f"{REJECTS_DIR}/{SCAN_REJECTS}", *(f"{REJECTS_DIR}/part-features-{key}.parquet" for key in feature_rejects)}
+    has_excerpts = any(rel.startswith(f"{INDEX_DIR}/") for rel in wanted)
     for rel in sorted(_view_parts(view_dir) - set(wanted) - own):
         (view_dir / rel).unlink()  # the view's own link or copy; the store keeps its file
     for rel, source in wanted.items():
         _link_or_copy(source, view_dir / rel)
-    if any(rel.startswith(f"{INDEX_DIR}/") for rel in wanted):
+    if has_excerpts:
         (view_dir / EMPTY_INDEX_PART).unlink(missing_ok=True)
-    else:  # no excerpt: the index is one part without rows, so that it reads as an empty table
+    elif not (view_dir / EMPTY_INDEX_PART).exists():
+        # no excerpt: the index is one part without rows, so that it reads as an empty table (written
+        # once: rebuilding a view that stays empty touches no index file)
         write_parquet_atomic(PART_SCHEMA.empty_table(), view_dir / EMPTY_INDEX_PART)
     write_parquet_atomic(_rejects_table(scan_rejects), view_dir / REJECTS_DIR / SCAN_REJECTS)
     for key, frame in feature_rejects.items():
