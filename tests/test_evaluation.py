@@ -1,4 +1,4 @@
-"""Evaluation: overlap-add reconstruction, museval SDR, silent stems, summary tables."""
+"""Evaluation: museval SDR, silent stems, summary tables (overlap-add: tests/test_apply.py)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,9 @@ from pipeline.separation.evaluation import (
     TRIVIAL,
     build_evaluate,
     compare_runs,
-    crossfade_weights,
     evaluate_separator,
     oracle_estimates,
-    overlap_add,
     score_track,
-    separate_track,
     summarize,
     track_sdr,
     trivial_estimates,
@@ -38,49 +35,6 @@ def _hand_sdr(reference: np.ndarray, estimate: np.ndarray, win: int) -> np.ndarr
     return np.array([10 * np.log10(np.sum(reference[:, t * win:(t + 1) * win] ** 2)
                                    / np.sum((estimate - reference)[:, t * win:(t + 1) * win] ** 2))
                      for t in range(frames)])
-
-
-def test_crossfade_weights_are_positive_triangles():
-    for n in (1, 2, 7, 8):
-        w = crossfade_weights(n)
-        assert w.shape == (n,) and torch.all(w > 0)
-        assert torch.equal(w, w.flip(0))
-
-
-@pytest.mark.parametrize("length,segment,overlap", [(1000, 300, 100), (1000, 300, 0), (299, 300, 50),
-                                                    (1234, 256, 255), (5000, 1000, 250)])
-def test_overlap_add_of_identity_reconstructs_the_input(length, segment, overlap):
-    mix = torch.randn(2, length)
-    calls = []
-
-    def identity(chunks):  # (B, C, segment) -> (B, 1, C, segment)
-        assert chunks.shape[-1] == segment
-        calls.append(chunks.shape[0])
-        return chunks[:, None]
-
-    out = overlap_add(identity, mix, segment, overlap, batch_size=3)
-    assert out.shape == (1, 2, length)
-    torch.testing.assert_close(out[0], mix, rtol=1e-5, atol=1e-6)
-    assert sum(calls) == 1 + max(0, math.ceil((length - segment) / (segment - overlap)))
-
-
-def test_overlap_add_blends_segments_with_the_crossfade():
-    # A "model" that outputs its segment's mean: segments [0, 150) -> 1/3 and [50, 200) -> 2/3.
-    mix = torch.cat([torch.zeros(1, 100), torch.ones(1, 100)], dim=1)
-    out = overlap_add(lambda c: c.mean(dim=-1, keepdim=True).expand_as(c)[:, None], mix, 150, 100)[0, 0]
-    torch.testing.assert_close(out[:50], torch.full((50,), 1 / 3))
-    torch.testing.assert_close(out[150:], torch.full((50,), 2 / 3))
-    # At t = 100: weight 50 (falling edge of the first triangle), 51 (rising edge of the second).
-    assert out[100].item() == pytest.approx((50 / 3 + 51 * 2 / 3) / 101)
-    assert torch.all(out[1:] >= out[:-1] - 1e-6)  # a monotone crossfade, no jump
-
-
-def test_separate_track_keeps_length_and_shape():
-    torch.manual_seed(0)
-    model = Demucs(DemucsConfig(channels=4, depth=2, lstm_layers=1, sample_rate=RATE))
-    mix = np.random.default_rng(0).normal(size=(2, 2 * RATE + 123)).astype(np.float32)
-    out = separate_track(model, mix, segment_s=0.5, overlap_s=0.1)
-    assert out.shape == (4, 2, 2 * RATE + 123) and np.isfinite(out).all()
 
 
 @pytest.mark.slow

@@ -3,11 +3,8 @@
 Any registered model (:mod:`pipeline.separation.registry`) is evaluated the same way; runs
 are loaded from their checkpoints through the registry (:func:`build_evaluate`, the evaluate stage).
 
-Separation (:func:`separate_track`): a track ``(channels, samples)`` is cut into segments of
-``segment_s`` seconds overlapping by ``overlap_s``; each is separated (padded to the model's
-valid length and trimmed back) and the outputs are blended with triangular weights
-(:func:`crossfade_weights`, > 0 everywhere), normalised by the summed weights, so a model
-that returns its input gives the input back exactly.
+Separation: :func:`pipeline.separation.apply.separate_track`, overlap-add of segments of
+``segment_s`` seconds overlapping by ``overlap_s``.
 
 SDR (:func:`track_sdr`): museval's v4 BSS Eval (``museval.metrics.bss_eval`` with the
 arguments ``museval.evaluate(mode="v4")`` passes: time-invariant distortion filters, images
@@ -48,7 +45,6 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -58,6 +54,7 @@ from pipeline.audio import io as audio
 from pipeline.corpora.stemset import StemTrack, list_tracks, load_mixture, load_stems
 from pipeline.mining.extraction import separator_volumes
 from pipeline.progress import progress_bar
+from pipeline.separation.apply import separate_track
 from pipeline.separation.comparison import (
     box_plot,
     contrast_lines,
@@ -65,63 +62,13 @@ from pipeline.separation.comparison import (
     paired_comparison,
     run_statistics,
 )
-from pipeline.separation.contract import Separator, separate
+from pipeline.separation.contract import Separator
 from pipeline.separation.losses import si_snr, silent
 from pipeline.sources import SOURCES
 from pipeline.storage.outputs import StageResult
 from pipeline.threads import available_cores
 
 SUMMARY_COLUMNS = (*SOURCES, "all")
-
-
-def crossfade_weights(segment: int) -> torch.Tensor:
-    """Triangular weights ``(segment,)``, rising from 1 to the centre and back, all > 0."""
-    half = segment // 2
-    up = torch.arange(1, half + 1, dtype=torch.float32)
-    down = torch.arange(segment - half, 0, -1, dtype=torch.float32)
-    return torch.cat([up, down])
-
-
-def overlap_add(fn: Callable[[torch.Tensor], torch.Tensor], mix: torch.Tensor, segment: int, overlap: int,
-                batch_size: int = 4) -> torch.Tensor:
-    """Apply ``fn`` (``(B, C, segment)`` -> ``(B, ..., C, segment)``) to overlapping segments of
-    ``mix`` ``(C, T)`` and blend them: returns ``(..., C, T)``.
-
-    Segments start every ``segment - overlap`` samples; the mixture is zero-padded at its end
-    so the last segment is full length, and the result is cut back to ``T``.
-    """
-    if not 0 <= overlap < segment:
-        raise ValueError(f"need 0 <= overlap < segment, got overlap={overlap}, segment={segment}")
-    channels, length = mix.shape
-    hop = segment - overlap
-    count = 1 + max(0, math.ceil((length - segment) / hop))
-    padded = torch.nn.functional.pad(mix, (0, (count - 1) * hop + segment - length))
-    weights = crossfade_weights(segment).to(mix.device)
-    out: torch.Tensor | None = None
-    total = torch.zeros(padded.shape[-1], device=mix.device)
-    for first in range(0, count, batch_size):
-        starts = [k * hop for k in range(first, min(count, first + batch_size))]
-        chunks = torch.stack([padded[:, s:s + segment] for s in starts])
-        result = fn(chunks)
-        if out is None:
-            out = torch.zeros(*result.shape[1:-1], padded.shape[-1], dtype=result.dtype, device=mix.device)
-        for k, s in enumerate(starts):
-            out[..., s:s + segment] += result[k] * weights
-            total[s:s + segment] += weights
-    return (out / total)[..., :length]
-
-
-@torch.no_grad()
-def separate_track(model: Separator, mix: np.ndarray, segment_s: float = 8.0, overlap_s: float = 2.0,
-                   device: str | torch.device = "cpu", batch_size: int = 4) -> np.ndarray:
-    """Separate a whole mixture ``(channels, samples)`` at the model's rate: ``(sources, channels, samples)``."""
-    model.eval()
-    rate = model.config.sample_rate
-    segment = min(round(segment_s * rate), mix.shape[-1])
-    overlap = min(round(overlap_s * rate), segment - 1)
-    x = torch.from_numpy(np.ascontiguousarray(mix, dtype=np.float32)).to(device)
-    estimates = overlap_add(lambda chunk: separate(model, chunk), x, segment, overlap, batch_size)
-    return estimates.cpu().numpy()
 
 
 def _silent(signal: np.ndarray) -> bool:
