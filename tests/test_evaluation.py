@@ -158,7 +158,8 @@ def _checkpoint(path, seed: int, rate: int = RATE, channels: int = 1):
     model = Demucs(DemucsConfig(channels=4, depth=2, lstm_layers=1, audio_channels=channels, sample_rate=rate))
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint_fields(model), path)
-    (path.parent / "summary.json").write_text(json.dumps({"updates": 10 + seed, "examples": 20}))
+    (path.parent / "summary.json").write_text(json.dumps({"main_steps": 10 + seed, "remix_steps": 3 * seed,
+                                                          "critic_steps": 0, "pretrain_steps": 0, "examples": 20}))
     return path
 
 
@@ -178,14 +179,15 @@ def test_parallel_scoring_equals_serial_and_writes_the_comparison(tmp_path):
     assert len(one) == 2 * 4 * 5 and set(one["run"]) == {TRIVIAL, ORACLE, "plain", "remix"}
     comparison = pd.read_csv(tmp_path / "serial" / "comparison.csv", index_col=0)
     assert list(comparison.index) == [TRIVIAL, ORACLE, "plain", "remix"]
-    assert comparison.loc["plain", "seeds"] == 2 and comparison.loc["plain", "updates"] == 10.5
-    assert np.isnan(comparison.loc[TRIVIAL, "updates"]) and not np.isnan(comparison.loc["plain", "seed_sd_all"])
+    assert comparison.loc["plain", "seeds"] == 2 and comparison.loc["plain", "main_steps"] == 10.5
+    assert comparison.loc["remix", "remix_steps"] == 6 and comparison.loc["remix", "critic_steps"] == 0
+    assert np.isnan(comparison.loc[TRIVIAL, "main_steps"]) and not np.isnan(comparison.loc["plain", "seed_sd_all"])
     assert comparison.loc[ORACLE, "all"] > comparison.loc[TRIVIAL, "all"]
     contrasts = pd.read_csv(tmp_path / "serial" / "contrasts.csv")
     assert set(contrasts["contrast"]) == {"remix - plain"} and set(contrasts["metric"]) == {"sdr", "si_snr"}
-    assert not contrasts["equal_compute"].any()
+    assert not contrasts["equal_main_steps"].any()
     assert any(line.startswith("remix - plain, SDR") for line in serial.summary)
-    assert any("unequal compute" in line for line in serial.summary)
+    assert any("unequal main steps: 12.0 vs 10.5" in line for line in serial.summary)
     assert (tmp_path / "serial" / "boxplot_sdr.png").exists() and (tmp_path / "serial" / "boxplot_si_snr.png").exists()
     with pytest.raises(ValueError, match="contrast"):
         build_evaluate(runs, root, tmp_path / "bad", workers=1, contrasts=[("remix", "nope")], progress=False)

@@ -45,6 +45,7 @@ import torch
 
 from pipeline.progress import progress_bar
 from pipeline.separation import distributed, registry
+from pipeline.separation.adversarial import item_norm
 from pipeline.separation.augment import Augment, mixture_of
 from pipeline.separation.config import TrainConfig
 from pipeline.separation.contract import Separator, center_trim
@@ -273,7 +274,7 @@ class SeparatorTrainer:
             main = self.loss.fn(estimates, center_trim(sources, estimates.shape[-1]))
             (main_grad,) = torch.autograd.grad(main, estimates, retain_graph=True)
             extra_grad = part.extra_gradient(extras, center_trim(mixtures, extras.shape[-1]),
-                                             main_norm(main_grad))
+                                             item_norm(main_grad))
             self.optimizer.zero_grad(set_to_none=True)
             outputs.backward(torch.cat([main_grad, extra_grad]))
         if self.config.grad_clip is not None:
@@ -402,11 +403,3 @@ class SeparatorTrainer:
             write_json_atomic(self.out_dir / "summary.json", self.summary())
         distributed.barrier(self.ctx)
         return self.history
-
-
-def main_norm(grad: torch.Tensor) -> float:
-    """Per-item norm of the main loss's gradient at the supervised estimates (:func:`~pipeline.
-    separation.adversarial.item_norm`), the yardstick of the scheme's extra terms."""
-    from pipeline.separation.adversarial import item_norm
-
-    return item_norm(grad)
