@@ -24,10 +24,8 @@ hook                        when, and who uses it
 ``state_dict()`` ...        what a resume needs (optimizers, critics, random streams, counts)
 ==========================  ================================================================
 
-A part may use these members of the trainer: ``ctx``, ``config``, ``model``, ``net``,
-``window`` / ``output_window`` (samples), ``train_data``, ``data_rng``,
-``make_scheduler(optimizer)``, ``extra_step_fits(examples)`` and ``count_extra(updates,
-examples)``.
+What a part may use of the trainer is :class:`Trainer` (the model, the data, the random
+windows' stream, the schedule, the budget).
 
 Accounting: every part counts what it adds and says so (:meth:`Scheme.counts`, in
 ``summary.json`` and in Evaluate's table): remix steps and their examples, critic steps and
@@ -42,21 +40,20 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch import nn
 
 from pipeline.separation import adversarial, distributed
+from pipeline.separation.config import TrainConfig
 from pipeline.separation.contract import Separator, center_trim
 from pipeline.separation.contrastive import init_encoder
+from pipeline.separation.data import StemWindows
 from pipeline.separation.remix import RemixSampler, remix_step
 from pipeline.separation.unlabelled import CatalogExcerpts
 from pipeline.sources import SOURCES
-
-if TYPE_CHECKING:
-    from pipeline.separation.config import TrainConfig
-    from pipeline.separation.trainer import SeparatorTrainer
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +61,31 @@ log = logging.getLogger(__name__)
 # summary.json (0 where the run's scheme has not that part).
 EXTRA_COUNTS = ("remix_steps", "remix_examples", "critic_steps", "critic_examples", "unlabelled_examples",
                 "pretrain_steps", "pretrain_examples")
+
+
+class Trainer(Protocol):
+    """What a part may use of the trainer (:class:`pipeline.separation.trainer.SeparatorTrainer`)."""
+
+    ctx: distributed.DistContext
+    config: TrainConfig
+    model: Separator  # the bare model
+    net: nn.Module  # the model as trained (wrapped for DDP when distributed)
+    window: int  # input samples of a training window
+    output_window: int  # output samples the losses see
+    train_data: StemWindows
+    data_rng: np.random.Generator  # this rank's stream of training windows
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        """The run's learning-rate schedule for another optimizer."""
+
+    def step_scheduler(self, scheduler: Any, metric: float) -> None:
+        """One epoch's step of a schedule."""
+
+    def extra_step_fits(self, examples: int) -> bool:
+        """Whether an extra update of ``examples`` (over all ranks) may run under the budget."""
+
+    def count_extra(self, updates: int, examples: int) -> None:
+        """Count extra separator updates and the examples they fed."""
 
 
 def seed_int(*entropy: int) -> int:
@@ -79,7 +101,7 @@ class Scheme:
     def prepare_model(self, model: Separator) -> None:
         """Change the bare model before it is wrapped for DDP."""
 
-    def attach(self, trainer: SeparatorTrainer) -> None:
+    def attach(self, trainer: Trainer) -> None:
         """Set up what the part needs from the trainer (optimizers, critics, random streams)."""
 
     def extra_mixtures(self) -> torch.Tensor | None:
@@ -150,7 +172,7 @@ class RemixScheme(Scheme):
     def enabled(self) -> bool:
         return bool(self.sampler.available) and self.probability > 0
 
-    def attach(self, trainer: SeparatorTrainer) -> None:
+    def attach(self, trainer: Trainer) -> None:
         config = trainer.config
         self.trainer = trainer
         self.batch = (config.remix_batch_size or config.batch_size) // trainer.ctx.world_size
@@ -243,7 +265,7 @@ class AdversarialScheme(Scheme):
         self._mixtures: torch.Tensor | None = None
         self.additive_max = 0.0
 
-    def attach(self, trainer: SeparatorTrainer) -> None:
+    def attach(self, trainer: Trainer) -> None:
         config, ctx = trainer.config, trainer.ctx
         self.trainer, self.settings = trainer, config.adversarial_settings()
         self.batch = (config.unlabelled_batch_size or config.batch_size) // ctx.world_size
