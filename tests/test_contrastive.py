@@ -4,6 +4,7 @@ and a pretrained encoder as the separator's starting point."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +170,10 @@ def test_contrastive_separator_resume_is_bit_identical(stems, tmp_path, monkeypa
     assert all(torch.equal(a[k], b[k]) for k in a)
     pd.testing.assert_frame_equal(pd.DataFrame(full).drop(columns="seconds"),  # NaN valid loss: no valid split
                                   pd.DataFrame(resumed).drop(columns="seconds"))
+    # the pretraining is counted as the run's extra compute: 1 epoch of 3 Adam steps on 4 triplets
+    summary = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert (summary["pretrain_steps"], summary["pretrain_examples"]) == (3, 3 * 4 * 3)
+    assert summary["encoder_init"] == str(encoder) and summary["main_steps"] == 3 * 2
 
 
 def test_train_separator_scheme_is_its_own_keyed_run_with_its_inputs():
