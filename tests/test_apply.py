@@ -87,7 +87,8 @@ def _segment_fn(chunks: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("length,segment,overlap,batch", [(1000, 300, 100, 2), (299, 300, 50, 4),
-                                                          (5000, 1000, 250, 3), (4000, 1000, 0, 1)])
+                                                          (5000, 1000, 250, 3), (4000, 1000, 0, 1),
+                                                          (3388, 1280, 320, 4)])  # a last full batch
 def test_streamed_overlap_add_equals_the_whole(length, segment, overlap, batch):
     mix = torch.randn(2, length)
     whole = overlap_add(_segment_fn, mix, segment, overlap, batch)

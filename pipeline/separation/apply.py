@@ -177,7 +177,8 @@ class StreamingOverlapAdd:
                 break
             if not ready:
                 break
-            pieces.append(self._emit(self.next_segment * self.hop))  # no later segment starts before it
+            # No later segment starts before the next one (at the end, that may lie past the signal).
+            pieces.append(self._emit(min(self.next_segment * self.hop, self.received)))
         pieces = [piece for piece in pieces if piece is not None]
         return torch.cat(pieces, dim=-1) if pieces else None
 
@@ -390,12 +391,14 @@ def separate_file(model: Separator, path: str | os.PathLike, folder: str | os.Pa
                                                                 overlap_s, device)]
             else:
                 outputs = separate_stream(model, blocks, segment_s, overlap_s, device)
-            with progress_bar(total=info.duration_s, unit="s", desc=path.name, disable=not progress, leave=False,
-                      bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]") as bar:
+            with progress_bar(total=round(info.duration_s), unit="s", desc=path.name, disable=not progress,
+                              leave=False) as bar:
+                done = 0  # samples at the model's rate
                 for estimates in outputs:
                     for index, name in enumerate(SOURCES):
                         writers[name].write(estimates[index])
-                    bar.update(estimates.shape[-1] / rate)
+                    done += estimates.shape[-1]
+                    bar.update(min(round(done / rate), bar.total) - bar.n)
             for writer in writers.values():
                 writer.close(decoded.samples_read)
         except BaseException:
