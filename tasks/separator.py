@@ -37,9 +37,8 @@ class TrainSeparator(Stage):
     ``budget``: what ``max_updates`` / ``max_examples`` count (``main``: the main steps, the
     scheme's extra steps on top, the paper's protocol; ``total``: every update and example).
     The key holds it only where it changes what is trained (a budget is set and the scheme has
-    extra steps or examples: remix, adversarial) and it is ``main``; runs under ``total`` keep
-    the keys they had before the option.  An adversarial run's key names how its losses are
-    scaled (``adversarial.LOSS_SCALE``).
+    extra steps or examples: remix, adversarial), and only when it is ``main``.  An adversarial
+    run's key names how its losses are scaled (``adversarial.LOSS_SCALE``).
     """
 
     stage_name = "separator"
@@ -112,6 +111,7 @@ class TrainSeparator(Stage):
             params.pop("remix")
             params["scheme"] = scheme
         parts = scheme_parts(scheme)
+        # Runs under "total" (how every budget counted before the mode existed) keep their keys.
         limited = bool(self.max_updates or self.max_examples)
         if not (limited and {"remix", "adversarial"} & set(parts)) or self.budget == "total":
             params.pop("budget")
