@@ -360,14 +360,12 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 def _separate(args: argparse.Namespace) -> int:
-    import luigi.configuration
-
     from pipeline.separation.apply import separate_files
     from pipeline.storage.checkpoints import CheckpointError
+    from tasks.base import config
 
-    data_root = luigi.configuration.get_config().get("silentmine", "data_root", "data")
     try:
-        report = separate_files(args.files, args.run, args.out, data_root, device=args.device)
+        report = separate_files(args.files, args.run, args.out, config().data_root, device=args.device)
     except (CheckpointError, ValueError) as err:  # SeparateError is a ValueError
         print(f"silentmine separate: {err}", file=sys.stderr)
         return 2
