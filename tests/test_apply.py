@@ -245,6 +245,7 @@ def _write_long(path: Path, minutes: float) -> None:
             out.write((0.1 * rng.standard_normal(10 * RATE)).astype(np.float32))
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_the_files_length(tmp_path):
     checkpoint = tmp_path / "best.pt"
     torch.manual_seed(0)
