@@ -10,13 +10,13 @@ train songs, 2 valid songs, ``--test`` test songs, which also calibrate the dete
 larger unlabelled catalog (``--catalog`` songs), then runs the whole pipeline through Luigi
 in this process (labels, features, detector, calibration, extraction of the D_i) and
 ``Evaluate`` with these runs, each trained under every one of ``--seeds`` seeds at the same
-budget of ``--updates`` optimizer updates (the remix steps count: a remix run makes fewer
-main steps, and every step sees ``--batch`` examples, so updates and examples are equal):
+budget of ``--updates`` main steps of ``--batch`` examples (the paper's protocol: the remix
+steps and critic steps come on top, and every row states them):
 
 - ``plain``: the supervised recipe alone (``remix = false``);
 - ``remix``: with the remix step on the mined D_i;
 - one row per further training scheme (``--schemes single``: each of
-  ``pipeline.separation.training.SCHEME_PARTS`` alone; ``all``: every registered
+  ``pipeline.separation.config.SCHEME_PARTS`` alone; ``all``: every registered
   combination, ``SCHEMES``; ``none``).
 
 It prints the comparison (the trivial and oracle rows, each run's median SDR per source, mean,
@@ -59,9 +59,9 @@ SMOKE = {"labelled": 2, "catalog": 4, "test": 1, "seeds": 1, "schemes": "none", 
 
 
 def schemes(which: str) -> list[str]:
-    """The training schemes besides ``supervised`` and ``remix`` (``pipeline.separation.training``):
+    """The training schemes besides ``supervised`` and ``remix`` (``pipeline.separation.config``):
     ``single`` ones, ``all`` registered combinations, or ``none``."""
-    from pipeline.separation.training import SCHEME_PARTS, SCHEMES
+    from pipeline.separation.config import SCHEME_PARTS, SCHEMES
 
     names = {"single": SCHEME_PARTS, "all": SCHEMES, "none": ()}[which]
     return [name for name in names if name not in ("supervised", "remix")]
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--catalog", type=int, default=200, help="unlabelled catalog songs (mined for the D_i)")
     parser.add_argument("--test", type=int, default=8, help="labelled test songs (calibration and evaluation)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per run (0, 1, ...)")
-    parser.add_argument("--updates", type=int, default=600, help="optimizer updates per run (main + remix)")
+    parser.add_argument("--updates", type=int, default=600, help="main steps per run (extra steps on top)")
     parser.add_argument("--model", default="tasnet", help="registered separator (demucs, demucs2019, tasnet)")
     parser.add_argument("--model-config",
                         default=json.dumps(DEMO_TASNET),
@@ -143,7 +143,7 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
 
     evaluate, extract = tasks.Evaluate(), tasks.Extract()
     manifest, excerpts = evaluate.manifest, extract.manifest["counts"]
-    print(f"\npipeline + {len(runs)} runs x {args.seeds} seeds at {args.updates} updates of {args.batch} examples, "
+    print(f"\npipeline + {len(runs)} runs x {args.seeds} seeds at {args.updates} main steps of {args.batch} examples, "
           f"{args.model} {args.model_config}, {args.window:g} s windows: {wall:.0f} s (log {log})")
     print(f"D_i mined from the catalog: {json.dumps({k: v for k, v in excerpts.items() if 'excerpt' in k})}")
     for line in manifest["summary"]:

@@ -20,11 +20,11 @@ import time
 import torch
 from _common import figure, parse_args
 
+from pipeline.separation.config import TrainConfig
 from pipeline.separation.contract import center_trim
 from pipeline.separation.distributed import default_device
 from pipeline.separation.losses import LOSSES
 from pipeline.separation.registry import build_model, get, make_config, model_names
-from pipeline.separation.training import TrainConfig
 
 # --smoke: tiny models (config overrides on top of the "cpu" size), one short step.
 SMOKE_CONFIGS = {"demucs": dict(channels=4, depth=3), "demucs2019": dict(channels=4, depth=3),

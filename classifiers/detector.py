@@ -36,10 +36,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.sources import FRAMES_PER_HOP, FRAMES_PER_WINDOW
-from pipeline.storage.outputs import atomic_path
+from pipeline.storage import checkpoints
 
 RECEPTIVE_FRAMES = 37  # scattering frames seen by one output frame of the conv stack
-CHECKPOINT_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -157,27 +156,19 @@ class SilentSourceDetector(nn.Module):
 def save_checkpoint(
     path: str | os.PathLike, model: SilentSourceDetector, config: DetectorConfig, extra: dict | None = None
 ) -> None:
-    """Write ``{config, state_dict (with normalisation), extra}`` atomically with ``torch.save``.
+    """Write ``{config, state_dict (with normalisation), extra}`` atomically
+    (:func:`pipeline.storage.checkpoints.detector_fields`).
 
     ``extra`` must hold plain Python values or tensors (loadable with ``weights_only=True``).
     """
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "config": dataclasses.asdict(config),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "extra": dict(extra or {}),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    checkpoints.save(path, checkpoints.detector_fields(dataclasses.asdict(config), model.state_dict(), extra or {}))
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[SilentSourceDetector, DetectorConfig, dict]:
     """Load a checkpoint written by :func:`save_checkpoint`; the model is in eval mode on CPU."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a detector checkpoint of format {CHECKPOINT_FORMAT}")
-    config = DetectorConfig(**payload["config"])
+    config_values, state, extra = checkpoints.detector_parts(checkpoints.read(path), path)
+    config = DetectorConfig(**config_values)
     model = SilentSourceDetector(config)
-    model.load_state_dict(payload["state_dict"])
+    model.load_state_dict(state)
     model.eval()
-    return model, config, payload["extra"]
+    return model, config, extra

@@ -31,6 +31,7 @@ from pipeline.features.store import FeatureShard
 from pipeline.mining.schema import PROBABILITY_SCHEMA
 from pipeline.progress import progress_bar
 from pipeline.sources import HOP_S, LABEL_SILENT_DB, SOURCES
+from pipeline.storage.checkpoints import CHECKPOINT
 from pipeline.storage.journal import Progress
 from pipeline.storage.outputs import StageResult, write_json_atomic, write_parquet_atomic
 
@@ -53,12 +54,13 @@ def labelled_pairs(store: str | Path, volumes: dict[str, np.ndarray]) -> list[tu
 def build_detector(train_store: Path, valid_store: Path, labels_path: Path, config: DetectorTrainConfig, seed: int,
                    out: Path) -> StageResult:
     """Train on the train split, stop early on the valid split; write ``detector.pt``,
-    ``history.parquet`` and ``history.json`` into ``out``; counts ``train_tracks``,
+    ``history.parquet`` and ``history.json`` into ``out`` (and ``checkpoint.pt`` after every
+    epoch, from which an interrupted run resumes); counts ``train_tracks``,
     ``valid_tracks``, ``epochs``, ``best_epoch``, ``best_valid_loss``."""
     volumes = volumes_by_track(labels_path)
     train_pairs = labelled_pairs(train_store, volumes)
     valid_pairs = labelled_pairs(valid_store, volumes)
-    model, history = train_detector(train_pairs, valid_pairs, config, seed)
+    model, history = train_detector(train_pairs, valid_pairs, config, seed, checkpoint=out / CHECKPOINT)
     save_checkpoint(out / "detector.pt", model, model.config,
                     extra={"train": train_config_dict(config), "seed": seed,
                            # without wall-clock seconds, so the checkpoint's bytes depend on inputs only

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Sequence
@@ -43,6 +44,7 @@ from pipeline.corpora.labels import silent_labels
 from pipeline.features.scattering import fit_normalisation, scattering_layout
 from pipeline.progress import progress_bar
 from pipeline.sources import FRAMES_PER_HOP, FRAMES_PER_WINDOW, HOP_S, LABEL_SILENT_DB, SOURCES, WINDOW_S
+from pipeline.storage import checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +255,80 @@ def _train_epoch(model: SilentSourceDetector, optimizer: torch.optim.Optimizer, 
     return total / max(frames, 1.0)
 
 
+class _DetectorRun:
+    """One detector training, epoch by epoch (a :class:`pipeline.storage.checkpoints.EpochRun`):
+    its state is what the next epoch depends on, so a resumed run ends with the same weights."""
+
+    def __init__(self, train_tracks: list[_Track], valid_tracks: list[_Track], config: DetectorTrainConfig,
+                 seed: int, callback: Callable[[dict], None] | None, progress: bool) -> None:
+        self.train_tracks, self.valid_tracks, self.config, self.seed = train_tracks, valid_tracks, config, seed
+        self.callback, self.progress = callback, progress
+        self.rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        self.model = SilentSourceDetector(config.detector_config())
+        self.model.set_normalisation(*fit_normalisation(t.features for t in train_tracks))
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.best_loss, self.best_state, self.since_best = math.inf, None, 0
+        self.epoch, self.history = 0, []
+
+    def finished(self) -> bool:
+        stopped = bool(self.valid_tracks) and self.epoch > 0 and self.since_best >= self.config.patience
+        return self.epoch >= self.config.epochs or stopped
+
+    def train_epoch(self) -> None:
+        config, crop = self.config, self.config.crop_windows()
+        epoch = self.epoch + 1
+        started = time.perf_counter()
+        crops = _crops(self.train_tracks, crop, config.stride_windows(), self.rng)
+        order = self.rng.permutation(len(crops))
+        record = {"epoch": epoch, "train_loss": _train_epoch(
+            self.model, self.optimizer, self.train_tracks, crops, order, config, self.rng,
+            f"detector epoch {epoch}/{config.epochs}", self.progress)}
+        if not math.isfinite(record["train_loss"]):
+            raise FloatingPointError(f"detector training diverged at epoch {epoch} (loss is not finite)")
+        calibration = [crops[i] for i in order[:config.batch_size * BN_BATCHES]]
+        recalibrate_batchnorm(self.model, (_batch(self.train_tracks, calibration[i:i + config.batch_size], crop)[0]
+                                           for i in range(0, len(calibration), config.batch_size)))
+        record["valid_loss"] = (_evaluate(self.model, self.valid_tracks, crop, config.batch_size)
+                                if self.valid_tracks else float("nan"))
+        improved = self.best_state is None or not self.valid_tracks or record["valid_loss"] < self.best_loss
+        if improved:
+            self.best_loss, self.best_state, self.since_best = (
+                record["valid_loss"], copy.deepcopy(self.model.state_dict()), 0)
+        else:
+            self.since_best += 1
+        record["best"] = improved
+        record["seconds"] = time.perf_counter() - started
+        self.history.append(record)
+        self.epoch = epoch
+        log.info("detector epoch %d: %s", epoch, record)
+        if self.callback is not None:
+            self.callback(record)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "seed": self.seed, "train": _significant(self.config),
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                "best_loss": self.best_loss, "best_state": self.best_state, "since_best": self.since_best,
+                "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["seed"] != self.seed or state["train"] != _significant(self.config):
+            raise ValueError("detector checkpoint was made with another configuration or seed; "
+                             "use another output folder")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        self.best_loss, self.best_state, self.since_best = state["best_loss"], state["best_state"], state["since_best"]
+        self.epoch, self.history = int(state["epoch"]), list(state["history"])
+
+
+def _significant(config: DetectorTrainConfig) -> dict:
+    """The fields of ``config`` that change the weights (all but the thread count)."""
+    return {k: v for k, v in train_config_dict(config).items() if k != "num_threads"}
+
+
 def train_detector(
     train: Sequence[tuple[np.ndarray, np.ndarray]],
     valid: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -260,63 +336,33 @@ def train_detector(
     seed: int,
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
 ) -> tuple[SilentSourceDetector, list[dict]]:
     """Train a detector on ``(features (7, 54, T), volumes (4, n_windows) dB)`` pairs.
 
     Returns the model (best valid loss; the last epoch if ``valid`` is empty), in eval mode
     with the training normalisation inside, and the history: one dict per epoch with
     ``epoch, train_loss, valid_loss, seconds, best``.  ``callback`` gets each dict as it
-    is made; each is also logged at INFO level.
+    is made; each is also logged at INFO level.  ``checkpoint``: a ``checkpoint.pt`` written
+    after every epoch and resumed from when it exists (:func:`pipeline.storage.checkpoints.train_epochs`).
     """
     if not train:
         raise ValueError("train_detector needs at least one training track")
     train_tracks = _prepare(train, config.silent_db)
     valid_tracks = _prepare(valid, config.silent_db)
-    crop, stride = config.crop_windows(), config.stride_windows()
     previous_threads = torch.get_num_threads()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    rng = np.random.default_rng(seed)
-    history: list[dict] = []
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = SilentSourceDetector(config.detector_config())
-            model.set_normalisation(*fit_normalisation(t.features for t in train_tracks))
-            optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-            best_loss, best_state, since_best = math.inf, None, 0
-            for epoch in range(1, config.epochs + 1):
-                started = time.perf_counter()
-                crops = _crops(train_tracks, crop, stride, rng)
-                order = rng.permutation(len(crops))
-                record = {"epoch": epoch, "train_loss": _train_epoch(
-                    model, optimizer, train_tracks, crops, order, config, rng,
-                    f"detector epoch {epoch}/{config.epochs}", progress)}
-                if not math.isfinite(record["train_loss"]):
-                    raise FloatingPointError(f"detector training diverged at epoch {epoch} (loss is not finite)")
-                calibration = [crops[i] for i in order[:config.batch_size * BN_BATCHES]]
-                recalibrate_batchnorm(model, (_batch(train_tracks, calibration[i:i + config.batch_size], crop)[0]
-                                                  for i in range(0, len(calibration), config.batch_size)))
-                record["valid_loss"] = (_evaluate(model, valid_tracks, crop, config.batch_size)
-                                        if valid_tracks else float("nan"))
-                improved = best_state is None or not valid_tracks or record["valid_loss"] < best_loss
-                if improved:
-                    best_loss, best_state, since_best = record["valid_loss"], copy.deepcopy(model.state_dict()), 0
-                else:
-                    since_best += 1
-                record["best"] = improved
-                record["seconds"] = time.perf_counter() - started
-                history.append(record)
-                log.info("detector epoch %d: %s", epoch, record)
-                if callback is not None:
-                    callback(record)
-                if valid_tracks and since_best >= config.patience:
-                    break
-            model.load_state_dict(best_state)
+            run = _DetectorRun(train_tracks, valid_tracks, config, seed, callback, progress)
+            checkpoints.train_epochs(run, checkpoint)
+            model = run.model
+            model.load_state_dict(run.best_state)
     finally:
         torch.set_num_threads(previous_threads)
     model.eval()
-    return model, history
+    return model, run.history
 
 
 def train_config_dict(config: DetectorTrainConfig) -> dict:

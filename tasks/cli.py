@@ -10,6 +10,7 @@
     silentmine gc [--delete] [--keep CFG...] # outputs the configuration no longer reaches
     silentmine export --format lhotse|hf|webdataset|nemo|csv|musdb|remix-pairs [--out DIR] [--run-dir RUN]
     silentmine report [--out PNG] [--all]    # the journal: timeline, throughput, time left
+    silentmine separate FILE... --run RUN --out DIR [--device cpu]  # stems of any file, FLAC
 """
 
 from __future__ import annotations
@@ -358,6 +359,20 @@ def _gc(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _separate(args: argparse.Namespace) -> int:
+    from pipeline.separation.apply import separate_files
+    from pipeline.storage.checkpoints import CheckpointError
+    from tasks.base import config
+
+    try:
+        report = separate_files(args.files, args.run, args.out, config().data_root, device=args.device)
+    except (CheckpointError, ValueError) as err:  # SeparateError is a ValueError
+        print(f"silentmine separate: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(report.lines()))
+    return report.exit_status
+
+
 def _export_options(args: argparse.Namespace) -> dict:
     """The ``Export`` task's parameters that ``args`` gives for its format (``tasks.export``)."""
     from tasks.export import FORMAT_OPTIONS
@@ -570,6 +585,15 @@ def main(argv: list[str] | None = None) -> int:
     docs = commands.add_parser("docs", help="rewrite the generated parts of docs/ from the code (tasks.docs)")
     docs.add_argument("--check", action="store_true", help="only say which pages differ; exit 1 if any")
     docs.set_defaults(func=_docs)
+
+    separate = commands.add_parser("separate", help="separate audio files into one FLAC per source with a trained "
+                                                    "separator (pipeline/separation/apply.py)")
+    separate.add_argument("files", nargs="+", metavar="FILE", help="audio files (any format the catalog reads)")
+    separate.add_argument("--run", required=True,
+                          help="a TrainSeparator key (or a unique prefix), its output folder, or a checkpoint file")
+    separate.add_argument("--out", required=True, help="folder of the stems: OUT/<file name>/<source>.flac")
+    separate.add_argument("--device", default="cpu", help="cpu or cuda")
+    separate.set_defaults(func=_separate)
 
     args = parser.parse_args(argv)
     return args.func(args)

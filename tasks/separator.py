@@ -5,10 +5,12 @@ from dataclasses import fields
 
 import luigi
 
+from pipeline.separation.adversarial import LOSS_SCALE
+from pipeline.separation.config import BUDGETS, SCHEMES, TrainConfig, canonical_scheme, scheme_parts
 from pipeline.separation.evaluation import build_evaluate
 from pipeline.separation.registry import get as registered_model
 from pipeline.separation.registry import make_config, model_names
-from pipeline.separation.training import SCHEMES, TrainConfig, build_separator, canonical_scheme, scheme_parts
+from pipeline.separation.training import build_separator
 from tasks.base import Stage, config
 from tasks.catalog import ScanCatalog
 from tasks.extract import Extract
@@ -31,6 +33,12 @@ class TrainSeparator(Stage):
     is ignored): a ``remix`` part requires Extract (the D_i), ``adversarial`` the catalog scan
     (unlabelled mixtures), ``contrastive`` a PretrainEncoder of the same model, config and seed.
     The key holds ``remix`` for the first two schemes and ``scheme`` for the others.
+
+    ``budget``: what ``max_updates`` / ``max_examples`` count (``main``: the main steps, the
+    scheme's extra steps on top, the paper's protocol; ``total``: every update and example).
+    The key holds it only where it changes what is trained (a budget is set and the scheme has
+    extra steps or examples: remix, adversarial), and only when it is ``main``.  An adversarial
+    run's key names how its losses are scaled (``adversarial.LOSS_SCALE``).
     """
 
     stage_name = "separator"
@@ -53,14 +61,17 @@ class TrainSeparator(Stage):
     depth = luigi.IntParameter(default=6, description="L (Demucs models)")
     decoder = luigi.ChoiceParameter(default="paper", choices=["paper", "additive"], description="demucs only")
     seed = luigi.OptionalIntParameter(default=None, description="None: [silentmine] seed (the key holds the number)")
-    max_updates = luigi.IntParameter(default=0, description="budget: optimizer updates, main + remix; 0: none")
-    max_examples = luigi.IntParameter(default=0, description="budget: training examples, main + remix; 0: none")
+    max_updates = luigi.IntParameter(default=0, description="budget: optimizer updates (see budget); 0: none")
+    max_examples = luigi.IntParameter(default=0, description="budget: training examples (see budget); 0: none")
+    budget = luigi.ChoiceParameter(default="main", choices=BUDGETS,
+                                   description="main: the limits count main steps, extra steps come on top "
+                                               "(the paper's protocol); total: they count every update and example")
 
     SHORTHANDS = ("channels", "depth", "decoder")
 
     @property
     def effective_scheme(self) -> str:
-        """The scheme this run trains (:data:`~pipeline.separation.training.SCHEMES`)."""
+        """The scheme this run trains (:data:`~pipeline.separation.config.SCHEMES`)."""
         if self.scheme:
             return canonical_scheme(self.scheme)
         return "remix" if self.remix else "supervised"
@@ -99,6 +110,13 @@ class TrainSeparator(Stage):
         else:
             params.pop("remix")
             params["scheme"] = scheme
+        parts = scheme_parts(scheme)
+        # Runs under "total" (how every budget counted before the mode existed) keep their keys.
+        limited = bool(self.max_updates or self.max_examples)
+        if not (limited and {"remix", "adversarial"} & set(parts)) or self.budget == "total":
+            params.pop("budget")
+        if "adversarial" in parts:
+            params["adversarial_losses"] = LOSS_SCALE
         return params
 
     @property
@@ -116,13 +134,15 @@ class TrainSeparator(Stage):
             seed=self.run_seed,
             max_updates=self.max_updates or None,
             max_examples=self.max_examples or None,
+            budget=self.budget,
             num_threads=config().threads or None,
             model={**self._shorthands(), **dict(self.model_config)},
         )
         if self.window_s:
             overrides["window_s"] = self.window_s
-        if "scheme" in self.train_config:
-            raise ValueError("give the scheme as TrainSeparator's `scheme`, not in train_config")
+        for name in ("scheme", "budget"):
+            if name in self.train_config:
+                raise ValueError(f"give the {name} as TrainSeparator's `{name}`, not in train_config")
         return TrainConfig.for_model(
             self.model, **{**overrides, **dict(self.train_config), "scheme": self.effective_scheme}
         )

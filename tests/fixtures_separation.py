@@ -1,34 +1,37 @@
 """Checks shared by the separator tests: a run killed after an epoch, and the input rules every
 registered model keeps.
 
-:func:`killed_after_epoch` runs a training (or pretraining) once with its checkpoint writer
-raising ``KeyboardInterrupt`` right after the checkpoint of epoch ``epoch`` is written, as a
-killed process would leave it; the test then runs it again to resume.
+:func:`killed_after_epoch` runs a training (separator, encoder pretraining or detector) once with
+the checkpoint writer (:func:`pipeline.storage.checkpoints.save`) raising ``KeyboardInterrupt``
+right after the ``checkpoint.pt`` of epoch ``epoch`` is written, as a killed process would leave
+it; the test then runs it again to resume.
 :func:`assert_rejects_bad_shapes` checks that a stereo model refuses an input of invalid length
 or of the wrong channel count.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import pytest
 import torch
 
+from pipeline.storage import checkpoints
 
-def killed_after_epoch(monkeypatch: pytest.MonkeyPatch, owner: type, writer: str, run: Callable[[], object],
-                       epoch: int = 2) -> None:
-    """Call ``run()`` with ``owner.<writer>`` (the method that saves the checkpoint) raising
-    ``KeyboardInterrupt`` once it has saved epoch ``epoch``; the writer is restored after."""
-    original = getattr(owner, writer)
 
-    def save_then_die(self):
-        original(self)
-        if self.epoch == epoch:
+def killed_after_epoch(monkeypatch: pytest.MonkeyPatch, run: Callable[[], object], epoch: int = 2) -> None:
+    """Call ``run()`` with the checkpoint writer raising ``KeyboardInterrupt`` once it has written the
+    ``checkpoint.pt`` of epoch ``epoch``; the writer is restored after."""
+    original = checkpoints.save
+
+    def save_then_die(path, payload):
+        original(path, payload)
+        if Path(path).name == checkpoints.CHECKPOINT and payload.get("epoch") == epoch:
             raise KeyboardInterrupt(f"simulated kill after epoch {epoch}")
 
     with monkeypatch.context() as patch:
-        patch.setattr(owner, writer, save_then_die)
+        patch.setattr(checkpoints, "save", save_then_die)
         with pytest.raises(KeyboardInterrupt):
             run()
 

@@ -3,6 +3,7 @@ excerpts, and exact resume of an adversarial (remix + adversarial) separator run
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from torch import nn
 
 from pipeline.corpora.catalog import build_catalog
 from pipeline.separation import adversarial as adv
-from pipeline.separation.training import SeparatorTrainer, TrainConfig, canonical_scheme, train_separator
+from pipeline.separation.config import TrainConfig, canonical_scheme
+from pipeline.separation.training import make_trainer, train_separator
 from pipeline.separation.unlabelled import CatalogExcerpts
 
 CRITIC = dict(critic_width=4, critic_n_fft=128, critic_hop=32)  # 65 bins x ~100 frames at 8 kHz, 0.4 s
@@ -62,11 +64,64 @@ def test_gradient_penalty_equals_equation_4_by_hand():
     assert loss.item() == pytest.approx(-gap + 10.0 * 4.25 / 3, rel=1e-6)
 
 
-def test_additive_loss_equals_equation_5_by_hand():
+def test_additive_loss_is_equation_5_per_element():
     estimates = torch.tensor([[[[1.0, 2.0]], [[0.0, 1.0]]], [[[3.0, 0.0]], [[1.0, 1.0]]]])  # (2, 2, 1, 2)
     mixture = torch.tensor([[[1.0, 3.0]], [[1.0, -2.0]]])
-    # item 0: sum (1, 3) - (1, 3) = 0; item 1: (4, 1) - (1, -2) = (3, 3): ||.||_2 = sqrt(18)
-    assert adv.additive_loss(estimates, mixture).item() == pytest.approx(np.sqrt(18) / 2, rel=1e-6)
+    # item 0: sum (1, 3) - (1, 3) = 0; item 1: (4, 1) - (1, -2) = (3, 3): ||.||_2 / sqrt(C T) = sqrt(18 / 2) = 3
+    assert adv.additive_loss(estimates, mixture).item() == pytest.approx(1.5, rel=1e-6)
+    # per element: a residual of 0.25 everywhere reads 0.25 whatever the length and channels
+    for channels, length in ((1, 10), (2, 4000)):
+        mixture = torch.randn(3, channels, length)
+        estimates = torch.stack([mixture / 2, mixture / 2 + 0.25], dim=1)
+        assert adv.additive_loss(estimates, mixture).item() == pytest.approx(0.25, rel=1e-5)
+
+
+def _critic_terms(alpha: float, beta: float, additive_vanishes: bool = False):
+    """A two-critic AdversarialTraining, estimates ``(3, 4, 2, 1600)`` in a graph and mixtures
+    that they do not add up to."""
+    torch.manual_seed(0)
+    settings = adv.AdversarialSettings(("drums", "vocals"), alpha, beta, n_fft=128, hop=32, width=4)
+    training = adv.AdversarialTraining(settings, 1600, torch.device("cpu"), torch.Generator().manual_seed(0),
+                                       additive_vanishes=additive_vanishes)
+    leaf = torch.randn(3, 4, 2, 1600, requires_grad=True)
+    return training, 0.3 * leaf, torch.randn(3, 2, 1600)
+
+
+def test_output_gradient_gives_each_term_the_papers_ratio_to_the_main_loss():
+    main_norm = 0.07  # per item, of L_s's gradient at the supervised estimates
+    training, estimates, mixture = _critic_terms(alpha=0.01, beta=0.0)
+    grad, values = training.output_gradient(estimates, mixture, main_norm)
+    for k in (0, 3):  # drums and vocals: each critic's term at alpha times L_s's norm
+        assert adv.item_norm(grad[:, k]) == pytest.approx(0.01 * main_norm, rel=1e-5)
+    assert torch.all(grad[:, 1:3] == 0)  # no critic for bass and other, and beta = 0
+    (raw,) = torch.autograd.grad(training.separator_terms(estimates, mixture)[0], estimates)
+    cosine = torch.nn.functional.cosine_similarity(grad[:, 3].flatten(), raw[:, 3].flatten(), dim=0)
+    assert cosine.item() == pytest.approx(1.0, abs=1e-5)  # scaled, not turned
+    assert values["alpha_effective"] > 0 and values["beta_effective"] == 0 and values["additive_loss"] > 0
+
+    training, estimates, mixture = _critic_terms(alpha=0.0, beta=0.01)
+    grad, values = training.output_gradient(estimates, mixture, main_norm)
+    assert adv.item_norm(grad) == pytest.approx(0.01 * 2 * main_norm, rel=1e-5)  # beta sqrt(S), S = 4
+    residual = (estimates.sum(1) - mixture).detach()
+    for k in range(4):  # L_add pulls every estimate along the residual, alike
+        assert torch.allclose(grad[:, k], grad[:, 0]) and (grad[:, k] * residual).sum() > 0
+
+    training, estimates, mixture = _critic_terms(alpha=0.0, beta=0.01, additive_vanishes=True)
+    grad, values = training.output_gradient(estimates, mixture, main_norm)
+    assert values["beta_effective"] == 0 and torch.all(grad == 0)
+
+
+def test_under_mixture_consistency_the_additive_loss_vanishes_and_the_run_says_so(data, tmp_path):
+    stems, _, tracks = data
+    model = {**TINY["tasnet"], "consistency": True}
+    config = TrainConfig.for_model("tasnet", epochs=1, batches_per_epoch=2, batch_size=2, window_s=0.4, model=model,
+                                   valid_max_windows=2, seed=3, num_threads=1, scheme="adversarial",
+                                   unlabelled_batch_size=2, **CRITIC)
+    history = train_separator(config, stems, None, tmp_path / "run", progress=False, catalog_tracks=tracks)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["additive_loss_vanishes"] is True and summary["additive_loss_max"] < 1e-6
+    assert history[0]["beta_effective"] == 0 and history[0]["alpha_effective"] > 0
+    assert summary["critic_steps"] == 2 * config.critic_steps and summary["unlabelled_examples"] == 4
 
 
 def test_log_magnitude_scales_with_the_unlabelled_factor_and_is_differentiable():
@@ -199,7 +254,7 @@ def test_adversarial_resume_after_interruption_is_bit_identical(data, tmp_path, 
     stems, run, tracks = data
     config = _config("remix+adversarial")
     full = train_separator(config, stems, run, tmp_path / "full", progress=False, catalog_tracks=tracks)
-    killed_after_epoch(monkeypatch, SeparatorTrainer, "_save_checkpoint", lambda: train_separator(
+    killed_after_epoch(monkeypatch, lambda: train_separator(
         config, stems, run, tmp_path / "cut", progress=False, catalog_tracks=tracks))
     resumed = train_separator(config, stems, run, tmp_path / "cut", progress=False, catalog_tracks=tracks)
 
@@ -227,7 +282,7 @@ def test_adversarial_resume_after_interruption_is_bit_identical(data, tmp_path, 
 def test_adversarial_scheme_needs_a_catalog_and_supervised_ignores_d_i(data, tmp_path):
     stems, run, tracks = data
     with pytest.raises(ValueError, match="unlabelled mixtures"):
-        SeparatorTrainer(_config("adversarial"), stems, None, tmp_path / "a", progress=False)
+        make_trainer(_config("adversarial"), stems, tmp_path / "a", progress=False)
     history = train_separator(_config("supervised", epochs=1), stems, run, tmp_path / "s", progress=False)
     assert history[0]["remix_steps"] == 0 and "critic_gap" not in history[0]
 
@@ -238,11 +293,11 @@ def _ddp_worker(rank: int, world: int, port: int, stems: str, tracks: str, out: 
     from pipeline.separation import distributed
 
     try:
-        trainer = SeparatorTrainer(_config("adversarial", epochs=1, batch_size=4, unlabelled_batch_size=4),
-                                   stems, None, Path(out) / "train", device="cpu", progress=False,
-                                   catalog_tracks=tracks)
+        trainer = make_trainer(_config("adversarial", epochs=1, batch_size=4, unlabelled_batch_size=4),
+                               stems, Path(out) / "train", device="cpu", progress=False, catalog_tracks=tracks)
         trainer.run(resume=False)
-        torch.save({"model": trainer.model.state_dict(), "critics": trainer.adversarial.bank.state_dict()},
+        (critics,) = [part.critics for part in trainer.schemes if part.name == "adversarial"]
+        torch.save({"model": trainer.model.state_dict(), "critics": critics.bank.state_dict()},
                    Path(out) / f"rank{rank}.pt")
     finally:
         distributed.cleanup()

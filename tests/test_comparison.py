@@ -24,7 +24,8 @@ from pipeline.separation.comparison import (
     track_values,
     wilcoxon_p,
 )
-from pipeline.separation.training import TrainConfig, train_separator
+from pipeline.separation.config import TrainConfig
+from pipeline.separation.training import train_separator
 from pipeline.sources import SOURCES
 
 
@@ -171,10 +172,10 @@ def _budget_config(**overrides) -> TrainConfig:
     return TrainConfig.for_model("demucs", **{**values, **overrides})
 
 
-def test_a_budget_in_updates_gives_remix_and_plain_runs_equal_compute(stems_and_d_i, tmp_path):
+def test_an_equal_total_budget_gives_remix_and_plain_runs_equal_compute(stems_and_d_i, tmp_path):
     stems, d_i = stems_and_d_i
-    train_separator(_budget_config(max_updates=8), stems, d_i, tmp_path / "remix", progress=False)
-    train_separator(_budget_config(max_updates=8), stems, None, tmp_path / "plain", progress=False)
+    train_separator(_budget_config(max_updates=8, budget="total"), stems, d_i, tmp_path / "remix", progress=False)
+    train_separator(_budget_config(max_updates=8, budget="total"), stems, None, tmp_path / "plain", progress=False)
     remix = json.loads((tmp_path / "remix" / "summary.json").read_text())
     plain = json.loads((tmp_path / "plain" / "summary.json").read_text())
     assert remix["remix_steps"] > 0 and remix["main_steps"] + remix["remix_steps"] == 8

@@ -4,6 +4,7 @@ and a pretrained encoder as the separator's starting point."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,8 @@ from test_remix import write_stem_set
 from test_separator_training import TINY
 
 from pipeline.separation import registry
+from pipeline.separation.config import TrainConfig
 from pipeline.separation.contrastive import (
-    EncoderPretrainer,
     PretrainConfig,
     TripletSampler,
     init_encoder,
@@ -25,7 +26,7 @@ from pipeline.separation.contrastive import (
     triplet_loss,
 )
 from pipeline.separation.data import StemWindows
-from pipeline.separation.training import SeparatorTrainer, TrainConfig, train_separator
+from pipeline.separation.training import make_trainer, train_separator
 from pipeline.sources import SOURCES
 
 RATE = 8000
@@ -119,8 +120,7 @@ def test_pretraining_lowers_the_loss_and_writes_its_curve(tmp_path):
 def test_pretraining_resume_is_bit_identical(stems, tmp_path, monkeypatch):
     config = _pretrain_config()
     full = pretrain_encoder(config, stems, tmp_path / "full", progress=False)
-    killed_after_epoch(monkeypatch, EncoderPretrainer, "_save",
-                       lambda: pretrain_encoder(config, stems, tmp_path / "cut", progress=False))
+    killed_after_epoch(monkeypatch, lambda: pretrain_encoder(config, stems, tmp_path / "cut", progress=False))
     resumed = pretrain_encoder(config, stems, tmp_path / "cut", progress=False)
     a = torch.load(tmp_path / "full" / "encoder.pt", weights_only=True)["encoder"]
     b = torch.load(tmp_path / "cut" / "encoder.pt", weights_only=True)["encoder"]
@@ -141,7 +141,7 @@ def _train_config(**overrides) -> TrainConfig:
 def test_the_separator_starts_from_the_pretrained_encoder(stems, tmp_path):
     pretrain_encoder(_pretrain_config(), stems, tmp_path / "pre", progress=False)
     encoder = tmp_path / "pre" / "encoder.pt"
-    trainer = SeparatorTrainer(_train_config(), stems, None, tmp_path / "sep", progress=False, encoder=encoder)
+    trainer = make_trainer(_train_config(), stems, tmp_path / "sep", progress=False, encoder=encoder)
     pretrained = torch.load(encoder, weights_only=True)["encoder"]
     start = trainer.model.encoder_state_dict()
     assert start.keys() == pretrained.keys() and all(torch.equal(start[k], pretrained[k]) for k in start)
@@ -151,7 +151,7 @@ def test_the_separator_starts_from_the_pretrained_encoder(stems, tmp_path):
     rest = [k for k in fresh if k not in pretrained]
     assert rest and all(torch.equal(fresh[k], trainer.model.state_dict()[k]) for k in rest)
     with pytest.raises(ValueError, match="pretrained encoder"):
-        SeparatorTrainer(_train_config(), stems, None, tmp_path / "x", progress=False)
+        make_trainer(_train_config(), stems, tmp_path / "x", progress=False)
     other = registry.build_model("demucs", {**TINY["demucs"], "channels": 6})
     with pytest.raises(ValueError, match="was pretrained for"):
         init_encoder(other, encoder)
@@ -162,7 +162,7 @@ def test_contrastive_separator_resume_is_bit_identical(stems, tmp_path, monkeypa
     encoder = tmp_path / "pre" / "encoder.pt"
     config = _train_config()
     full = train_separator(config, stems, None, tmp_path / "full", progress=False, encoder=encoder)
-    killed_after_epoch(monkeypatch, SeparatorTrainer, "_save_checkpoint", lambda: train_separator(
+    killed_after_epoch(monkeypatch, lambda: train_separator(
         config, stems, None, tmp_path / "cut", progress=False, encoder=encoder))
     resumed = train_separator(config, stems, None, tmp_path / "cut", progress=False, encoder=encoder)
     a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["model"]
@@ -170,6 +170,10 @@ def test_contrastive_separator_resume_is_bit_identical(stems, tmp_path, monkeypa
     assert all(torch.equal(a[k], b[k]) for k in a)
     pd.testing.assert_frame_equal(pd.DataFrame(full).drop(columns="seconds"),  # NaN valid loss: no valid split
                                   pd.DataFrame(resumed).drop(columns="seconds"))
+    # the pretraining is counted as the run's extra compute: 1 epoch of 3 Adam steps on 4 triplets
+    summary = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert (summary["pretrain_steps"], summary["pretrain_examples"]) == (3, 3 * 4 * 3)
+    assert summary["encoder_init"] == str(encoder) and summary["main_steps"] == 3 * 2
 
 
 def test_train_separator_scheme_is_its_own_keyed_run_with_its_inputs():

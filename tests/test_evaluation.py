@@ -1,4 +1,4 @@
-"""Evaluation: overlap-add reconstruction, museval SDR, silent stems, summary tables."""
+"""Evaluation: museval SDR, silent stems, summary tables (overlap-add: tests/test_apply.py)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,9 @@ from pipeline.separation.evaluation import (
     TRIVIAL,
     build_evaluate,
     compare_runs,
-    crossfade_weights,
     evaluate_separator,
     oracle_estimates,
-    overlap_add,
     score_track,
-    separate_track,
     summarize,
     track_sdr,
     trivial_estimates,
@@ -38,49 +35,6 @@ def _hand_sdr(reference: np.ndarray, estimate: np.ndarray, win: int) -> np.ndarr
     return np.array([10 * np.log10(np.sum(reference[:, t * win:(t + 1) * win] ** 2)
                                    / np.sum((estimate - reference)[:, t * win:(t + 1) * win] ** 2))
                      for t in range(frames)])
-
-
-def test_crossfade_weights_are_positive_triangles():
-    for n in (1, 2, 7, 8):
-        w = crossfade_weights(n)
-        assert w.shape == (n,) and torch.all(w > 0)
-        assert torch.equal(w, w.flip(0))
-
-
-@pytest.mark.parametrize("length,segment,overlap", [(1000, 300, 100), (1000, 300, 0), (299, 300, 50),
-                                                    (1234, 256, 255), (5000, 1000, 250)])
-def test_overlap_add_of_identity_reconstructs_the_input(length, segment, overlap):
-    mix = torch.randn(2, length)
-    calls = []
-
-    def identity(chunks):  # (B, C, segment) -> (B, 1, C, segment)
-        assert chunks.shape[-1] == segment
-        calls.append(chunks.shape[0])
-        return chunks[:, None]
-
-    out = overlap_add(identity, mix, segment, overlap, batch_size=3)
-    assert out.shape == (1, 2, length)
-    torch.testing.assert_close(out[0], mix, rtol=1e-5, atol=1e-6)
-    assert sum(calls) == 1 + max(0, math.ceil((length - segment) / (segment - overlap)))
-
-
-def test_overlap_add_blends_segments_with_the_crossfade():
-    # A "model" that outputs its segment's mean: segments [0, 150) -> 1/3 and [50, 200) -> 2/3.
-    mix = torch.cat([torch.zeros(1, 100), torch.ones(1, 100)], dim=1)
-    out = overlap_add(lambda c: c.mean(dim=-1, keepdim=True).expand_as(c)[:, None], mix, 150, 100)[0, 0]
-    torch.testing.assert_close(out[:50], torch.full((50,), 1 / 3))
-    torch.testing.assert_close(out[150:], torch.full((50,), 2 / 3))
-    # At t = 100: weight 50 (falling edge of the first triangle), 51 (rising edge of the second).
-    assert out[100].item() == pytest.approx((50 / 3 + 51 * 2 / 3) / 101)
-    assert torch.all(out[1:] >= out[:-1] - 1e-6)  # a monotone crossfade, no jump
-
-
-def test_separate_track_keeps_length_and_shape():
-    torch.manual_seed(0)
-    model = Demucs(DemucsConfig(channels=4, depth=2, lstm_layers=1, sample_rate=RATE))
-    mix = np.random.default_rng(0).normal(size=(2, 2 * RATE + 123)).astype(np.float32)
-    out = separate_track(model, mix, segment_s=0.5, overlap_s=0.1)
-    assert out.shape == (4, 2, 2 * RATE + 123) and np.isfinite(out).all()
 
 
 @pytest.mark.slow
@@ -204,7 +158,8 @@ def _checkpoint(path, seed: int, rate: int = RATE, channels: int = 1):
     model = Demucs(DemucsConfig(channels=4, depth=2, lstm_layers=1, audio_channels=channels, sample_rate=rate))
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint_fields(model), path)
-    (path.parent / "summary.json").write_text(json.dumps({"updates": 10 + seed, "examples": 20}))
+    (path.parent / "summary.json").write_text(json.dumps({"main_steps": 10 + seed, "remix_steps": 3 * seed,
+                                                          "critic_steps": 0, "pretrain_steps": 0, "examples": 20}))
     return path
 
 
@@ -224,14 +179,15 @@ def test_parallel_scoring_equals_serial_and_writes_the_comparison(tmp_path):
     assert len(one) == 2 * 4 * 5 and set(one["run"]) == {TRIVIAL, ORACLE, "plain", "remix"}
     comparison = pd.read_csv(tmp_path / "serial" / "comparison.csv", index_col=0)
     assert list(comparison.index) == [TRIVIAL, ORACLE, "plain", "remix"]
-    assert comparison.loc["plain", "seeds"] == 2 and comparison.loc["plain", "updates"] == 10.5
-    assert np.isnan(comparison.loc[TRIVIAL, "updates"]) and not np.isnan(comparison.loc["plain", "seed_sd_all"])
+    assert comparison.loc["plain", "seeds"] == 2 and comparison.loc["plain", "main_steps"] == 10.5
+    assert comparison.loc["remix", "remix_steps"] == 6 and comparison.loc["remix", "critic_steps"] == 0
+    assert np.isnan(comparison.loc[TRIVIAL, "main_steps"]) and not np.isnan(comparison.loc["plain", "seed_sd_all"])
     assert comparison.loc[ORACLE, "all"] > comparison.loc[TRIVIAL, "all"]
     contrasts = pd.read_csv(tmp_path / "serial" / "contrasts.csv")
     assert set(contrasts["contrast"]) == {"remix - plain"} and set(contrasts["metric"]) == {"sdr", "si_snr"}
-    assert not contrasts["equal_compute"].any()
+    assert not contrasts["equal_main_steps"].any()
     assert any(line.startswith("remix - plain, SDR") for line in serial.summary)
-    assert any("unequal compute" in line for line in serial.summary)
+    assert any("unequal main steps: 12.0 vs 10.5" in line for line in serial.summary)
     assert (tmp_path / "serial" / "boxplot_sdr.png").exists() and (tmp_path / "serial" / "boxplot_si_snr.png").exists()
     with pytest.raises(ValueError, match="contrast"):
         build_evaluate(runs, root, tmp_path / "bad", workers=1, contrasts=[("remix", "nope")], progress=False)

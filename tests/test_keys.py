@@ -44,7 +44,7 @@ RECORDED = {
     'DetectCatalog': '273534ebca2866c7',
     'DetectStems': '95e4ff8d058c4497',
     'DetectorReport': '228f4da852aca091',
-    'Evaluate': 'ed98091338e7cd5b',
+    'Evaluate': 'ba4488797e9f16c3',
     'Export': '1801676b9f6648e1',
     'Extract': 'ff4996a23d03f965',
     'ExtractShard': 'f3d727c52e166682',
@@ -56,17 +56,18 @@ RECORDED = {
     'StemFeatures(split=train)': '413e9ee3630bc261',
     'StemFeatures(split=valid)': 'f7fea5b5e4a8918a',
     'TrainDetector': '6ccb24a48ea62adb',
-    ('TrainSeparator(channels=8, decoder=paper, depth=4, max_updates=500, model=demucs, '
-     'model_config={"sample_rate":16000}, remix=false, scheme=null)'): 'a654075aa94f3c58',
-    ('TrainSeparator(channels=8, decoder=paper, depth=4, max_updates=500, model=demucs, '
-     'model_config={"sample_rate":16000}, remix=null, scheme=adversarial)'): '7935ae89e58e5412',
-    ('TrainSeparator(channels=8, decoder=paper, depth=4, max_updates=500, model=demucs, '
-     'model_config={"sample_rate":16000}, remix=null, scheme=contrastive)'): '2e211f46b0482352',
-    ('TrainSeparator(channels=8, decoder=paper, depth=4, max_updates=500, model=demucs, '
-     'model_config={"sample_rate":16000}, remix=true, scheme=null)'): '99efc0e868713ccb',
-    ('TrainSeparator(channels=null, decoder=null, depth=null, max_updates=300, model=tasnet, '
-     'model_config={"filters":32,"hidden":32,"lstm_layers":2,"sample_rate":16000}, remix=true, '
-     'scheme=null)'): '6d0944276f34551c',
+    ('TrainSeparator(adversarial_losses=gradient ratios to L_s; L_add per element, budget=main, channels=8, '
+     'decoder=paper, depth=4, max_updates=500, model=demucs, model_config={"sample_rate":16000}, remix=null, '
+     'scheme=adversarial)'): '1f472234cd2f4c28',
+    ('TrainSeparator(adversarial_losses=null, budget=main, channels=8, decoder=paper, depth=4, max_updates=500, '
+     'model=demucs, model_config={"sample_rate":16000}, remix=true, scheme=null)'): 'd80617b16ff7f1be',
+    ('TrainSeparator(adversarial_losses=null, budget=main, channels=null, decoder=null, depth=null, '
+     'max_updates=300, model=tasnet, model_config={"filters":32,"hidden":32,"lstm_layers":2,"sample_rate":16000}, '
+     'remix=true, scheme=null)'): 'c081eca59de3f347',
+    ('TrainSeparator(adversarial_losses=null, budget=null, channels=8, decoder=paper, depth=4, max_updates=500, '
+     'model=demucs, model_config={"sample_rate":16000}, remix=false, scheme=null)'): 'a654075aa94f3c58',
+    ('TrainSeparator(adversarial_losses=null, budget=null, channels=8, decoder=paper, depth=4, max_updates=500, '
+     'model=demucs, model_config={"sample_rate":16000}, remix=null, scheme=contrastive)'): '2e211f46b0482352',
 }
 
 
@@ -138,3 +139,17 @@ def test_the_detector_recipe_options_enter_the_key_only_off_the_papers_values(fi
     others = {tasks.TrainDetector(**change).key
               for change in ({"lr": 2e-3}, {"batch_size": 32}, {"silent_db": -20.0}, {"crop_stride_seconds": 1.0})}
     assert recorded not in others and len(others) == 4
+
+
+def test_the_equal_total_budget_keeps_the_keys_of_runs_trained_under_it(fixed_inputs):
+    """Remix runs under ``budget = total`` (every update counted, the remix steps included) keep the
+    keys they were recorded with before the paper's protocol became the default (demucs 99efc0e8...,
+    tasnet 6d094427...); a run without a budget, or without extra steps, has no budget in its key."""
+    import tasks
+
+    assert tasks.TrainSeparator(remix=True, budget="total").key == "99efc0e868713ccb"
+    assert tasks.TrainSeparator(remix=True, budget="total", model="tasnet", max_updates=300, model_config={
+        "filters": 32, "lstm_layers": 2, "hidden": 32, "sample_rate": 16000}).key == "6d0944276f34551c"
+    assert tasks.TrainSeparator(remix=True).key == "d80617b16ff7f1be"  # budget main: more main steps
+    assert tasks.TrainSeparator(remix=False, budget="total").key == tasks.TrainSeparator(remix=False).key
+    assert "budget" not in tasks.TrainSeparator(remix=True, max_updates=0).key_params()

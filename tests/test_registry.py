@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pipeline.separation import registry
+from pipeline.separation.apply import separate_track
 from pipeline.separation.contract import separate
-from pipeline.separation.evaluation import separate_track
 from pipeline.separation.registry import build_model, checkpoint_fields, load_model, make_config, model_names
 
 TINY = {"demucs": dict(channels=4, depth=3, lstm_layers=1, sample_rate=8000),

@@ -18,11 +18,13 @@ from fixtures_separation import killed_after_epoch
 from test_remix import RATE, noise, write_excerpt_index, write_stem_set
 
 from pipeline.corpora.stemset import list_tracks, load_stems
-from pipeline.separation import training as separator_training
+from pipeline.separation import schemes as separator_schemes
+from pipeline.separation.config import TrainConfig
 from pipeline.separation.data import StemWindows
 from pipeline.separation.demucs import DemucsConfig
 from pipeline.separation.registry import load_model, model_names
-from pipeline.separation.training import SeparatorTrainer, TrainConfig, train_separator
+from pipeline.separation.trainer import SeparatorTrainer
+from pipeline.separation.training import make_trainer, train_separator
 
 MODEL = DemucsConfig(channels=4, depth=3, lstm_layers=1, sample_rate=8000)
 # Tiny configs of every registered model at 8 kHz.
@@ -91,8 +93,7 @@ def test_resume_after_interruption_is_bit_identical(data, tmp_path, monkeypatch,
     stems, run = data
     config = _config(model_name, lr_patience=1)  # TasNet: a plateau decay is likely within 3 epochs
     full = train_separator(config, stems, run, tmp_path / "full", progress=False)
-    killed_after_epoch(monkeypatch, SeparatorTrainer, "_save_checkpoint",
-                       lambda: train_separator(config, stems, run, tmp_path / "cut", progress=False))
+    killed_after_epoch(monkeypatch, lambda: train_separator(config, stems, run, tmp_path / "cut", progress=False))
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] == 2
     resumed = train_separator(config, stems, run, tmp_path / "cut", progress=False)
 
@@ -142,12 +143,32 @@ def test_without_any_d_i_trains_plain_supervised(data, tmp_path, caplog):
     stems, _ = data
     empty_run = tmp_path / "empty-run"
     empty_run.mkdir()
-    with caplog.at_level(logging.WARNING, logger=separator_training.__name__):
+    with caplog.at_level(logging.WARNING, logger=separator_schemes.__name__):
         history = train_separator(_config(epochs=1, remix_probability=1.0), stems, empty_run, tmp_path / "o",
                                   progress=False)
     assert "without the remix step" in caplog.text
     assert history[0]["remix_steps"] == 0 and np.isnan(history[0]["remix_loss"])
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["remix_enabled"] is False
+
+
+def test_the_papers_protocol_gives_remix_runs_the_plain_runs_main_steps_and_adds_remix_steps(data, tmp_path):
+    stems, run = data
+    summaries = {}
+    for name, scheme, budget in (("plain", "supervised", "main"), ("remix", "remix", "main"),
+                                 ("equal total", "remix", "total")):
+        config = _config(epochs=10, max_updates=5, scheme=scheme, budget=budget, remix_probability=0.5)
+        history = train_separator(config, stems, run, tmp_path / name, progress=False)
+        summaries[name] = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summaries[name]["budget_spent"] and history[-1]["updates"] == summaries[name]["updates"]
+    plain, remix, total = summaries["plain"], summaries["remix"], summaries["equal total"]
+    assert plain["main_steps"] == remix["main_steps"] == 5 and plain["main_examples"] == remix["main_examples"] == 10
+    assert plain["remix_steps"] == 0 and remix["remix_steps"] > 0  # on top of the main steps
+    assert remix["updates"] == 5 + remix["remix_steps"] and remix["examples"] == 10 + remix["remix_examples"]
+    assert remix["remix_examples"] == 2 * remix["remix_steps"] and remix["budget"] == "main"
+    # the equal-total budget: the remix steps count, so the remix run makes fewer main steps
+    assert total["updates"] == 5 and total["main_steps"] + total["remix_steps"] == 5 and total["remix_steps"] > 0
+    with pytest.raises(ValueError, match="budget"):
+        _config(budget="everything")
 
 
 def _ddp_worker(rank: int, world: int, port: int, stems: str, run: str, out: str, model_name: str) -> None:
@@ -156,9 +177,8 @@ def _ddp_worker(rank: int, world: int, port: int, stems: str, run: str, out: str
     from pipeline.separation import distributed
 
     try:
-        trainer = SeparatorTrainer(_config(model_name, epochs=1, batches_per_epoch=2, batch_size=4,
-                                           remix_probability=1.0),
-                                   stems, run, Path(out) / "train", device="cpu", progress=False)
+        trainer = make_trainer(_config(model_name, epochs=1, batches_per_epoch=2, batch_size=4, remix_probability=1.0),
+                               stems, Path(out) / "train", device="cpu", progress=False, datasets=run)
         first = trainer.train_data.sample(copy.deepcopy(trainer.data_rng), 1)  # this rank's first windows
         initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         history = trainer.run(resume=False)

@@ -11,11 +11,12 @@ import torch
 from fixtures_separation import assert_rejects_bad_shapes
 
 from pipeline.corpora.demo import DemoConfig, generate
+from pipeline.separation.config import TrainConfig
 from pipeline.separation.contract import center_trim, pad_to_valid, separate
 from pipeline.separation.evaluation import track_si_snr
 from pipeline.separation.losses import si_snr, si_snr_loss, si_snr_totals
 from pipeline.separation.tasnet import TasNet, TasNetConfig
-from pipeline.separation.training import TrainConfig, train_separator
+from pipeline.separation.training import train_separator
 
 TINY = TasNetConfig(filters=16, hidden=16, lstm_layers=1, frame=40, hop=20, sample_rate=8000)
 

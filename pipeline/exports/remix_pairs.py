@@ -56,9 +56,9 @@ from pipeline.exports.trackfolders import (
 )
 from pipeline.mining.datasets import DatasetRun
 from pipeline.progress import progress_bar
+from pipeline.separation.config import TrainConfig
 from pipeline.separation.data import StemWindows
 from pipeline.separation.remix import RemixSampler
-from pipeline.separation.training import TrainConfig
 from pipeline.sources import INAUDIBLE_DB, SOURCES
 from pipeline.storage.journal import Progress
 

@@ -6,11 +6,34 @@ source (isolated stems of the stem set's train split) from the separator's *esti
 on unlabelled mixtures (random excerpts of catalog tracks,
 :mod:`pipeline.separation.unlabelled`).  The separator minimises::
 
-    L = L_s + alpha * L_u + beta * L_add
-    L_u   = sum_k -E[D_k(f(m)_k)]                        (the generator side of W_P, eq. 3)
-    L_add = 1/U sum_i || sum_k f(m_i)_k - m_i ||_2      (eq. 5, per item over channels x samples)
+    L = L_s + alpha L_u + beta L_add
+    L_u   = sum_k -E[D_k(f(m)_k)]                               (the generator side of W_P, eq. 3)
+    L_add = 1/U sum_i ||sum_k f(m_i)_k - m_i||_2 / sqrt(C T)     (eq. 5, per element)
 
 ``L_s`` is the model's own main loss (L1 or SI-SNR, :mod:`pipeline.separation.losses`).
+
+The paper's scale.  In the paper ``L_s`` (eq. 1) and ``L_add`` (eq. 5) are L2 norms per item
+and the critics work on the separator's own output (magnitude spectrograms): per item, the
+gradient of ``L_s`` at the separator's output has norm 1, that of ``L_add`` norm ``sqrt(K)``
+(a unit gradient reaching each of the K estimates), and the gradient penalty (eq. 4) holds
+each critic's gradient to norm 1 at most, so alpha and beta are, in effect, the ratios of the
+adversarial and additive gradients to the supervised one.  Here ``L_s`` is a per-element L1
+(gradient norm ``1 / sqrt(S C T)`` per item) or an SI-SNR in dB, and the critics see
+spectrograms computed from waveform estimates, so raw weights would mean something else for
+every loss and size (eq. (5) unnormalised, next to the L1 of 5 s of 44.1 kHz stereo, would
+outweigh it about ``sqrt(S C T) beta`` = 13-fold at beta = 0.01).  So
+:meth:`AdversarialTraining.output_gradient` sets the ratios themselves: at the separator's
+output, per item (:func:`item_norm`), each critic's term gets gradient norm ``alpha`` times
+``L_s``'s, and ``L_add`` gets ``beta sqrt(S)`` times ``L_s``'s (S sources), the paper's ratios
+with its critics at their bound.  ``L_add`` is reported per element (the root
+mean square of the residual ``sum_k f(m)_k - m``, the same units as the mixture), so its value
+reads like a per-element L1.
+
+When the separator projects its estimates to sum to its input (TasNet's ``consistency``,
+``model.mixture_consistent``), the residual is 0 by construction: ``L_add`` is identically 0
+(float rounding aside) and beta has no effect; the term is then left out, and the run says so
+(``summary.json``: ``additive_loss_vanishes``, ``additive_loss_max``).
+
 After each separator step, ``N_disc = 5`` Adam steps (lr 5e-5) of every critic on the
 Wasserstein loss with the one-sided gradient penalty of eq. (4)::
 
@@ -41,6 +64,7 @@ wrapped in DistributedDataParallel when distributed; it is called once per step 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +75,9 @@ from torch.nn import functional as F
 from pipeline.sources import SOURCES
 
 N_DISC = 5  # critic steps per separator step (section 4.3.4)
+# How alpha L_u and beta L_add are scaled next to L_s (the module docstring); it names the rule in
+# the keys of adversarial runs, so a different rule gives new runs.
+LOSS_SCALE = "gradient ratios to L_s; L_add per element"
 CRITIC_LR = 5e-5  # Adam, section 4.3.4
 GP_WEIGHT = 10.0  # weight of eq. (4): the improved WGAN's (the paper gives none)
 WEIGHT_ONE_CRITIC = 0.01  # alpha = beta with the vocals critic only
@@ -187,13 +214,21 @@ def critic_loss(bank: nn.Module, real: torch.Tensor, fake: torch.Tensor, eps: to
 
 
 def additive_loss(estimates: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
-    """Eq. (5): mean over items of ``||sum_k estimates_k - mixture||_2``; ``(B, S, C, T)`` and ``(B, C, T)``."""
-    return (estimates.sum(dim=1) - mixture).flatten(1).norm(dim=1).mean()
+    """Eq. (5) per element: mean over items of ``||sum_k estimates_k - mixture||_2 / sqrt(C T)``, the
+    root mean square of each item's residual; ``(B, S, C, T)`` and ``(B, C, T)``."""
+    residual = (estimates.sum(dim=1) - mixture).flatten(1)
+    return (residual.norm(dim=1) / math.sqrt(residual.shape[1])).mean()
+
+
+def item_norm(grad: torch.Tensor) -> float:
+    """Per-item gradient norm of a loss that averages over the items of ``grad`` ``(B, ...)``:
+    ``sqrt(B) ||grad||_2``, the root mean square over items of the norm of each item's own gradient."""
+    return float(grad.norm()) * math.sqrt(grad.shape[0])
 
 
 @dataclass(frozen=True)
 class AdversarialSettings:
-    """What the adversarial scheme needs (from :class:`~pipeline.separation.training.TrainConfig`)."""
+    """What the adversarial scheme needs (from :class:`~pipeline.separation.config.TrainConfig`)."""
 
     sources: tuple[str, ...]
     alpha: float
@@ -229,8 +264,9 @@ class AdversarialTraining:
     """
 
     def __init__(self, settings: AdversarialSettings, output_samples: int, device: torch.device,
-                 generator: torch.Generator, wrap=lambda module: module) -> None:
+                 generator: torch.Generator, wrap=lambda module: module, additive_vanishes: bool = False) -> None:
         self.settings = s = settings
+        self.additive_vanishes = additive_vanishes
         self.indices = source_indices(s.sources)
         self.device, self.generator = device, generator
         self.bank = CriticBank(list(s.sources), spectrogram_shape(output_samples, s.n_fft, s.hop), s.width).to(device)
@@ -259,6 +295,36 @@ class AdversarialTraining:
         finally:
             self.bank.requires_grad_(True)
         return -scores.mean(dim=1).sum(), additive_loss(estimates, mixture)
+
+    def output_gradient(self, estimates: torch.Tensor, mixture: torch.Tensor,
+                        main_norm: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """The gradient of ``alpha L_u + beta L_add`` at the estimates ``(B, S, C, T)`` of unlabelled
+        mixtures ``(B, C, T)``, each term scaled to the paper's ratio to ``L_s`` (module docstring).
+
+        ``estimates`` must be part of the separator's graph; ``main_norm``: :func:`item_norm` of
+        ``L_s``'s gradient at the supervised estimates.  Returns the gradient (to be back-propagated
+        from ``estimates`` with the main loss's) and the step's values: ``adversarial_loss`` (L_u),
+        ``additive_loss`` (L_add per element) and ``alpha_effective`` / ``beta_effective``, the
+        weights that give those ratios (the mean over critics for alpha; 0 where a term has no
+        gradient or vanishes).
+        """
+        s = self.settings
+        l_u, l_add = self.separator_terms(estimates, mixture)
+        grad = torch.zeros_like(estimates)
+        (grad_u,) = torch.autograd.grad(l_u, estimates, retain_graph=True)
+        alphas = []
+        for k in self.indices:  # each critic sees only its source: its gradient is that slice
+            norm = item_norm(grad_u[:, k])
+            alphas.append(s.alpha * main_norm / norm if norm > 0 else 0.0)
+            grad[:, k] += alphas[-1] * grad_u[:, k]
+        beta = 0.0
+        if s.beta > 0 and not self.additive_vanishes:
+            (grad_add,) = torch.autograd.grad(l_add, estimates, retain_graph=True)
+            norm = item_norm(grad_add)
+            beta = s.beta * math.sqrt(estimates.shape[1]) * main_norm / norm if norm > 0 else 0.0
+            grad += beta * grad_add
+        return grad, {"adversarial_loss": float(l_u.detach()), "additive_loss": float(l_add.detach()),
+                      "alpha_effective": float(np.mean(alphas)), "beta_effective": beta}
 
     def train_critics(self, real_sources: torch.Tensor, estimates: torch.Tensor) -> dict[str, float]:
         """``critic_steps`` Adam steps on one batch of real sources and one of estimates, both ``(B, S, C, T)``.

@@ -11,7 +11,9 @@ The contract (every model of :mod:`pipeline.separation.registry` follows it):
   unpadded convolutions eat into the borders);
 - ``model.valid_length(n)``: the input length (samples) the model needs so that its output
   covers ``n`` samples: pad the input to it (:func:`pad_to_valid`) and centre-trim the
-  output back to ``n`` (:func:`center_trim`); :func:`separate` does both.
+  output back to ``n`` (:func:`center_trim`); :func:`separate` does both;
+- ``model.mixture_consistent``: True when the model projects its estimates to sum to its input
+  (the adversarial scheme's additive loss is then 0 by construction).
 
 Targets of a training step are centre-trimmed to the output's length (:func:`center_trim`),
 so the trainer, the remix step and the evaluation need nothing model-specific.
@@ -27,14 +29,12 @@ encoder's weights (and buffers) from one model to another of the same config.
 from __future__ import annotations
 
 import abc
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-from pipeline.separation.data import DEFAULT_MEMORY_LIMIT
 
 
 def require_known_fields(cls: type, values: dict[str, Any]) -> None:
@@ -42,46 +42,6 @@ def require_known_fields(cls: type, values: dict[str, Any]) -> None:
     unknown = set(values) - {f.name for f in fields(cls)}
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Base of a run's frozen config dataclass (training, pretraining): the fields every run has,
-    its dict round trip and the fields that determine the result (all but ``runtime_fields``).
-
-    ``model_name``: a registered model (:mod:`pipeline.separation.registry`); ``model``: its
-    config (a dict of fields is accepted; ``None``: the model's defaults); ``seed``; and the
-    run-time knobs ``num_threads`` (torch threads; None: torch's), ``lazy`` (stems read from
-    disk per window; None: when they exceed ``memory_limit_bytes``).
-    """
-
-    runtime_fields: ClassVar[tuple[str, ...]] = ()
-
-    model_name: str = "demucs"
-    model: Any = None
-    seed: int = 0
-    num_threads: int | None = None
-    lazy: bool | None = None
-    memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT
-
-    def __post_init__(self) -> None:
-        from pipeline.separation import registry  # the registry imports this module
-
-        object.__setattr__(self, "model", registry.make_config(self.model_name, self.model))
-
-    def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)  # type: ignore[call-overload]
-        values["model"] = self.model.to_dict()  # type: ignore[attr-defined]
-        return values
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]):
-        require_known_fields(cls, values)
-        return cls(**values)
-
-    def significant(self) -> dict[str, Any]:
-        """The fields that determine the result (everything but the run-time knobs)."""
-        return {k: v for k, v in self.to_dict().items() if k not in self.runtime_fields}
 
 
 class ModelConfig:
@@ -115,6 +75,11 @@ class Separator(nn.Module, abc.ABC):
     def output_length(self, length: int) -> int:
         """Output length (samples) for an input of ``length`` samples."""
         return length
+
+    @property
+    def mixture_consistent(self) -> bool:
+        """Whether the estimates sum to the input by construction (a mixture-consistency projection)."""
+        return False
 
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
         """The encoder's latent sequence of waveforms ``(B, audio_channels, n)``: ``(B, D, frames)``.

@@ -17,9 +17,11 @@ paper.
 
 Outputs in ``out_dir`` (each written atomically): ``checkpoint.pt`` after every epoch (model,
 optimizer, random states, history: ``resume=True`` continues with bit-identical results on
-CPU), ``encoder.pt`` (``model_name``, ``model_config``, ``encoder``: the encoder's state, the
-file the separator's encoder is initialised from, :func:`init_encoder`), ``history.csv`` /
-``history.json``, ``losses.png`` (the loss curve) and ``summary.json``.
+CPU, :func:`pipeline.storage.checkpoints.train_epochs`), ``encoder.pt`` (``model_name``,
+``model_config``, ``encoder``: the encoder's state, the file the separator's encoder is
+initialised from, :func:`init_encoder`), ``history.csv`` / ``history.json``, ``losses.png``
+(the loss curve) and ``summary.json`` (with ``steps`` and ``examples``: the Adam steps and the
+windows fed, three per triplet, which a contrastive separator run counts as its extra compute).
 """
 
 from __future__ import annotations
@@ -33,27 +35,23 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.nn import functional as F
 
 from pipeline.progress import progress_bar
 from pipeline.separation import registry
-from pipeline.separation.contract import RunConfig, Separator
+from pipeline.separation.config import RunConfig
+from pipeline.separation.contract import Separator
 from pipeline.separation.data import StemWindows
+from pipeline.separation.history import plot_triplet_loss
+from pipeline.separation.history import write as write_history
 from pipeline.separation.losses import silent
 from pipeline.sources import SOURCES
-from pipeline.storage.outputs import (
-    StageResult,
-    atomic_path,
-    write_bytes_atomic,
-    write_json_atomic,
-    write_png_atomic,
-)
+from pipeline.storage import checkpoints
+from pipeline.storage.outputs import StageResult, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
 ENCODER = "encoder.pt"
 MARGIN = 1.0  # section 5.2
 LR = 1e-3  # section 5.2
@@ -157,9 +155,8 @@ class EncoderPretrainer:
                 "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "history": self.history}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = PretrainConfig.from_dict(state["pretrain_config"])
-        if saved.significant() != self.config.significant():
-            changed = sorted(k for k, v in self.config.significant().items() if saved.significant().get(k) != v)
+        changed = self.config.changed_fields(PretrainConfig.from_dict(state["pretrain_config"]))
+        if changed:
             raise ValueError(f"checkpoint was made with a different configuration ({', '.join(changed)}); "
                              "use another out_dir or resume=False")
         self.model.load_state_dict(state["model"])
@@ -180,42 +177,39 @@ class EncoderPretrainer:
         self.optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    def _save(self) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.out_dir / CHECKPOINT) as tmp:
-            torch.save(self.state_dict(), tmp)
-        with atomic_path(self.out_dir / ENCODER) as tmp:
-            torch.save({"format": registry.CHECKPOINT_FORMAT, "model_name": self.model.name,
-                        "model_config": self.model.config.to_dict(), "epoch": self.epoch,
-                        "encoder": self.model.encoder_state_dict()}, tmp)
-        frame = pd.DataFrame(self.history)
-        write_bytes_atomic(self.out_dir / "history.csv", frame.to_csv(index=False).encode())
-        write_json_atomic(self.out_dir / "history.json", self.history)
-        plot_loss_curve(frame, self.out_dir / "losses.png")
+    def finished(self) -> bool:
+        return self.epoch >= self.config.epochs
+
+    def train_epoch(self) -> None:
+        """One epoch of triplet steps, then ``encoder.pt`` and the history files."""
+        started, total = time.time(), 0.0
+        self.model.train()
+        bar = progress_bar(range(self.batches_per_epoch), desc=f"pretrain {self.epoch + 1}/{self.config.epochs}",
+                           disable=not self.progress, leave=False)
+        for _ in bar:
+            total += self.step()
+        bar.close()
+        self.epoch += 1
+        self.history.append({"epoch": self.epoch, "triplet_loss": total / self.batches_per_epoch,
+                             "seconds": round(time.time() - started, 3)})
+        self._write_outputs()
+        log.info("pretrain epoch %s: triplet loss %.5f", self.epoch, self.history[-1]["triplet_loss"])
+
+    def _write_outputs(self) -> None:
+        checkpoints.save(self.out_dir / ENCODER, checkpoints.encoder_fields(
+            self.model.name, self.model.config.to_dict(), self.model.encoder_state_dict(), self.epoch))
+        write_history(self.history, self.out_dir, plot_triplet_loss)
 
     def run(self, resume: bool = True) -> list[dict[str, Any]]:
         """Train up to ``config.epochs`` epochs (from ``checkpoint.pt`` when ``resume``); the history."""
-        path = self.out_dir / CHECKPOINT
-        if resume and path.exists():
-            self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            log.info("resumed encoder pretraining from %s after epoch %s", path, self.epoch)
-        self.model.train()
-        while self.epoch < self.config.epochs:
-            started, total = time.time(), 0.0
-            bar = progress_bar(range(self.batches_per_epoch), desc=f"pretrain {self.epoch + 1}/{self.config.epochs}",
-                       disable=not self.progress, leave=False)
-            for _ in bar:
-                total += self.step()
-            bar.close()
-            self.epoch += 1
-            self.history.append({"epoch": self.epoch, "triplet_loss": total / self.batches_per_epoch,
-                                 "seconds": round(time.time() - started, 3)})
-            self._save()
-            log.info("pretrain epoch %s: triplet loss %.5f", self.epoch, self.history[-1]["triplet_loss"])
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        checkpoints.train_epochs(self, self.out_dir / checkpoints.CHECKPOINT, resume)
         if not (self.out_dir / ENCODER).exists():  # epochs = 0: the initial encoder
-            self._save()
+            self._write_outputs()
+        steps = self.epoch * self.batches_per_epoch
         write_json_atomic(self.out_dir / "summary.json", {
             "epochs": self.epoch, "batches_per_epoch": self.batches_per_epoch, "window_samples": self.window,
+            "steps": steps, "examples": 3 * steps * self.config.batch_size,
             "train_tracks": len(self.data), "model_name": self.config.model_name,
             "final_triplet_loss": self.history[-1]["triplet_loss"] if self.history else None,
             "config": self.config.to_dict()})
@@ -240,27 +234,9 @@ def build_pretrain(config: PretrainConfig, stem_root: str | os.PathLike, out_dir
 def init_encoder(model: Separator, path: str | os.PathLike) -> None:
     """Load the encoder of ``encoder.pt`` at ``path`` into ``model``; ``ValueError`` unless it was
     pretrained for the same model and config."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("model_name") != model.name or state.get("model_config") != model.config.to_dict():
-        raise ValueError(f"encoder {path} was pretrained for {state.get('model_name')} {state.get('model_config')}, "
+    name, config, encoder = checkpoints.encoder_parts(checkpoints.read(path), path)
+    if name != model.name or config != model.config.to_dict():
+        raise ValueError(f"encoder {path} was pretrained for {name} {config}, "
                          f"not {model.name} {model.config.to_dict()}")
     device = next(model.parameters()).device
-    model.load_encoder_state_dict({k: v.to(device) for k, v in state["encoder"].items()})
-
-
-def plot_loss_curve(history: pd.DataFrame, path: str | os.PathLike) -> None:
-    """The triplet loss per epoch into a PNG at ``path``."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(7, 4))
-    ax = fig.subplots()
-    if len(history):
-        ax.plot(history["epoch"], history["triplet_loss"], marker=".", label="triplet margin loss (train)")
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("triplet margin loss (L2, margin 1)")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    write_png_atomic(fig, path)
+    model.load_encoder_state_dict({k: v.to(device) for k, v in encoder.items()})

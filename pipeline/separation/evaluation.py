@@ -3,11 +3,8 @@
 Any registered model (:mod:`pipeline.separation.registry`) is evaluated the same way; runs
 are loaded from their checkpoints through the registry (:func:`build_evaluate`, the evaluate stage).
 
-Separation (:func:`separate_track`): a track ``(channels, samples)`` is cut into segments of
-``segment_s`` seconds overlapping by ``overlap_s``; each is separated (padded to the model's
-valid length and trimmed back) and the outputs are blended with triangular weights
-(:func:`crossfade_weights`, > 0 everywhere), normalised by the summed weights, so a model
-that returns its input gives the input back exactly.
+Separation: :func:`pipeline.separation.apply.separate_track`, overlap-add of segments of
+``segment_s`` seconds overlapping by ``overlap_s``.
 
 SDR (:func:`track_sdr`): museval's v4 BSS Eval (``museval.metrics.bss_eval`` with the
 arguments ``museval.evaluate(mode="v4")`` passes: time-invariant distortion filters, images
@@ -48,7 +45,6 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -58,6 +54,7 @@ from pipeline.audio import io as audio
 from pipeline.corpora.stemset import StemTrack, list_tracks, load_mixture, load_stems
 from pipeline.mining.extraction import separator_volumes
 from pipeline.progress import progress_bar
+from pipeline.separation.apply import separate_track
 from pipeline.separation.comparison import (
     box_plot,
     contrast_lines,
@@ -65,63 +62,13 @@ from pipeline.separation.comparison import (
     paired_comparison,
     run_statistics,
 )
-from pipeline.separation.contract import Separator, separate
+from pipeline.separation.contract import Separator
 from pipeline.separation.losses import si_snr, silent
 from pipeline.sources import SOURCES
 from pipeline.storage.outputs import StageResult
 from pipeline.threads import available_cores
 
 SUMMARY_COLUMNS = (*SOURCES, "all")
-
-
-def crossfade_weights(segment: int) -> torch.Tensor:
-    """Triangular weights ``(segment,)``, rising from 1 to the centre and back, all > 0."""
-    half = segment // 2
-    up = torch.arange(1, half + 1, dtype=torch.float32)
-    down = torch.arange(segment - half, 0, -1, dtype=torch.float32)
-    return torch.cat([up, down])
-
-
-def overlap_add(fn: Callable[[torch.Tensor], torch.Tensor], mix: torch.Tensor, segment: int, overlap: int,
-                batch_size: int = 4) -> torch.Tensor:
-    """Apply ``fn`` (``(B, C, segment)`` -> ``(B, ..., C, segment)``) to overlapping segments of
-    ``mix`` ``(C, T)`` and blend them: returns ``(..., C, T)``.
-
-    Segments start every ``segment - overlap`` samples; the mixture is zero-padded at its end
-    so the last segment is full length, and the result is cut back to ``T``.
-    """
-    if not 0 <= overlap < segment:
-        raise ValueError(f"need 0 <= overlap < segment, got overlap={overlap}, segment={segment}")
-    channels, length = mix.shape
-    hop = segment - overlap
-    count = 1 + max(0, math.ceil((length - segment) / hop))
-    padded = torch.nn.functional.pad(mix, (0, (count - 1) * hop + segment - length))
-    weights = crossfade_weights(segment).to(mix.device)
-    out: torch.Tensor | None = None
-    total = torch.zeros(padded.shape[-1], device=mix.device)
-    for first in range(0, count, batch_size):
-        starts = [k * hop for k in range(first, min(count, first + batch_size))]
-        chunks = torch.stack([padded[:, s:s + segment] for s in starts])
-        result = fn(chunks)
-        if out is None:
-            out = torch.zeros(*result.shape[1:-1], padded.shape[-1], dtype=result.dtype, device=mix.device)
-        for k, s in enumerate(starts):
-            out[..., s:s + segment] += result[k] * weights
-            total[s:s + segment] += weights
-    return (out / total)[..., :length]
-
-
-@torch.no_grad()
-def separate_track(model: Separator, mix: np.ndarray, segment_s: float = 8.0, overlap_s: float = 2.0,
-                   device: str | torch.device = "cpu", batch_size: int = 4) -> np.ndarray:
-    """Separate a whole mixture ``(channels, samples)`` at the model's rate: ``(sources, channels, samples)``."""
-    model.eval()
-    rate = model.config.sample_rate
-    segment = min(round(segment_s * rate), mix.shape[-1])
-    overlap = min(round(overlap_s * rate), segment - 1)
-    x = torch.from_numpy(np.ascontiguousarray(mix, dtype=np.float32)).to(device)
-    estimates = overlap_add(lambda chunk: separate(model, chunk), x, segment, overlap, batch_size)
-    return estimates.cpu().numpy()
 
 
 def _silent(signal: np.ndarray) -> bool:
@@ -400,12 +347,17 @@ def compare_runs(results: dict[str, dict[str, float]], metric: str = "sdr") -> p
     return frame
 
 
+# What a row says of its run's compute (per seed): the main steps, each scheme's extra steps
+# and the examples fed to the separator (summary.json of pipeline.separation.training).
+COMPUTE_COLUMNS = ("main_steps", "remix_steps", "critic_steps", "pretrain_steps", "examples")
+
+
 def run_compute(checkpoint: str | os.PathLike) -> dict[str, int | None]:
-    """``updates`` and ``examples`` of the training run that wrote ``checkpoint`` (its
-    ``summary.json``, :mod:`pipeline.separation.training`); None where it does not say."""
+    """:data:`COMPUTE_COLUMNS` of the training run that wrote ``checkpoint`` (its ``summary.json``,
+    :mod:`pipeline.separation.training`); None where it does not say."""
     path = Path(checkpoint).parent / "summary.json"
     summary = json.loads(path.read_text()) if path.exists() else {}
-    return {"updates": summary.get("updates"), "examples": summary.get("examples")}
+    return {column: summary.get(column) for column in COMPUTE_COLUMNS}
 
 
 def _compute_value(values: list[int | None]) -> float | None:
@@ -416,15 +368,15 @@ def _compute_value(values: list[int | None]) -> float | None:
 
 def comparison_table(per_track: pd.DataFrame, metric: str, compute: dict[str, dict]) -> pd.DataFrame:
     """One row per run (reference rows first): the paper's statistic per source and ``all``,
-    then ``mean_all``, ``seed_sd_all`` (spread of ``all`` across seeds), ``seeds``, ``updates``
-    and ``examples`` (per seed; NaN for the reference rows)."""
+    then ``mean_all``, ``seed_sd_all`` (spread of ``all`` across seeds), ``seeds`` and
+    :data:`COMPUTE_COLUMNS` (per seed; NaN for the reference rows)."""
     statistics = run_statistics(per_track, metric)
     table = statistics["median"][list(SUMMARY_COLUMNS)].copy()
     table["mean_all"] = statistics[("mean", "all")]
     table["seed_sd_all"] = statistics[("seed_sd", "all")]
-    for column in ("seeds", "updates", "examples"):
+    for column in ("seeds", *COMPUTE_COLUMNS):
         table[column] = [compute.get(run, {}).get(column) for run in table.index]
-    return table.astype({c: float for c in ("seeds", "updates", "examples")})
+    return table.astype({c: float for c in ("seeds", *COMPUTE_COLUMNS)})
 
 
 def _rounded(value: float, digits: int = 3) -> float | None:
@@ -436,9 +388,11 @@ def _table_lines(table: pd.DataFrame) -> list[str]:
     shown = table.copy()
     for column in SUMMARY_COLUMNS + ("mean_all", "seed_sd_all"):
         shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
-    for column in ("seeds", "updates", "examples"):
+    for column in ("seeds", *COMPUTE_COLUMNS):
         shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
-    return shown.rename(columns={"seed_sd_all": "sd(seeds)"}).to_string().splitlines()
+    names = {"seed_sd_all": "sd(seeds)", "main_steps": "main", "remix_steps": "+remix", "critic_steps": "+critic",
+             "pretrain_steps": "+pretrain"}
+    return shown.rename(columns=names).to_string().splitlines()
 
 
 def build_evaluate(runs: dict[str, str | os.PathLike | dict[int, str | os.PathLike]], stem_root: str | os.PathLike,
@@ -457,7 +411,7 @@ def build_evaluate(runs: dict[str, str | os.PathLike | dict[int, str | os.PathLi
     Writes into ``out``: ``per_track.parquet`` (run, seed, model, track, source, sdr, si_snr,
     ...), ``comparison.csv`` / ``.parquet`` (:func:`comparison_table` of SDR),
     ``comparison_si_snr.csv`` / ``.parquet`` (SI-SNR), ``contrasts.csv`` / ``.parquet`` (one
-    row per contrast, metric and scope, with ``equal_compute``) and ``boxplot_sdr.png`` /
+    row per contrast, metric and scope, with ``equal_main_steps``) and ``boxplot_sdr.png`` /
     ``boxplot_si_snr.png``.  Counts ``runs``, ``seeds``, ``tracks``, ``models`` (run -> model) and
     the tables as dicts (``comparison``, ``comparison_si_snr``, ``contrasts``); the summary: the
     tables and contrasts as text.
@@ -493,8 +447,8 @@ def build_evaluate(runs: dict[str, str | os.PathLike | dict[int, str | os.PathLi
     compute = {}
     for label, paths in seeded.items():
         counts = [run_compute(path) for path in paths.values()]
-        compute[label] = {"seeds": len(paths), "updates": _compute_value([c["updates"] for c in counts]),
-                          "examples": _compute_value([c["examples"] for c in counts])}
+        compute[label] = {"seeds": len(paths),
+                          **{column: _compute_value([c[column] for c in counts]) for column in COMPUTE_COLUMNS}}
     result: dict = {"runs": len(seeded), "seeds": max(len(p) for p in seeded.values()), "tracks": len(tracks)}
     summary: list[str] = []
     result["models"] = dict(per_track[~per_track["run"].isin(REFERENCE_ROWS)].groupby("run", sort=False)["model"]
@@ -508,23 +462,24 @@ def build_evaluate(runs: dict[str, str | os.PathLike | dict[int, str | os.PathLi
                                          for run, row in table.iterrows()}
         how = "museval v4" if metric == "sdr" else "frugal paper"
         title = (f"median {label} (dB, {how}) over {len(tracks)} {split} tracks (per track: median over 1 s "
-                 "frames), mean over tracks, sd across seeds; updates, examples per seed:")
+                 "frames), mean over tracks, sd across seeds; per seed: main steps, the extra remix, critic "
+                 "and pretraining steps on top of them, examples fed to the separator:")
         summary += [title, *_table_lines(table)]
         box_plot(per_track, out / f"boxplot_{metric}.png", metric, f"{label} (dB)")
         for run, baseline in contrasts:
             name = f"{run} - {baseline}"
             paired = paired_comparison(per_track, run, baseline, metric)
             a, b = compute.get(run, {}), compute.get(baseline, {})
-            equal = (a.get("updates"), a.get("examples")) == (b.get("updates"), b.get("examples"))
+            equal = a.get("main_steps") == b.get("main_steps")
             contrast_rows += [{"contrast": name, "run": run, "baseline": baseline, "metric": metric, "scope": scope,
-                               **row, "equal_compute": equal} for scope, row in paired.iterrows()]
+                               **row, "equal_main_steps": equal} for scope, row in paired.iterrows()]
             if metric == "sdr":
                 summary += contrast_lines(f"{name}, SDR", paired)
                 if not equal and run not in REFERENCE_ROWS and baseline not in REFERENCE_ROWS:
-                    summary.append(f"  unequal compute: updates {a.get('updates')} vs {b.get('updates')}, "
-                                             f"examples {a.get('examples')} vs {b.get('examples')}")
+                    summary.append(f"  unequal main steps: {a.get('main_steps')} vs {b.get('main_steps')} "
+                                   "(the budget counted extra steps, or a run stopped early)")
     contrast_table = pd.DataFrame(contrast_rows, columns=list(contrast_rows[0]) if contrast_rows else
-                                  ["contrast", "run", "baseline", "metric", "scope", "equal_compute"])
+                                  ["contrast", "run", "baseline", "metric", "scope", "equal_main_steps"])
     write_parquet_atomic(contrast_table, out / "contrasts.parquet")
     write_bytes_atomic(out / "contrasts.csv", contrast_table.round(4).to_csv(index=False).encode())
     result["contrasts"] = {}

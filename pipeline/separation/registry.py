@@ -15,17 +15,15 @@ name           model                                          recipe (TrainConfi
 ``sizes`` name config overrides: ``paper`` (the size its paper trained) and ``cpu`` (small
 enough to train on a laptop), used by the benchmark and the demo.
 
-A model checkpoint holds ``model_name``, ``model_config`` (the config as a dict) and
-``model`` (the state dict), plain values and tensors only, so ``torch.load(weights_only=True)``
-reads it (:func:`load_model`).  Checkpoints of this project written before the registry
-(``format`` 1, no ``model_name``) were always Demucs: they load as ``demucs``.  Checkpoints of
-the 2019 code itself (pickled modules) do not load here: take their ``state_dict()`` and
-constructor arguments and use :func:`load_2019_state`.
+Checkpoints (``best.pt``, ``checkpoint.pt``) hold the model's name, its config as a dict and its
+state dict (:mod:`pipeline.storage.checkpoints`, which writes and reads every model file of the
+project); :func:`load_model` rebuilds the model from one.  Checkpoints of the 2019 code itself
+(pickled modules) do not load here: take their ``state_dict()`` and constructor arguments and
+use :func:`load_2019_state`.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,16 +34,13 @@ from pipeline.separation.contract import ModelConfig, Separator
 from pipeline.separation.demucs import Demucs
 from pipeline.separation.demucs2019 import Demucs2019, config_from_2019, convert_state_dict
 from pipeline.separation.tasnet import TasNet
-
-log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = 2  # 1: before the registry (Demucs only, no model_name)
+from pipeline.storage import checkpoints
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     """One registered model: its class (whose ``config_class`` is its config dataclass), the
-    :class:`~pipeline.separation.training.TrainConfig` overrides of its paper's recipe, and
+    :class:`~pipeline.separation.config.TrainConfig` overrides of its paper's recipe, and
     named sizes (config overrides)."""
 
     model_class: type[Separator]
@@ -104,29 +99,23 @@ def build_model(name: str, config: ModelConfig | dict[str, Any] | None = None) -
 
 
 def checkpoint_fields(model: Separator) -> dict[str, Any]:
-    """``model_name``, ``model_config`` (dict) and ``model`` (state dict) of a checkpoint."""
-    return {"format": CHECKPOINT_FORMAT, "model_name": model.name, "model_config": model.config.to_dict(),
-            "model": model.state_dict()}
+    """``format``, ``model_name``, ``model_config`` (dict) and ``model`` (state dict) of a checkpoint."""
+    return checkpoints.separator_fields(model.name, model.config.to_dict(), model.state_dict())
 
 
-def model_from_checkpoint(state: dict[str, Any]) -> Separator:
-    """Rebuild the model a checkpoint dict describes (see the module docstring for old formats)."""
-    name = state.get("model_name")
-    if name is None:
-        if int(state.get("format", 1)) > 1:
-            raise ValueError("checkpoint has no model_name")
-        name = "demucs"
-        log.info("checkpoint of format 1 (before the registry): loading it as demucs")
-    model = build_model(name, state["model_config"])
-    model.load_state_dict(state["model"])
+def model_from_checkpoint(state: dict[str, Any], path: Any = "checkpoint") -> Separator:
+    """Rebuild the model a checkpoint dict describes (:func:`pipeline.storage.checkpoints.separator_parts`)."""
+    name, config, weights = checkpoints.separator_parts(state, path)
+    model = build_model(name, config)
+    model.load_state_dict(weights)
     return model
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Separator:
     """The model saved in the checkpoint at ``path`` (``best.pt``, ``checkpoint.pt`` or any file of
-    :func:`checkpoint_fields`), read with ``torch.load(weights_only=True)``."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    return model_from_checkpoint(state).to(map_location)
+    :func:`checkpoint_fields`); :class:`~pipeline.storage.checkpoints.CheckpointError` when it is
+    missing, damaged or not a separator's."""
+    return model_from_checkpoint(checkpoints.read(path, map_location), path).to(map_location)
 
 
 def load_2019_state(state_dict: dict[str, torch.Tensor], kwargs: dict[str, Any],

@@ -95,6 +95,10 @@ class TasNet(Separator):
         self.mask = nn.Linear(2 * cfg.hidden, cfg.sources * cfg.filters)
         self.decoder = nn.ConvTranspose1d(cfg.filters, cfg.audio_channels, cfg.frame, stride=cfg.hop, bias=False)
 
+    @property
+    def mixture_consistent(self) -> bool:
+        return bool(self.config.consistency)
+
     def valid_length(self, length: int) -> int:
         """Smallest ``n >= length`` with ``n >= L`` and ``(n - L) % H == 0`` (samples)."""
         if length < 1:
