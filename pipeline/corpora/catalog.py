@@ -6,12 +6,24 @@ characters), so a track keeps its id when it is moved or renamed and two copies 
 bytes are one track.  Tracks are grouped into shards of ``shard_size`` tracks; assignment is
 append-only: tracks seen in a previous scan keep their shard, new or changed files fill new
 shards, so adding tracks leaves every existing shard, and its outputs, untouched.
+
+A rescan reads only new or changed files: a file whose path, size and modification time
+(``mtime_ns``) equal the previous scan's keeps that scan's checksum without being read, unless
+it was modified less than :data:`REUSE_MARGIN_NS` before the previous scan listed it (a write
+within the same timestamp tick could then have gone unseen, as git's "racily clean" files).
+The scan's counts say how many checksums were reused and how many computed; a file rewritten
+with its size and time restored keeps a stale checksum, which ``silentmine verify --rehash``
+(:func:`pipeline.mining.verify.check_scan`) finds by reading every file again.  Memory: the
+listing and the previous scan's table (about a kilobyte per track), never a file's content
+(hashed in 1 MiB blocks).
 """
 
 from __future__ import annotations
 
+import calendar
 import os
 import stat
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +40,9 @@ AUDIO_EXTENSIONS = frozenset(
 )
 TRACK_ID_LENGTH = 16
 
+STAGE = "catalog"  # the scan's folder under the data root: <data_root>/catalog/<key>/
+REJECT_STAGE = "scan"  # the stage named in the scan's rejects
+REUSE_MARGIN_NS = 2_000_000_000  # see the module docstring; 2 s covers FAT's and SMB's mtime ticks
 MISSING_SIZE = -1  # listing size of a file that cannot be stat'ed
 BAD_NAME_SIZE = -2  # listing size of a file whose name is not valid UTF-8
 
@@ -108,34 +123,46 @@ def scan(
     files: pd.DataFrame,
     shard_size: int,
     previous: pd.DataFrame | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Checksum ``files`` (a :func:`listing`) and assign shards; return ``(tracks, rejects)``.
+    previous_listed_ns: int | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """Checksum ``files`` (a :func:`listing`) and assign shards; return ``(tracks, rejects, counts)``.
 
-    Checksums of files whose ``(path, size, mtime_ns)`` match ``previous`` are reused, so a
-    rescan of a large catalog reads only new or changed files.  Unreadable or empty files,
-    names that are not valid UTF-8, anything but a regular file, and later copies of an
-    already-listed content are returned as rejects (``path, track_id, stage, kind, reason``).
+    Checksums of files whose ``(path, size, mtime_ns)`` match ``previous`` (an earlier scan's
+    tracks) are reused, unless the file's ``mtime_ns`` is within :data:`REUSE_MARGIN_NS` of
+    ``previous_listed_ns`` (when that scan listed the catalog, ns since the epoch) or later.
+    Unreadable or empty files, names that are not valid UTF-8, anything but a regular file, and
+    later copies of an already-listed content are returned as rejects (``path, track_id,
+    stage, kind, reason``).  ``counts``: ``checksums_computed``, ``checksums_reused`` and
+    ``bytes_hashed`` (the bytes read for the computed ones).
     """
     if shard_size < 1:
         raise ValueError("shard_size must be at least 1")
     known = {}
     if previous is not None and len(previous):
-        known = {(r.path, r.size, r.mtime_ns): r.checksum for r in previous.itertuples()}
+        known = dict(zip(zip(previous["path"], previous["size"], previous["mtime_ns"]), previous["checksum"]))
+    trusted_before = None if previous_listed_ns is None else previous_listed_ns - REUSE_MARGIN_NS
     checksums, rejects = [], []  # rejects: (path, track_id, stage, kind, reason)
-    for row in files.itertuples():
-        checksum = known.get((row.path, row.size, row.mtime_ns))
-        if checksum is None:
-            problem = _unscannable(row.path, row.size)
+    counts = {"checksums_computed": 0, "checksums_reused": 0, "bytes_hashed": 0}
+    for path, size, mtime_ns in zip(files["path"], files["size"], files["mtime_ns"]):
+        checksum = known.get((path, size, mtime_ns))
+        if checksum is not None and (trusted_before is None or mtime_ns < trusted_before):
+            counts["checksums_reused"] += 1
+        else:
+            checksum = None
+            problem = _unscannable(path, size)
             if problem:
-                rejects.append((row.path, "", "scan", *problem))
+                rejects.append((path, "", REJECT_STAGE, *problem))
             else:
                 try:
-                    checksum = file_checksum(row.path)
+                    checksum = file_checksum(path)
+                    counts["checksums_computed"] += 1
+                    counts["bytes_hashed"] += int(size)
                 except PermissionError:
-                    rejects.append((row.path, "", "scan", kinds.UNREADABLE, "file is not readable (permission denied)"))
+                    rejects.append((path, "", REJECT_STAGE, kinds.UNREADABLE,
+                                    "file is not readable (permission denied)"))
                 except OSError as err:
-                    rejects.append((row.path, "", "scan", kinds.UNREADABLE,
-                                   f"file cannot be read ({err.strerror or err})"))
+                    rejects.append((path, "", REJECT_STAGE, kinds.UNREADABLE,
+                                    f"file cannot be read ({err.strerror or err})"))
         checksums.append(checksum)
     tracks = files.assign(checksum=checksums)
     tracks = tracks[tracks["checksum"].notna()].copy()
@@ -143,11 +170,13 @@ def scan(
     duplicated = tracks["track_id"].duplicated(keep="first")
     first_path = tracks.drop_duplicates("track_id").set_index("track_id")["path"]
     for row in tracks[duplicated].itertuples():
-        rejects.append((row.path, row.track_id, "scan", kinds.DUPLICATE, f"same content as {first_path[row.track_id]}"))
+        rejects.append((row.path, row.track_id, REJECT_STAGE, kinds.DUPLICATE,
+                        f"same content as {first_path[row.track_id]}"))
     tracks = tracks[~duplicated].reset_index(drop=True)
     tracks["shard"] = _assign_shards(tracks, shard_size, previous)
     rejects_frame = pd.DataFrame(rejects, columns=["path", "track_id", "stage", "kind", "reason"])
-    return tracks[CATALOG_COLUMNS].sort_values(["shard", "path"]).reset_index(drop=True), rejects_frame
+    tracks = tracks[CATALOG_COLUMNS].sort_values(["shard", "path"]).reset_index(drop=True)
+    return tracks, rejects_frame, counts
 
 
 def _unscannable(path: str, size: int) -> tuple[str, str] | None:
@@ -219,20 +248,52 @@ def build_catalog(
     catalog: str | os.PathLike, shard_size: int, out: Path, previous_tracks: str | os.PathLike | None = None
 ) -> StageResult:
     """The catalog stage: scan ``catalog`` into ``out/tracks.parquet`` and ``out/rejects.parquet``;
-    counts ``tracks``, ``shards``, ``rejects``, ``bytes``.
+    counts ``tracks``, ``shards``, ``rejects``, ``bytes``, :func:`scan`'s checksum counts and
+    ``listed_at_ns`` (when the listing began: the next scan's reuse rule reads it).
 
     ``previous_tracks`` is the ``tracks.parquet`` of the latest earlier scan of the same
-    catalog and shard size, whose checksums and shard assignment are reused.
+    catalog and shard size (its folder's ``manifest.json`` says when it listed the catalog),
+    whose checksums and shard assignment are reused.
     """
     from pipeline.storage.outputs import write_parquet_atomic
 
-    previous = pd.read_parquet(previous_tracks) if previous_tracks else None
-    tracks, rejects = scan(listing(catalog), shard_size, previous)
+    previous, previous_listed_ns = None, None
+    if previous_tracks:
+        previous = pd.read_parquet(previous_tracks)
+        previous_listed_ns = listed_at_ns(Path(previous_tracks).parent)
+    listed_ns = time.time_ns()
+    tracks, rejects, counts = scan(listing(catalog), shard_size, previous, previous_listed_ns)
     write_parquet_atomic(tracks, Path(out) / "tracks.parquet")
     write_parquet_atomic(rejects, Path(out) / "rejects.parquet")
+    reused = (f"{counts['checksums_reused']} reused (path, size and mtime as in {Path(previous_tracks).parent.name})"
+              if previous_tracks else "none reused (no earlier scan)")
     return StageResult({
         "tracks": len(tracks),
         "shards": int(tracks["shard"].nunique()),
         "rejects": len(rejects),
         "bytes": int(tracks["size"].sum()),
-    })
+        **counts,
+        "listed_at_ns": listed_ns,
+    }, summary=(f"checksums: {counts['checksums_computed']} computed ({counts['bytes_hashed']:,} bytes read), "
+                f"{reused}; `silentmine verify --rehash` reads every file again",))
+
+
+def listed_at_ns(scan_folder: str | os.PathLike) -> int | None:
+    """When the scan in ``scan_folder`` listed its catalog, ns since the epoch: its manifest's
+    ``counts.listed_at_ns``, or for a scan that did not record it the start of the stage
+    (``started_at``, at second resolution: earlier, so the reuse rule is stricter); None
+    without a readable manifest."""
+    from pipeline.storage.outputs import read_manifest
+
+    try:
+        manifest = read_manifest(scan_folder)
+    except (OSError, ValueError):
+        return None
+    recorded = (manifest.get("counts") or {}).get("listed_at_ns")
+    if isinstance(recorded, int):
+        return recorded
+    started = manifest.get("started_at")
+    try:
+        return calendar.timegm(time.strptime(started, "%Y-%m-%dT%H:%M:%SZ")) * 1_000_000_000
+    except (TypeError, ValueError):
+        return None
