@@ -142,3 +142,17 @@ def test_build_catalog_states_what_it_reused_and_reads_when_the_last_scan_listed
     second = catalog.build_catalog(folder, 2, tmp_path / "scan2", tmp_path / "scan1" / "tracks.parquet")
     assert (second.counts["checksums_reused"], second.counts["checksums_computed"]) == (3, 1)
     assert "3 reused" in second.summary[0] and "verify --rehash" in second.summary[0]
+
+
+def test_the_walk_lists_files_in_sorted_path_order(tmp_path):
+    # shards are filled in this order: it must be that of sorted paths, whatever the names
+    names = ["a.wav", "a/x.flac", "a-b/y.wav", "a b/z.mp3", "b.wav", "b/c/d.ogg", "B.wav", "é.wav", "e.WAV",
+             "a/.hidden.wav", ".cache/w.wav", "a/cover.jpg"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(name.encode())
+    (tmp_path / "link").symlink_to(tmp_path / "b", target_is_directory=True)  # not followed
+    expected = sorted(tmp_path / n for n in names if not any(p.startswith(".") for p in n.split("/"))
+                      and not n.endswith(".jpg"))
+    assert catalog.list_files(tmp_path) == expected
+    assert list(catalog.listing(tmp_path)["path"]) == [str(p) for p in expected]

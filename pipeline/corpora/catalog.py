@@ -25,6 +25,7 @@ import os
 import stat
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -57,6 +58,12 @@ def list_files(catalog: str | os.PathLike) -> list[Path]:
     only) or a text file with one path per line (relative paths are taken relative to the
     list's folder; blank lines and lines starting with ``#`` are skipped).
     """
+    return [Path(path) for path in candidate_files(catalog)]
+
+
+def candidate_files(catalog: str | os.PathLike) -> Iterator[str]:
+    """:func:`list_files` as strings, one at a time: a folder is walked in the order of sorted
+    paths (each folder's entries by name), so it is never held whole."""
     catalog = Path(catalog).resolve()
     if catalog.is_file():
         paths = []
@@ -65,16 +72,32 @@ def list_files(catalog: str | os.PathLike) -> list[Path]:
             if line and not line.startswith("#"):
                 path = Path(line)
                 paths.append(path if path.is_absolute() else catalog.parent / path)
-        return sorted({p.absolute() for p in paths})
+        yield from (str(p) for p in sorted({p.absolute() for p in paths}))
+        return
     if not catalog.is_dir():
         raise FileNotFoundError(f"catalog {catalog} is neither a folder nor a list of paths")
-    found = []
-    for folder, dirs, files in os.walk(catalog):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            if not name.startswith(".") and Path(name).suffix.lower().lstrip(".") in AUDIO_EXTENSIONS:
-                found.append(Path(folder) / name)
-    return sorted(found)
+    yield from _walk_sorted(str(catalog))
+
+
+def _walk_sorted(folder: str) -> Iterator[str]:
+    """Audio files under ``folder`` in the order ``sorted(Path ...)`` gives: entries by name,
+    a sub-folder's files at its name's place.  Hidden entries are skipped, symbolic links to
+    folders are not followed, unreadable folders are passed over (as ``os.walk`` does)."""
+    try:
+        with os.scandir(folder) as entries:
+            named = sorted(((e.name, e) for e in entries if not e.name.startswith(".")), key=lambda item: item[0])
+    except OSError:
+        return
+    for name, entry in named:
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir:
+            if not entry.is_symlink():
+                yield from _walk_sorted(entry.path)
+        elif os.path.splitext(name)[1].lower().lstrip(".") in AUDIO_EXTENSIONS:
+            yield entry.path
 
 
 def path_text(path: str | os.PathLike) -> str | None:
@@ -94,24 +117,30 @@ def escaped_path(path: str | os.PathLike) -> str:
 
 
 def listing(catalog: str | os.PathLike) -> pd.DataFrame:
-    """``path, size, mtime_ns`` of every candidate file.
+    """``path, size, mtime_ns`` of every candidate file, in path order.
 
     A file that cannot be stat'ed has size ``MISSING_SIZE`` (-1); a file whose name is not
     valid UTF-8 is listed by its :func:`escaped_path` with size ``BAD_NAME_SIZE`` (-2), so
     :func:`scan` rejects it with a reason instead of failing to store its name.
     """
-    rows = []
-    for path in list_files(catalog):
+    paths, sizes, mtimes = [], [], []
+    for path in candidate_files(catalog):
         text = path_text(path)
         if text is None:
-            rows.append((escaped_path(path), BAD_NAME_SIZE, -1))
+            paths.append(escaped_path(path))
+            sizes.append(BAD_NAME_SIZE)
+            mtimes.append(-1)
             continue
         try:
-            info = path.stat()
-            rows.append((text, info.st_size, info.st_mtime_ns))
+            info = os.stat(text)
+            size, mtime = info.st_size, info.st_mtime_ns
         except OSError:
-            rows.append((text, MISSING_SIZE, -1))
-    return pd.DataFrame(rows, columns=LISTING_COLUMNS)
+            size, mtime = MISSING_SIZE, -1
+        paths.append(text)
+        sizes.append(size)
+        mtimes.append(mtime)
+    return pd.DataFrame({"path": pd.Series(paths, dtype=object), "size": np.array(sizes, dtype=np.int64),
+                         "mtime_ns": np.array(mtimes, dtype=np.int64)})
 
 
 def listing_fingerprint(frame: pd.DataFrame) -> str:
@@ -137,35 +166,39 @@ def scan(
     """
     if shard_size < 1:
         raise ValueError("shard_size must be at least 1")
-    known = {}
+    files = files[LISTING_COLUMNS].reset_index(drop=True)
+    checksums = np.full(len(files), None, dtype=object)
     if previous is not None and len(previous):
-        known = dict(zip(zip(previous["path"], previous["size"], previous["mtime_ns"]), previous["checksum"]))
-    trusted_before = None if previous_listed_ns is None else previous_listed_ns - REUSE_MARGIN_NS
-    checksums, rejects = [], []  # rejects: (path, track_id, stage, kind, reason)
-    counts = {"checksums_computed": 0, "checksums_reused": 0, "bytes_hashed": 0}
-    for path, size, mtime_ns in zip(files["path"], files["size"], files["mtime_ns"]):
-        checksum = known.get((path, size, mtime_ns))
-        if checksum is not None and (trusted_before is None or mtime_ns < trusted_before):
-            counts["checksums_reused"] += 1
-        else:
-            checksum = None
-            problem = _unscannable(path, size)
-            if problem:
-                rejects.append((path, "", REJECT_STAGE, *problem))
-            else:
-                try:
-                    checksum = file_checksum(path)
-                    counts["checksums_computed"] += 1
-                    counts["bytes_hashed"] += int(size)
-                except PermissionError:
-                    rejects.append((path, "", REJECT_STAGE, kinds.UNREADABLE,
-                                    "file is not readable (permission denied)"))
-                except OSError as err:
-                    rejects.append((path, "", REJECT_STAGE, kinds.UNREADABLE,
-                                    f"file cannot be read ({err.strerror or err})"))
-        checksums.append(checksum)
+        row = _rows_of(files["path"], previous)
+        seen = row >= 0
+        reuse = seen.copy()
+        for column in ("size", "mtime_ns"):
+            reuse[seen] &= previous[column].to_numpy()[row[seen]] == files[column].to_numpy()[seen]
+        if previous_listed_ns is not None:
+            reuse &= files["mtime_ns"].to_numpy() < previous_listed_ns - REUSE_MARGIN_NS
+        checksums[reuse] = previous["checksum"].to_numpy()[row[reuse]]
+    missing = np.array([c is None for c in checksums], dtype=bool)
+    counts = {"checksums_computed": 0, "checksums_reused": int((~missing).sum()), "bytes_hashed": 0}
+    rejects = []  # (path, track_id, stage, kind, reason)
+    paths, sizes = files["path"].to_numpy(), files["size"].to_numpy()
+    for i in np.flatnonzero(missing):
+        path, size = paths[i], int(sizes[i])
+        problem = _unscannable(path, size)
+        if problem:
+            rejects.append((path, "", REJECT_STAGE, *problem))
+            continue
+        try:
+            checksums[i] = file_checksum(path)
+        except PermissionError:
+            rejects.append((path, "", REJECT_STAGE, kinds.UNREADABLE, "file is not readable (permission denied)"))
+            continue
+        except OSError as err:
+            rejects.append((path, "", REJECT_STAGE, kinds.UNREADABLE, f"file cannot be read ({err.strerror or err})"))
+            continue
+        counts["checksums_computed"] += 1
+        counts["bytes_hashed"] += size
     tracks = files.assign(checksum=checksums)
-    tracks = tracks[tracks["checksum"].notna()].copy()
+    tracks = tracks[tracks["checksum"].notna()].reset_index(drop=True)
     tracks["track_id"] = tracks["checksum"].str[:TRACK_ID_LENGTH]
     duplicated = tracks["track_id"].duplicated(keep="first")
     first_path = tracks.drop_duplicates("track_id").set_index("track_id")["path"]
@@ -202,16 +235,25 @@ def _unscannable(path: str, size: int) -> tuple[str, str] | None:
 
 
 def _assign_shards(tracks: pd.DataFrame, shard_size: int, previous: pd.DataFrame | None) -> np.ndarray:
+    """Shard numbers for ``tracks`` (in path order): a ``(path, checksum)`` of ``previous`` keeps
+    its shard, the others fill new shards after the last one, in path order."""
     shards = np.full(len(tracks), -1, dtype=np.int64)
+    start = 0
     if previous is not None and len(previous):
-        before = {(r.path, r.checksum): r.shard for r in previous.itertuples()}
-        shards = np.array([before.get((p, c), -1) for p, c in zip(tracks["path"], tracks["checksum"])], dtype=np.int64)
+        row = _rows_of(tracks["path"], previous)
+        kept = row >= 0
+        kept[kept] = previous["checksum"].to_numpy()[row[kept]] == tracks["checksum"].to_numpy()[kept]
+        shards[kept] = previous["shard"].to_numpy()[row[kept]]
         start = int(previous["shard"].max()) + 1
-    else:
-        start = 0
-    new = np.flatnonzero(shards < 0)  # tracks is sorted by path, so new shards follow path order
+    new = np.flatnonzero(shards < 0)
     shards[new] = start + np.arange(len(new)) // shard_size
     return shards
+
+
+def _rows_of(paths: pd.Series, previous: pd.DataFrame) -> np.ndarray:
+    """For each of ``paths``, its row in ``previous`` (an earlier scan's tracks), or -1."""
+    where = {path: i for i, path in enumerate(previous["path"])}
+    return np.fromiter((where.get(path, -1) for path in paths), dtype=np.int64, count=len(paths))
 
 
 def shard_key(shard_tracks: pd.DataFrame) -> str:
@@ -259,7 +301,7 @@ def build_catalog(
 
     previous, previous_listed_ns = None, None
     if previous_tracks:
-        previous = pd.read_parquet(previous_tracks)
+        previous = _read_previous(previous_tracks)
         previous_listed_ns = listed_at_ns(Path(previous_tracks).parent)
     listed_ns = time.time_ns()
     tracks, rejects, counts = scan(listing(catalog), shard_size, previous, previous_listed_ns)
@@ -276,6 +318,19 @@ def build_catalog(
         "listed_at_ns": listed_ns,
     }, summary=(f"checksums: {counts['checksums_computed']} computed ({counts['bytes_hashed']:,} bytes read), "
                 f"{reused}; `silentmine verify --rehash` reads every file again",))
+
+
+def _read_previous(tracks_file: str | os.PathLike) -> pd.DataFrame:
+    """The columns of an earlier scan that a rescan reuses, with the Parquet reader's buffers
+    handed back (they held about four times the table)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tracks_file, columns=[*LISTING_COLUMNS, "checksum", "shard"])
+    frame = table.to_pandas(self_destruct=True)
+    del table
+    pa.default_memory_pool().release_unused()
+    return frame
 
 
 def listed_at_ns(scan_folder: str | os.PathLike) -> int | None:
