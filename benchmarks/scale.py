@@ -1,7 +1,7 @@
 """Scale: the bookkeeping of a catalog of N tracks, and the stage bodies' cost per real-length track.
 
     .venv/bin/python benchmarks/scale.py [--tracks 1000 10000 100000] [--shard-size 64] [--track-seconds 0]
-                                         [--work /tmp/silentmine-scale] [--skip-luigid]
+                                         [--work /tmp/silentmine-scale] [--skip-luigid] [--plan-only]
                                          [--stage-seconds 240] [--stage-tracks 2] [--widths 0.125 1.0]
                                          [--machines 10] [--skip-stages] [--smoke]
 
@@ -20,7 +20,8 @@ written under ``--work``), timed by wall clock:
   ``started``), with a ``luigid`` on loopback (then stopped: its peak memory, from
   ``/proc/PID/status``) and with the local scheduler (then run to the end);
 - ``silentmine run Extract`` again (a no-op rerun), ``silentmine status Extract`` and
-  ``silentmine verify``.
+  ``silentmine verify`` (``--plan-only``: ``silentmine status Extract`` before the run instead,
+  and no run: what comparing shard sizes needs).
 
 Part 2 (``--skip-stages`` leaves it out): ``--stage-tracks`` music-like 44.1 kHz stereo FLAC
 tracks of ``--stage-seconds`` through the features, detection (a randomly initialised detector
@@ -191,9 +192,9 @@ def free_port() -> int:
 def start_luigid(work: Path, log: Path) -> tuple[subprocess.Popen, int]:
     """A ``luigid`` on loopback with the settings docs/operations.md gives for large runs."""
     port = free_port()
+    (work / "luigid.pickle").unlink(missing_ok=True)  # a fresh scheduler, not the last run's state
     config = work / "luigid.cfg"
-    config.write_text("[scheduler]\nrecord_task_history = false\nremove_delay = 600\n"
-                      "worker_disconnect_delay = 60\nprune_on_get_work = true\n")
+    config.write_text("[scheduler]\nrecord_task_history = false\nremove_delay = 600\nworker_disconnect_delay = 60\n")
     env = {**os.environ, "LUIGI_CONFIG_PATH": str(config)}
     with open(log, "a") as out:
         proc = subprocess.Popen([sys.executable, "-c", "from luigi.cmdline import luigid; luigid()", "--address",
@@ -296,6 +297,10 @@ def bookkeeping(args: argparse.Namespace, work: Path, count: int) -> None:
     wait = first_shard_task(runner, data_root, run_args)
     figure(f"first task starts, local scheduler, {count} tracks", wait, "s",
            "from `silentmine run Extract --workers 2`", digits=1)
+    if args.plan_only:
+        wall, _ = runner.run("status", "Extract")
+        figure(f"status, {count} tracks, before the run", wall, "s", "`silentmine status Extract`", digits=1)
+        return
     since = time.time()
     wall, _ = runner.run(*run_args)
     ran = journal_rows(data_root, since)
@@ -432,6 +437,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="seconds of tone per catalog file (0: header-only WAVs, rejected by features)")
     parser.add_argument("--work", default="/tmp/silentmine-scale", help="keeps the catalogs and the runs")
     parser.add_argument("--skip-luigid", action="store_true", help="measure planning with the local scheduler only")
+    parser.add_argument("--plan-only", action="store_true",
+                        help="part 1 up to the first task and `status`: no whole run, no-op rerun or verify")
     parser.add_argument("--stage-seconds", type=float, default=240.0, help="length of part 2's tracks (s)")
     parser.add_argument("--stage-tracks", type=int, default=2)
     parser.add_argument("--widths", type=float, nargs="+", default=[0.125, 1.0], help="detector widths")

@@ -119,10 +119,10 @@ def test_packed_short_signals_equal_their_solo_features():
 
 
 def test_pack_layout_keeps_a_gap_after_each_signals_frames_and_samples():
-    lengths = [16000, 300, 16000 * 8 + 1000]  # 60 frames; 40 frames (one window), 2 of samples; 500, 504
+    lengths = [16000, 300, 16000 * 8 + 1000]  # frames 60, samples 63; 40 (one window), 2; 500, 504
     starts, total = feat.pack_layout(lengths, gap_frames=12)
-    assert starts == [0, 72, 124]
-    assert total == 124 + 500
+    assert starts == [0, 63 + 12, 63 + 12 + 40 + 12]
+    assert total == starts[2] + 500
     assert feat.pack_span(lengths[2], 12) == 504 + 12  # its samples reach past its last frame
 
 
