@@ -98,20 +98,16 @@ def test_chunked_features_match_the_whole_signal_transform():
 
 
 def test_packed_short_signals_equal_their_solo_features():
-    # shorter than a window (one zero-padded window), a window, seconds, more than one 970-frame chunk
-    signals = [_music_like(s, seed=i) for i, s in enumerate((0.3, 0.7, 3.3, 8.0, 1.0, 12.0, 20.0))]
+    # shorter than a window (one zero-padded window), a window, seconds; more than a chunk in all
+    signals = [_music_like(s, seed=i) for i, s in enumerate((0.3, 0.7, 3.3, 8.0, 1.0, 5.0))]
     extractor = feat.FeatureExtractor(num_threads=1)
     packed = extractor.packed(signals, compress=False)
-    starts, total = feat.pack_layout([x.size for x in signals])
-    assert total >= feat.MAX_SEGMENT_FRAMES  # the pack spans several chunks: tracks cross chunk edges
+    assert feat.pack_layout([x.size for x in signals])[1] > feat.MAX_SEGMENT_FRAMES  # tracks cross chunk edges
     for x, raw in zip(signals, packed):
         solo = extractor.scattering(x)
         assert raw.shape == solo.shape == (7, 54, feat.n_feature_frames(x.size))
-        if solo.size:
-            assert np.abs(raw - solo).max() <= 1e-5 * solo.max()
-    logged = extractor.packed(signals)
-    for x, features in zip(signals, logged):
-        assert np.abs(features - extractor(x)).max() <= feat.CHUNK_TOLERANCE
+        assert np.abs(raw - solo).max() <= 1e-5 * solo.max()
+        assert np.abs(feat.log_compress(raw) - feat.log_compress(solo)).max() <= feat.CHUNK_TOLERANCE
     np.testing.assert_array_equal(extractor.packed(signals[3:4])[0], extractor(signals[3]))  # alone: the same
     assert extractor.packed([]) == []
     with pytest.raises(AudioError, match="no samples"):
