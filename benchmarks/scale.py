@@ -15,7 +15,8 @@ written under ``--work``), timed by wall clock:
 
 - the scan (``build_catalog`` in a child process): files per second and peak memory, first
   (every file read) and again (every checksum reused);
-- planning: the tasks of ``Extract`` (``tasks.graph.walk``) and the seconds from starting
+- planning: the tasks of ``Extract`` and the CPU seconds of building its graph
+  (``tasks.graph.walk``, what ``status`` and ``gc`` do first), and the seconds from starting
   ``silentmine run Extract --workers 2`` until its first shard task starts (the run journal's
   ``started``), with a ``luigid`` on loopback (then stopped: its peak memory, from
   ``/proc/PID/status``) and with the local scheduler (then run to the end);
@@ -233,15 +234,18 @@ def measure_scan(catalog: Path | None, shard_size: int, out: Path, previous: Pat
     return wall, usage.ru_maxrss / 1024
 
 
-def task_count(config: Path) -> tuple[int, dict[str, int]]:
-    """The tasks of Extract's DAG once its scan has run (a child process, the run's configuration)."""
-    code = ("import collections, json, tasks\nfrom tasks.graph import walk\nfrom tasks.inputs import forget_inputs\n"
-            "forget_inputs()\nfound = walk(tasks.Extract())\n"
-            "print(json.dumps(collections.Counter(t.task_family for t in found)))")
+def task_count(config: Path) -> tuple[int, dict[str, int], float]:
+    """The tasks of Extract's DAG once its scan has run, by family, and the CPU seconds of
+    building it (``tasks.graph.walk``, what ``silentmine status`` does first), in a child process
+    with the run's configuration."""
+    code = ("import collections, json, time, tasks\nfrom tasks.graph import walk\n"
+            "from tasks.inputs import forget_inputs\nstarted = time.process_time()\nforget_inputs()\n"
+            "found = walk(tasks.Extract())\ncpu = time.process_time() - started\n"
+            "print(json.dumps([collections.Counter(t.task_family for t in found), cpu]))")
     env = {**os.environ, **THREAD_ENV, "LUIGI_CONFIG_PATH": str(config), "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
-    families = json.loads(done.stdout.strip().splitlines()[-1])
-    return sum(families.values()), families
+    families, cpu = json.loads(done.stdout.strip().splitlines()[-1])
+    return sum(families.values()), families, cpu
 
 
 def bookkeeping(args: argparse.Namespace, work: Path, count: int) -> None:
@@ -275,10 +279,12 @@ def bookkeeping(args: argparse.Namespace, work: Path, count: int) -> None:
            "peak over the imports' baseline", digits=0)
 
     runner.run("run", "ScanCatalog")
-    tasks, families = task_count(config)
+    tasks, families, walk_cpu = task_count(config)
     shards = families.get("ExtractShard", 0)
     figure(f"tasks planned, {count} tracks", tasks, "tasks", f"{shards} shards x 3 shard families + "
            f"{tasks - 3 * shards} others", digits=0)
+    figure(f"DAG built, {count} tracks", walk_cpu, "CPU s", "tasks.graph.walk(Extract()), as status and gc do",
+           digits=1)
 
     run_args = ("run", "Extract", "--workers", "2")
     if not args.skip_luigid:
