@@ -156,3 +156,15 @@ def test_the_walk_lists_files_in_sorted_path_order(tmp_path):
                       and not n.endswith(".jpg"))
     assert catalog.list_files(tmp_path) == expected
     assert list(catalog.listing(tmp_path)["path"]) == [str(p) for p in expected]
+
+
+def test_scan_shards_gives_each_shards_key_in_shard_order(tmp_path):
+    for i in range(7):
+        write(tmp_path / "c" / f"t{i}.wav", i)
+    tracks, _, _ = catalog.scan(catalog.listing(tmp_path / "c"), shard_size=3)
+    tracks.sample(frac=1.0, random_state=0).to_parquet(tmp_path / "tracks.parquet")  # any row order
+    expected = [(number, key) for number, key, _ in catalog.shards(tracks)]
+    assert [n for n, _ in expected] == [0, 1, 2]
+    assert catalog.scan_shards(tmp_path / "tracks.parquet") == expected
+    tracks[tracks["shard"] < 2].to_parquet(tmp_path / "tracks.parquet")  # a new version of the file
+    assert catalog.scan_shards(tmp_path / "tracks.parquet") == expected[:2]

@@ -21,6 +21,7 @@ listing and the previous scan's table (about a kilobyte per track), never a file
 from __future__ import annotations
 
 import calendar
+import functools
 import os
 import stat
 import time
@@ -270,8 +271,22 @@ def shards(tracks: pd.DataFrame) -> list[tuple[int, str, pd.DataFrame]]:
 
 
 def scan_shards(tracks_file: str | os.PathLike) -> list[tuple[int, str]]:
-    """``(shard number, shard key)`` of every shard of a scan's ``tracks.parquet``."""
-    return [(number, key) for number, key, _ in shards(pd.read_parquet(tracks_file))]
+    """``(shard number, shard key)`` of every shard of a scan's ``tracks.parquet``, in shard order
+    (:func:`shard_key` of each); read once per version of the file in a process (planning asks
+    for them several times)."""
+    info = os.stat(tracks_file)  # a new version is a new file (written aside, then renamed)
+    return list(_scan_shards(os.fspath(tracks_file), info.st_ino, info.st_size, info.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _scan_shards(tracks_file: str, inode: int, size: int, mtime_ns: int) -> tuple[tuple[int, str], ...]:
+    table = pd.read_parquet(tracks_file, columns=["shard", "track_id", "path"])
+    order = np.argsort(table["shard"].to_numpy(), kind="stable")
+    numbers = table["shard"].to_numpy()[order]
+    ids, paths = table["track_id"].to_numpy()[order], table["path"].to_numpy()[order]
+    bounds = np.flatnonzero(np.diff(numbers)) + 1
+    return tuple((int(numbers[a]), stable_hash(sorted(zip(ids[a:b], paths[a:b]))))
+                 for a, b in zip([0, *bounds], [*bounds, len(numbers)]) if b > a)
 
 
 def read_scan_rejects(scan_folder: str | os.PathLike) -> pd.DataFrame:
