@@ -140,7 +140,7 @@ def listing(catalog: str | os.PathLike) -> pd.DataFrame:
         paths.append(text)
         sizes.append(size)
         mtimes.append(mtime)
-    return pd.DataFrame({"path": paths, "size": np.array(sizes, dtype=np.int64),
+    return pd.DataFrame({"path": pd.Series(paths, dtype=str), "size": np.array(sizes, dtype=np.int64),
                          "mtime_ns": np.array(mtimes, dtype=np.int64)})
 
 
