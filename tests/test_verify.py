@@ -341,3 +341,7 @@ def test_rehash_reads_every_file_of_the_catalog_scan(run, capsys):
     capsys.readouterr()
     assert verify_cli(run_dir, rehash_scan=True) == 1
     assert f"scan_checksum: {short.resolve()}: SHA-256" in capsys.readouterr().out
+    from tasks.cli import main
+
+    assert main(["verify", str(run_dir), "--rehash"]) == 1  # the command line's flag
+    assert "scan_checksum" in capsys.readouterr().out
