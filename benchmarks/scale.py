@@ -413,7 +413,8 @@ def stage_costs(args: argparse.Namespace, work: Path) -> None:
         figure(f"detection CPU per song, width {width:g}", seconds * scale, "s", f"{seconds:.2f} s per track",
                digits=2)
     figure("extraction CPU per song", extract_s * scale, "s",
-           f"{extract_s:.2f} s per track, {result.counts.get('excerpts', 0)} excerpts", digits=2)
+           f"{extract_s:.2f} s per track, {result.counts.get('excerpts', 0) / len(paths):g} excerpts per track",
+           digits=2)
     for width, seconds in detect_s.items():
         song_cpu = (features_s + seconds + extract_s) * scale
         hours = SONGS * song_cpu / 2 / 3600  # two one-thread workers per 2-core machine
