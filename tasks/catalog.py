@@ -2,7 +2,7 @@
 
 import luigi
 
-from pipeline.corpora.catalog import build_catalog
+from pipeline.corpora.catalog import STAGE, build_catalog
 from pipeline.storage.outputs import completed_outputs
 from tasks.base import Stage, config
 from tasks.inputs import catalog_fingerprint, resolved
@@ -11,9 +11,10 @@ from tasks.inputs import catalog_fingerprint, resolved
 class ScanCatalog(Stage):
     """``catalog/<key>/tracks.parquet`` (path, size, mtime_ns, checksum, track_id, shard) and
     ``rejects.parquet``: every audio file of the catalog, its SHA-256, its track id and shard.
-    A rescan re-hashes only new or changed files; shard assignment is append-only."""
+    A rescan re-hashes only new or changed files (same path, size and mtime: the checksum is
+    reused, and the manifest counts how many); shard assignment is append-only."""
 
-    stage_name = "catalog"
+    stage_name = STAGE
     catalog = luigi.Parameter(default="", description="folder or list of paths; default [silentmine] catalog")
     shard_size = luigi.IntParameter(default=64, description="tracks per shard (one Luigi task per shard)")
 

@@ -5,7 +5,7 @@
     silentmine run [TASK] [--workers N] [--scheduler-host H --scheduler-port P] [luigi args...]
     silentmine demo            # demo-data, then `run All`, then a summary of what was made
     silentmine audit           # the HTML report of the D_i (runs what it needs)
-    silentmine verify [RUN]    # check the D_i (shards, audio, catalog) and the DAG's other outputs
+    silentmine verify [RUN] [--rehash]  # check the D_i (shards, audio, catalog) and the DAG's other outputs
     silentmine status [TASK] [--json]        # each stage: complete, partial, missing, and why
     silentmine gc [--delete] [--keep CFG...] # outputs the configuration no longer reaches
     silentmine export --format lhotse|hf|webdataset|nemo|csv|musdb|remix-pairs [--out DIR] [--run-dir RUN]
@@ -301,7 +301,7 @@ def stage_output_problems(root) -> tuple[list, list[str]]:
                       f"{checkpoints} checkpoint{'s' * (checkpoints != 1)}"]
 
 
-def verify_configured(check_catalog: bool = True) -> int:
+def verify_configured(check_catalog: bool = True, rehash_scan: bool = False) -> int:
     """``silentmine verify`` of the configured catalog's D_i and the other outputs of ``All``."""
     from pipeline.mining.verify import verify_cli
 
@@ -313,15 +313,16 @@ def verify_configured(check_catalog: bool = True) -> int:
         )
         return 1
     others, checked = stage_output_problems(_current("All"))
-    return verify_cli(extract.dataset, check_catalog=check_catalog, others=others, checked=checked)
+    return verify_cli(extract.dataset, check_catalog=check_catalog, others=others, checked=checked,
+                      rehash_scan=rehash_scan)
 
 
 def _verify(args: argparse.Namespace) -> int:
     if args.run_dir:
         from pipeline.mining.verify import verify_cli
 
-        return verify_cli(args.run_dir, check_catalog=not args.no_catalog)
-    return verify_configured(check_catalog=not args.no_catalog)
+        return verify_cli(args.run_dir, check_catalog=not args.no_catalog, rehash_scan=args.rehash)
+    return verify_configured(check_catalog=not args.no_catalog, rehash_scan=args.rehash)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -523,6 +524,9 @@ def main(argv: list[str] | None = None) -> int:
         help="a D_i folder, data/datasets/<key> (default: the configured catalog's, and the DAG)",
     )
     verify.add_argument("--no-catalog", action="store_true", help="skip re-hashing the catalog files")
+    verify.add_argument("--rehash", action="store_true",
+                        help="also re-hash every file of the catalog scan (a rescan reuses the checksums of "
+                             "files whose size and mtime are unchanged)")
     verify.set_defaults(func=_verify)
 
     status = commands.add_parser("status", help="each stage of the DAG: complete, partial, missing, and why")

@@ -228,7 +228,7 @@ def run_catalog(catalog: Path, work: Path, checkpoint: Path, shard_size: int = 1
     A shard whose stage raises is recorded in ``crashes`` (a finding: it fails the tests of
     its files) and left out of the run; the other shards go on.
     """
-    tracks, scan_rejects = scan(listing(catalog), shard_size)
+    tracks, scan_rejects, _ = scan(listing(catalog), shard_size)
     run_dir = work / "run"
     stores, probabilities, crashes = {}, [], {}
     for _, key, shard_tracks in shards(tracks):
@@ -405,7 +405,7 @@ with tempfile.TemporaryDirectory() as warm:
     warm = Path(warm)
     (warm / "c").mkdir()
     sf.write(warm / "c" / "a.wav", np.zeros((8000, 1), np.float32), 8000)
-    warm_tracks, _ = scan(listing(warm / "c"), 8)
+    warm_tracks, _, _ = scan(listing(warm / "c"), 8)
     write_parquet_atomic(warm_tracks, warm / "tracks.parquet")
     pd.read_parquet(warm / "tracks.parquet")
     for _, key, shard_tracks in shards(warm_tracks):
@@ -416,7 +416,7 @@ if os.getuid() == 0:
     os.setgroups([])
     os.setgid(nobody.pw_gid)
     os.setuid(nobody.pw_uid)
-tracks, rejects = scan(listing(catalog), 8, previous)
+tracks, rejects, _ = scan(listing(catalog), 8, previous)
 write_parquet_atomic(tracks, out / "tracks.parquet")
 write_parquet_atomic(rejects, out / "rejects.parquet")
 for _, key, shard_tracks in shards(tracks):
@@ -449,7 +449,7 @@ def test_unreadable_files_are_rejected_as_permission_denied(tmp_path):
         for name in ("readable.wav", "locked.wav", "locked later.wav"):
             sf.write(catalog / name, music(rng, 2.0, 22050, 1), 22050, subtype="PCM_16")
         (catalog / "locked.wav").chmod(0)
-        previous, _ = scan(listing(catalog), 8)  # as root: "locked later.wav" still readable
+        previous, _, _ = scan(listing(catalog), 8)  # as root: "locked later.wav" still readable
         previous = previous[previous["path"] != str(catalog / "locked.wav")]
         previous.to_parquet(shared / "previous.parquet")
         (shared / "previous.parquet").chmod(0o644)
@@ -512,7 +512,7 @@ def test_a_catalog_list_with_a_name_that_is_not_utf8_is_scanned(tmp_path):
     sf.write(tmp_path / "tmp.wav", music(np.random.default_rng(6), 0.5, 8000, 1), 8000)
     os.rename(tmp_path / "tmp.wav", os.fsencode(tmp_path) + b"/caf\xe9.wav")
     (tmp_path / "list.txt").write_bytes(b"ok.wav\ncaf\xe9.wav\n")
-    tracks, rejects = scan(listing(tmp_path / "list.txt"), 4)
+    tracks, rejects, _ = scan(listing(tmp_path / "list.txt"), 4)
     assert list(tracks["path"]) == [str(tmp_path / "ok.wav")]
     assert list(rejects["path"]) == [str(tmp_path) + "/caf\\xe9.wav"]
     assert "not valid UTF-8" in rejects["reason"].iloc[0]

@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = sorted(path.name for path in (REPO / "benchmarks").glob("*.py") if not path.name.startswith("_"))
 SMOKE_TIMEOUT_S = 300  # per script; each takes seconds
 # Started first, so that the two workers finish together (each about 30 s alone, 1 thread;
-# the others 3-15 s).
-SLOWEST_SMOKES = ("remix_ablation.py", "memory.py")
+# scale.py about 60 s: it starts a dozen silentmine processes; the others 3-15 s).
+SLOWEST_SMOKES = ("scale.py", "remix_ablation.py", "memory.py")
 
 
 def _load_common():
@@ -64,7 +64,7 @@ def smoke_runs(request, tmp_path_factory) -> dict[str, tuple[subprocess.Complete
 
 
 def test_there_are_benchmarks():
-    assert {"features.py", "detect.py", "catalog.py", "memory.py"} <= set(BENCHMARKS)
+    assert {"features.py", "detect.py", "catalog.py", "memory.py", "scale.py"} <= set(BENCHMARKS)
 
 
 @pytest.mark.slow

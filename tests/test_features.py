@@ -97,6 +97,31 @@ def test_chunked_features_match_the_whole_signal_transform():
     assert np.abs(no_context - log_ref).max() > 10 * feat.CHUNK_TOLERANCE
 
 
+def test_packed_short_signals_equal_their_solo_features():
+    # shorter than a window (one zero-padded window), a window, seconds; more than a chunk in all
+    signals = [_music_like(s, seed=i) for i, s in enumerate((0.3, 0.7, 3.3, 8.0, 1.0, 5.0))]
+    extractor = feat.FeatureExtractor(num_threads=1)
+    packed = extractor.packed(signals, compress=False)
+    assert feat.pack_layout([x.size for x in signals])[1] > feat.MAX_SEGMENT_FRAMES  # tracks cross chunk edges
+    for x, raw in zip(signals, packed):
+        solo = extractor.scattering(x)
+        assert raw.shape == solo.shape == (7, 54, feat.n_feature_frames(x.size))
+        assert np.abs(raw - solo).max() <= 1e-5 * solo.max()
+        assert np.abs(feat.log_compress(raw) - feat.log_compress(solo)).max() <= feat.CHUNK_TOLERANCE
+    np.testing.assert_array_equal(extractor.packed(signals[3:4])[0], extractor(signals[3]))  # alone: the same
+    assert extractor.packed([]) == []
+    with pytest.raises(AudioError, match="no samples"):
+        extractor.packed([signals[0], np.zeros(0, np.float32)])
+
+
+def test_pack_layout_keeps_a_gap_after_each_signals_frames_and_samples():
+    lengths = [16000, 300, 16000 * 8 + 1000]  # frames 60, samples 63; 40 (one window), 2; 500, 504
+    starts, total = feat.pack_layout(lengths, gap_frames=12)
+    assert starts == [0, 63 + 12, 63 + 12 + 40 + 12]
+    assert total == starts[2] + 500
+    assert feat.pack_span(lengths[2], 12) == 504 + 12  # its samples reach past its last frame
+
+
 def test_bad_signals_raise_audio_errors():
     with pytest.raises(AudioError, match="no samples"):
         feat.extract_features(np.zeros(0, dtype=np.float32))

@@ -24,7 +24,7 @@ def test_decoding_and_scanning_set_the_kind_where_they_reject(tmp_path):
         load(tmp_path / "text.mp3")
     assert raised.value.kind == rejects.NOT_AUDIO
     (tmp_path / "copy.mp3").write_bytes((tmp_path / "text.mp3").read_bytes())
-    tracks, rejected = scan(listing(tmp_path), shard_size=4)
+    tracks, rejected, _ = scan(listing(tmp_path), shard_size=4)
     kinds = dict(zip(rejected["path"].map(lambda p: p.rsplit("/", 1)[-1]), rejected["kind"]))
     assert kinds == {"empty.wav": rejects.EMPTY, "text.mp3": rejects.DUPLICATE} or \
         kinds == {"empty.wav": rejects.EMPTY, "copy.mp3": rejects.DUPLICATE}

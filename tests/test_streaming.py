@@ -169,8 +169,8 @@ def test_featurize_streams_tracks_into_the_shard(tmp_path):
     items = [(tid, str(p), lambda p=p: catalog_blocks(str(p), block_frames=5000))
              for tid, p in (("long", long), ("bad", late_nan), ("short", short))]
     npy = tmp_path / "shard.npy"
-    counts = featurize(items, npy, total=3, num_threads=1)
-    assert counts["tracks"] == 2 and counts["rejects"] == 1
+    counts = featurize(items, npy, total=3, num_threads=1, pack_max_seconds=10.0)  # "long" streams
+    assert counts["tracks"] == 2 and counts["rejects"] == 1 and counts["tracks_packed"] == 1
     assert counts["audio_seconds"] == pytest.approx(20.5, abs=0.05)
     assert "NaN or Inf" in read_feature_rejects(npy)["reason"].iloc[0]
     shard = FeatureShard(npy)
@@ -181,6 +181,32 @@ def test_featurize_streams_tracks_into_the_shard(tmp_path):
         expected = extractor(mono).astype(np.float16).astype(np.float32)
         np.testing.assert_array_equal(shard.get(tid), expected)
         assert shard.n_frames(tid) == n_feature_frames(mono.size)
+
+
+def test_featurize_packs_short_tracks_into_shared_chunks(tmp_path, monkeypatch):
+    paths = []
+    for i, seconds in enumerate((1.3, 1.35, 1.4, 1.3)):  # alone, each needs the 2**16-point Kymatio object
+        paths.append(tmp_path / f"s{i}.wav")
+        sf.write(paths[-1], music(22050, seconds, seed=i).T, 22050)
+    sf.write(tmp_path / "nan.wav", np.full((2, 4000), np.nan, np.float32).T, 8000, subtype="FLOAT")
+    paths.insert(2, tmp_path / "nan.wav")
+    items = [(p.stem, str(p), lambda p=p: catalog_blocks(str(p), block_frames=5000)) for p in paths]
+    inputs = []  # samples of each Kymatio input
+    scatter = FeatureExtractor._scatter
+    monkeypatch.setattr(FeatureExtractor, "_scatter", lambda self, xs: inputs.extend(x.size for x in xs)
+                        or scatter(self, xs))
+    counts = featurize(items, tmp_path / "packed.npy", num_threads=1, dtype=np.float32)
+    packed_inputs, inputs[:] = list(inputs), []
+    alone = featurize(items, tmp_path / "alone.npy", num_threads=1, dtype=np.float32, pack_max_seconds=0)
+    assert counts["tracks"] == alone["tracks"] == 4 and counts["tracks_packed"] == 4 and alone["tracks_packed"] == 0
+    assert counts["rejects"] == alone["rejects"] == 1 and counts["audio_seconds"] == alone["audio_seconds"]
+    assert "NaN or Inf" in read_feature_rejects(tmp_path / "packed.npy")["reason"].iloc[0]
+    assert len(inputs) == 4 and len(packed_inputs) == 1 and sum(packed_inputs) < 0.6 * sum(inputs)  # one, not four
+    packed, single = FeatureShard(tmp_path / "packed.npy"), FeatureShard(tmp_path / "alone.npy")
+    for track in single.track_ids:
+        raw_packed, raw_single = (1e-6 * np.expm1(shard.get(track).astype(np.float64)) for shard in (packed, single))
+        assert raw_packed.shape == raw_single.shape
+        assert np.abs(raw_packed - raw_single).max() <= 1e-5 * raw_single.max()
 
 
 def test_add_pieces_cuts_a_failed_track_back_out(tmp_path):

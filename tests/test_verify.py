@@ -322,3 +322,27 @@ def test_checkpoints_must_load_with_weights_only(tmp_path):
     truncated.write_bytes(good.read_bytes()[:40])
     assert [p.kind for p in check_checkpoint(truncated)] == ["checkpoint"]
     assert [p.kind for p in check_checkpoint(tmp_path / "absent.pt")] == ["checkpoint"]
+
+
+def test_rehash_reads_every_file_of_the_catalog_scan(run, capsys):
+    from fixtures_extraction import SCAN_KEY
+
+    from pipeline.corpora.catalog import STAGE, build_catalog
+
+    run_dir, catalog_root = run
+    build_catalog(catalog_root, 2, DatasetRun(run_dir).data_root / STAGE / SCAN_KEY)
+    assert verify_cli(run_dir, rehash_scan=True) == 0
+    assert "5 files of the catalog scan re-hashed" in capsys.readouterr().out
+    short = catalog_root / "artist_c" / "short.wav"  # no excerpt was cut from it (too short)
+    stat = short.stat()
+    sf.write(short, np.full(22050, 0.25), 22050, subtype="PCM_16")  # new bytes, same size and time
+    os.utime(short, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert short.stat().st_size == stat.st_size
+    assert verify_cli(run_dir) == 0  # the excerpts' catalog files alone do not include it
+    capsys.readouterr()
+    assert verify_cli(run_dir, rehash_scan=True) == 1
+    assert f"scan_checksum: {short.resolve()}: SHA-256" in capsys.readouterr().out
+    from tasks.cli import main
+
+    assert main(["verify", str(run_dir), "--rehash"]) == 1  # the command line's flag
+    assert "scan_checksum" in capsys.readouterr().out

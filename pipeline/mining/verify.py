@@ -40,7 +40,12 @@ Problem kinds (``Problem.kind``):
 * ``marker_count``: a count in a shard's marker (``excerpts``, ``excerpts_<source>``,
   ``rejects``) differs from the rows of its parts or the audio files it names.
 
-Checks of other stages' outputs (:func:`check_feature_shard`, :func:`check_checkpoint`):
+Checks of other stages' outputs (:func:`check_feature_shard`, :func:`check_checkpoint`,
+:func:`check_scan`):
+
+* ``scan_checksum``: a file of the catalog scan whose SHA-256 differs from the one the scan
+  recorded (a rescan reuses the checksum of a file whose size and mtime are unchanged, so a
+  file rewritten with both restored is found only by reading it), or that no longer exists;
 
 * ``feature_shard``: a feature shard's ``.npy`` or its index is missing or unreadable, their frame
   counts disagree, or its marker counts other tracks than its index holds;
@@ -401,6 +406,33 @@ def verify_run(run: DatasetRun | str | os.PathLike, check_catalog: bool = True, 
     return _verify(run, check_catalog, workers)[0]
 
 
+def check_scan(tracks_file: str | os.PathLike, workers: int = 4) -> tuple[list[Problem], int]:
+    """Re-hash every file of a catalog scan (its ``tracks.parquet``) against the checksum the scan
+    recorded, reused ones included; return the ``scan_checksum`` problems and the files read."""
+    tracks = pd.read_parquet(tracks_file, columns=["path", "checksum"])
+    present = [(path, recorded) for path, recorded in zip(tracks["path"], tracks["checksum"]) if Path(path).is_file()]
+    problems = [Problem("scan_checksum", path, "catalog file of the scan no longer exists")
+                for path in sorted(set(tracks["path"]) - {path for path, _ in present})]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        checksums = pool.map(file_checksum, [path for path, _ in present])
+        for (path, recorded), checksum in zip(present, checksums):
+            if checksum != recorded:
+                problems.append(Problem("scan_checksum", path, f"SHA-256 {checksum[:16]}..., the scan records "
+                                        f"{recorded[:16]}...: the file changed since it was hashed"))
+    return problems, len(present)
+
+
+def scan_tracks_file(run: DatasetRun | str | os.PathLike) -> Path:
+    """The ``tracks.parquet`` of the catalog scan a D_i was gathered for (its manifest's ``scan``)."""
+    from pipeline.corpora.catalog import STAGE
+
+    run = DatasetRun.of(run)
+    key = run.manifest.get("scan") if run.complete else None
+    if not key:
+        raise FileNotFoundError(f"{run.folder} names no catalog scan (no manifest, or an old one)")
+    return run.data_root / STAGE / key / "tracks.parquet"
+
+
 def check_feature_shard(npy_path: str | os.PathLike, tracks: int | None = None) -> list[Problem]:
     """Problems of one feature shard (``.npy`` and its index, :mod:`pipeline.features.store`):
     missing, unreadable, frame counts that disagree, or not ``tracks`` tracks (its marker's count)."""
@@ -446,15 +478,22 @@ def verify_cli(
     check_catalog: bool = True,
     others: Iterable[Problem] = (),
     checked: Iterable[str] = (),
+    rehash_scan: bool = False,
 ) -> int:
     """Print each problem on its own line (the D_i's, then ``others``: other stages'), then
     ``verify: N problems`` or ``verify: OK (...)``; ``checked`` names the other outputs checked.
+    ``rehash_scan``: also :func:`check_scan` every file of the D_i's catalog scan.
 
     Returns the exit status: 1 when any problem was found, 0 otherwise.
     """
     run = DatasetRun.of(run)
     problems, stats = _verify(run, check_catalog, workers=4)
     problems += list(others)
+    checked = list(checked)
+    if rehash_scan:
+        scan_problems, files = check_scan(scan_tracks_file(run))
+        problems += scan_problems
+        checked.append(f"{files} files of the catalog scan re-hashed")
     for problem in problems:
         print(problem)
     if problems:
