@@ -71,31 +71,6 @@ ATTEMPTS_PER_PAIR = 4  # draws allowed per pair asked, skipped ones included
 STEM_MEMORY_LIMIT = 256 << 20  # bytes of float32 stems held in memory; a larger split is read lazily
 
 
-class _TracedStems(StemWindows):
-    """The training code's stem windows, noting the track and start its rule picked."""
-
-    trace: dict[str, Any]
-
-    def read(self, index: int, start: int, frames: int) -> np.ndarray:
-        self.trace = {"stem_track": self.track_names[index], "stem_start": int(start)}
-        return super().read(index, start, frames)
-
-
-class _TracedExcerpts(RemixSampler):
-    """The training code's excerpt sampler, noting the excerpt and crop start its rule picked."""
-
-    trace: dict[str, Any]
-
-    def crop(self, row: pd.Series, rng: np.random.Generator) -> np.ndarray:
-        self.trace = {"excerpt_id": str(row["excerpt_id"])}
-        return super().crop(row, rng)
-
-    def _crop_span(self, frames: int, rate: int, rng: np.random.Generator) -> tuple[int, int]:
-        start, need = super()._crop_span(frames, rate, rng)
-        self.trace.update(excerpt_start=int(start), excerpt_rate=int(rate))  # samples at the excerpt's rate
-        return start, need
-
-
 def target_level_db(target: np.ndarray, mixture: np.ndarray) -> float:
     """``10 log10(||target||^2 / ||mixture||^2)`` in dB; ``-inf`` for a silent target."""
     energy = float(np.sum(np.square(target, dtype=np.float64)))
@@ -134,7 +109,7 @@ def export_remix_pairs(run: DatasetRun | str | os.PathLike, records: list[dict[s
                "sample_rate": sample_rate, "channels": channels, "valid_fraction": valid_fraction,
                "min_target_db": min_target_db, "excerpts": excerpts_key(records),
                "stem_set": {split: fingerprint(tracks) for split, tracks in stem_sets.items()}}
-    excerpts = _TracedExcerpts(run, sample_rate, channels, window)
+    excerpts = RemixSampler(run, sample_rate, channels, window)
     every_excerpt = excerpts.excerpts
     splits = {i: rows["catalog_checksum"].map(lambda c: split_of(c, valid_fraction, seed))
               for i, rows in every_excerpt.items()}
@@ -144,7 +119,7 @@ def export_remix_pairs(run: DatasetRun | str | os.PathLike, records: list[dict[s
     notes: list[str] = []
     with TrackManifest(out, options) as manifest:
         for split in pairs:
-            stems = _TracedStems(stem_root, split, window, sample_rate, channels,
+            stems = StemWindows(stem_root, split, window, sample_rate, channels,
                                  memory_limit_bytes=STEM_MEMORY_LIMIT)
             excerpts.excerpts = {i: rows[(splits[i] == split).to_numpy()].reset_index(drop=True)
                                  for i, rows in every_excerpt.items() if (splits[i] == split).any()}
@@ -182,23 +157,28 @@ def export_remix_pairs(run: DatasetRun | str | os.PathLike, records: list[dict[s
     return ["manifest.jsonl", "export-options.json"], counts, notes
 
 
-def _draw(stems: _TracedStems, excerpts: _TracedExcerpts, source_index: int, split: str, draw: int,
+def _draw(stems: StemWindows, excerpts: RemixSampler, source_index: int, split: str, draw: int,
           number: int, seed: int, min_target_db: float, out: Path, sample_rate: int,
           channels: int) -> dict[str, Any]:
     """Draw ``draw`` of (split, source): write it as pair ``number``, or say why it is skipped."""
     source = SOURCES[source_index]
     line: dict[str, Any] = {"source": source, "split": split, "draw": draw}
     rng = np.random.default_rng([seed, SPLITS.index(split), source_index, draw])
+    # The draws of StemWindows.sample and RemixSampler.sample, in their order, with their origins kept.
+    [(track_index, stem_start)] = stems.draw_spans(rng, 1)
+    line.update(stem_track=stems.track_names[track_index], stem_start=stem_start)
     try:
-        target = stems.sample(rng, 1)[0, source_index]  # (channels, window)
+        target = stems.read(track_index, stem_start, stems.window)[source_index]  # (channels, window)
     except AudioError as err:
         return {**line, "status": "skipped", "reason": f"stem not decodable: {err}"}
-    line.update(stems.trace, stem_split=split)
+    line["stem_split"] = split
+    [row] = excerpts.pick_rows(source_index, 1, rng)
+    line["excerpt_id"] = str(row["excerpt_id"])
     try:
-        rest = excerpts.sample(source_index, 1, rng)[0]  # (channels, window)
+        rest, excerpt_start, excerpt_rate = excerpts.crop_with_origin(row, rng)  # (channels, window)
     except AudioError as err:
-        return {**line, **excerpts.trace, "status": "skipped", "reason": f"excerpt not decodable: {err}"}
-    line.update(excerpts.trace)
+        return {**line, "status": "skipped", "reason": f"excerpt not decodable: {err}"}
+    line.update(excerpt_start=excerpt_start, excerpt_rate=excerpt_rate)  # samples at the excerpt's rate
     mixture = rest + target
     level = target_level_db(target, mixture)
     line["target_db"] = round(level, 3) if math.isfinite(level) else None

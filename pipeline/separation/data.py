@@ -130,11 +130,17 @@ class StemWindows:
         to ``window``; tracks are still weighted by their ``window`` positions)."""
         frames = self.window if frames is None else frames
         batch = np.empty((count, len(SOURCES), self.channels, frames), dtype=np.float32)
-        tracks = rng.choice(len(self._tracks), size=count, p=self._weights)
-        for b, index in enumerate(tracks):
-            start = int(rng.integers(0, max(1, self._tracks[index].length - frames + 1)))
-            batch[b] = self.read(int(index), start, frames)
+        for b, (index, start) in enumerate(self.draw_spans(rng, count, frames)):
+            batch[b] = self.read(index, start, frames)
         return batch
+
+    def draw_spans(self, rng: np.random.Generator, count: int, frames: int | None = None) -> list[tuple[int, int]]:
+        """The ``(track index, start)`` of ``count`` random windows, as :meth:`sample` draws them
+        (a track weighted by its window positions, then a start uniformly, in samples)."""
+        frames = self.window if frames is None else frames
+        tracks = rng.choice(len(self._tracks), size=count, p=self._weights)
+        return [(int(index), int(rng.integers(0, max(1, self._tracks[index].length - frames + 1))))
+                for index in tracks]
 
     def fixed_windows(self, max_windows: int | None = None) -> list[tuple[int, int]]:
         """``(track index, start)`` of consecutive non-overlapping windows of every track (at least

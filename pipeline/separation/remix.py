@@ -115,24 +115,30 @@ class RemixSampler:
 
     def crop(self, row: pd.Series, rng: np.random.Generator) -> np.ndarray:
         """A random ``window``-sample crop of one excerpt at the model's rate, ``(channels, window)``."""
+        return self.crop_with_origin(row, rng)[0]
+
+    def crop_with_origin(self, row: pd.Series, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
+        """:meth:`crop`'s ``(channels, window)`` crop with where it comes from: its first sample in the
+        excerpt file and that file's rate (Hz)."""
         if self.members is not None:
             with sf.SoundFile(io.BytesIO(self.members[row["excerpt_id"]].read())) as fh:
                 frames, rate = fh.frames, fh.samplerate
-                start, need = self._crop_span(frames, rate, rng)
+                start, need = self.crop_span(frames, rate, rng)
                 fh.seek(start)
                 wav = np.ascontiguousarray(fh.read(min(need, frames - start), dtype="float32", always_2d=True).T)
         else:
             path = self.run.audio_file(row)
             info = audio.probe(path)
-            start, need = self._crop_span(info.frames, info.sample_rate, rng)
+            start, need = self.crop_span(info.frames, info.sample_rate, rng)
             wav, rate = audio.load(path, start=start, frames=min(need, info.frames - start))
+        file_rate = rate
         wav = audio.match_channels(audio.resample(wav, rate, self.sample_rate), self.channels)
         out = np.zeros((self.channels, self.window), dtype=np.float32)
         part = wav[:, :self.window]
         out[:, :part.shape[1]] = part
-        return out
+        return out, start, file_rate
 
-    def _crop_span(self, frames: int, rate: int, rng: np.random.Generator) -> tuple[int, int]:
+    def crop_span(self, frames: int, rate: int, rng: np.random.Generator) -> tuple[int, int]:
         """``(start, samples)`` at the file's ``rate`` of a random crop of an excerpt of ``frames``."""
         need = int(math.ceil(self.window * rate / self.sample_rate))
         if rate != self.sample_rate:
@@ -149,6 +155,9 @@ class RemixSampler:
 
     def sample(self, source_index: int, count: int, rng: np.random.Generator) -> np.ndarray:
         """``count`` crops ``m_i`` of random excerpts of ``D_i``: ``(count, channels, window)``."""
+        return np.stack([self.crop(row, rng) for row in self.pick_rows(source_index, count, rng)])
+
+    def pick_rows(self, source_index: int, count: int, rng: np.random.Generator) -> list[pd.Series]:
+        """``count`` index rows of ``D_i`` drawn uniformly, as :meth:`sample` draws them."""
         rows = self.excerpts[source_index]
-        picks = rng.integers(len(rows), size=count)
-        return np.stack([self.crop(rows.iloc[int(k)], rng) for k in picks])
+        return [rows.iloc[int(k)] for k in rng.integers(len(rows), size=count)]
