@@ -25,12 +25,9 @@ split into ``PASS_BATCH`` passes that each keep an equal share of the frames (at
 ``PASS_MAX_KEEP``; longer tracks take several batches of passes), each with ``PASS_CONTEXT``
 frames of real context on each side, run as one batch.  The recurrence then takes ``keep + 2
 * PASS_CONTEXT`` steps instead of one per frame, and each step is a matrix product instead of
-a matrix-vector one that only reads the weights.  A step of 12 sequences costs about 2.5 times
-one of a single sequence at width 1.0 on 2 cores (0.47 against 1.17 ms per layer and direction),
-so passes pay only on long tracks: the BiLSTM took 1.17 s in one pass over a 40 s track and
-1.6-2.1 s in passes, 8.5 s in one pass over 300 s and 4.4 s in 12 passes (ad-hoc timing of
-``model.sequence``, idle); shorter tracks take the one pass of ``float32``.  The whole
-detector at width 1.0 over 300 s: 1.33-1.45x (``benchmarks/detect.py``, docs/performance.md).
+a matrix-vector one that only reads the weights.  A step of a batch of sequences costs more than
+one of a single sequence, so passes pay only on long tracks; shorter tracks take the one pass of
+``float32`` (speed of both paths: ``benchmarks/detect.py``, docs/performance.md).
 On the demo's trained detector and its test split's features end to end (10,794 frames),
 passes differ from one pass by 2e-7 in probability.  On random features, which it never saw,
 they differed by 0.03, and by 0.024 even with 512 frames of context: its BiLSTM then does not
