@@ -20,6 +20,7 @@ from pipeline.separation.evaluation import (
     crossfade_weights,
     evaluate_separator,
     oracle_estimates,
+    oracle_stft_size,
     overlap_add,
     score_track,
     separate_track,
@@ -185,16 +186,43 @@ def test_trivial_row_on_a_track_whose_answer_is_known():
 @pytest.mark.slow
 def test_oracle_row_separates_disjoint_sources_and_keeps_a_lone_source():
     mix, stems = _sines()
-    estimates = oracle_estimates(mix, stems)
+    estimates = oracle_estimates(mix, stems, RATE)
     assert estimates.shape == stems.shape
     sdr = track_sdr(stems, estimates, RATE)
     assert np.all(sdr > 25.0)  # Hann leakage between sines ~1 kHz apart is far below the signal
     # One source alone: its mask is 1 everywhere and the STFT round trip gives it back.
     lone = np.zeros_like(stems)
     lone[1] = stems[1]
-    back = oracle_estimates(lone.sum(axis=0), lone)
+    back = oracle_estimates(lone.sum(axis=0), lone, RATE)
     np.testing.assert_allclose(back[1], stems[1], atol=1e-5)
     assert np.abs(back[[0, 2, 3]]).max() < 1e-6
+
+
+def test_oracle_frames_are_equal_in_seconds_at_16_and_44_1_khz():
+    assert oracle_stft_size(44_100) == (4096, 1024)  # 92.9 ms / 23.2 ms
+    assert oracle_stft_size(16_000) == (1486, 372)
+    frames = {}
+    for rate in (16_000, 44_100):
+        n_fft, hop = oracle_stft_size(rate)
+        assert abs(n_fft / rate - 4096 / 44_100) <= 0.5 / rate and abs(hop / rate - 1024 / 44_100) <= 0.5 / rate
+        signal = torch.zeros(10 * rate, dtype=torch.float64)
+        spectrum = torch.stft(signal, n_fft, hop, window=torch.hann_window(n_fft, dtype=torch.float64),
+                              center=True, return_complex=True)
+        frames[rate] = spectrum.shape[-1]
+    assert frames[16_000] == frames[44_100] == 431  # one frame every 23.2 ms of the 10 s
+
+
+def test_the_oracle_at_16_khz_is_not_handicapped_by_44_1_khz_frames():
+    # Two sources that take turns every 120 ms: masks of 256 ms frames (4096 samples at 16 kHz) smear them.
+    rate, slot = 16_000, 1920
+    noise = np.random.default_rng(0).normal(0, 0.1, size=(2, 1, 2 * rate)).astype(np.float32)
+    turns = (np.arange(2 * rate) // slot) % 2
+    stems = np.stack([noise[0] * (turns == 0), noise[1] * (turns == 1),
+                      np.zeros((1, 2 * rate), np.float32), np.zeros((1, 2 * rate), np.float32)])
+    seconds = oracle_estimates(stems.sum(axis=0), stems, rate)
+    samples = oracle_estimates(stems.sum(axis=0), stems, 44_100)  # 4096 / 1024 samples, as before, at 16 kHz
+    sdr_seconds, sdr_samples = (np.nanmedian(track_sdr(stems, e, rate)[:2]) for e in (seconds, samples))
+    assert sdr_seconds > sdr_samples + 2.0
 
 
 def _checkpoint(path, seed: int, rate: int = RATE, channels: int = 1):

@@ -34,6 +34,12 @@ SI-SNR (:func:`track_si_snr`, the frugal paper's metric, :func:`pipeline.separat
 on the same frames, per source over both channels; a frame whose reference is silent for the
 SI-SNR loss (mean square <= -100 dBFS) is left out for that source only, and the medians
 follow SDR's (per track over frames, then over tracks; ``si_snr_<source>``, ``si_snr_all``).
+
+Reference rows (:func:`reference_estimates`), scored beside the runs at their rate: trivial
+(every source = mixture / 4) and oracle (ideal ratio masks of the true stems on an STFT whose
+frames are sized in seconds, 92.9 ms windows and 23.2 ms hops at any rate: 4096 / 1024
+samples at 44.1 kHz, 1486 / 372 at 16 kHz; :func:`oracle_stft_size`).  The contrasts between
+rows and their intervals are :mod:`pipeline.separation.comparison`'s.
 """
 
 from __future__ import annotations
@@ -59,11 +65,13 @@ from pipeline.corpora.stemset import StemTrack, list_tracks, load_mixture, load_
 from pipeline.mining.extraction import separator_volumes
 from pipeline.progress import progress_bar
 from pipeline.separation.comparison import (
+    INTERVAL_METHOD,
     box_plot,
     contrast_lines,
     default_contrasts,
     paired_comparison,
     run_statistics,
+    too_small_warning,
 )
 from pipeline.separation.contract import Separator, separate
 from pipeline.separation.losses import si_snr, silent
@@ -215,8 +223,19 @@ def load_track(track: StemTrack, sample_rate: int, channels: int) -> tuple[np.nd
 TRIVIAL = "trivial (mixture / 4)"
 ORACLE = "oracle (IRM)"
 REFERENCE_ROWS = (TRIVIAL, ORACLE)
-ORACLE_FFT = 4096  # samples; Hann window, hop ORACLE_HOP (93 ms / 23 ms at 44.1 kHz)
-ORACLE_HOP = 1024
+# The oracle's STFT frames, in seconds so that they are the same at every rate: a Hann window of
+# 4096 samples and a hop of 1024 at 44.1 kHz (92.9 ms / 23.2 ms); at 16 kHz 1486 / 372 samples.
+ORACLE_WINDOW_S = 4096 / 44_100
+ORACLE_HOP_S = 1024 / 44_100
+
+
+def oracle_stft_size(sample_rate: int, window_s: float = ORACLE_WINDOW_S,
+                     hop_s: float = ORACLE_HOP_S) -> tuple[int, int]:
+    """``(n_fft, hop)`` in samples at ``sample_rate`` Hz of the oracle's STFT: the window and hop
+    in seconds, rounded to the nearest sample."""
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be > 0 Hz, got {sample_rate}")
+    return max(2, round(window_s * sample_rate)), max(1, round(hop_s * sample_rate))
 
 
 def trivial_estimates(mix: np.ndarray, n_sources: int = len(SOURCES)) -> np.ndarray:
@@ -224,15 +243,16 @@ def trivial_estimates(mix: np.ndarray, n_sources: int = len(SOURCES)) -> np.ndar
     return np.repeat((np.asarray(mix, dtype=np.float32) / n_sources)[None], n_sources, axis=0)
 
 
-def oracle_estimates(mix: np.ndarray, references: np.ndarray, n_fft: int = ORACLE_FFT,
-                     hop: int = ORACLE_HOP) -> np.ndarray:
+def oracle_estimates(mix: np.ndarray, references: np.ndarray, sample_rate: int) -> np.ndarray:
     """The "perfect" row: ideal ratio masks from the true stems, ``(sources, channels, samples)``.
 
-    ``torch.stft`` (``n_fft`` samples, Hann window, ``hop``, centred) of the mixture
+    ``torch.stft`` (Hann window of ``n_fft`` samples, ``hop``, centred: :func:`oracle_stft_size`
+    at ``sample_rate`` Hz, 92.9 ms and 23.2 ms at any rate) of the mixture
     ``(channels, samples)`` and of each reference ``(sources, channels, samples)``, in float64;
     mask of source j = ``|S_j| / sum_k |S_k|`` per channel and bin (magnitude ratio, sigsep's
     IRM1; 1/4 where every stem is 0); estimate j = the inverse STFT of mask_j x the mixture's STFT.
     """
+    n_fft, hop = oracle_stft_size(sample_rate)
     window = torch.hann_window(n_fft, dtype=torch.float64)
     length = mix.shape[-1]
 
@@ -250,12 +270,13 @@ def oracle_estimates(mix: np.ndarray, references: np.ndarray, n_fft: int = ORACL
     return out.reshape(references.shape).numpy().astype(np.float32)
 
 
-def reference_estimates(kind: str, mix: np.ndarray, references: np.ndarray) -> np.ndarray:
-    """The estimates of reference row ``kind`` (:data:`TRIVIAL` or :data:`ORACLE`)."""
+def reference_estimates(kind: str, mix: np.ndarray, references: np.ndarray, sample_rate: int) -> np.ndarray:
+    """The estimates of reference row ``kind`` (:data:`TRIVIAL` or :data:`ORACLE`) of a track at
+    ``sample_rate`` Hz."""
     if kind == TRIVIAL:
         return trivial_estimates(mix, references.shape[0])
     if kind == ORACLE:
-        return oracle_estimates(mix, references)
+        return oracle_estimates(mix, references, sample_rate)
     raise ValueError(f"unknown reference row {kind!r}; known: {REFERENCE_ROWS}")
 
 
@@ -314,7 +335,8 @@ def score_job(job: Job) -> list[dict]:
     """Per-source rows of one job (:func:`score_track`'s, with ``run``, ``seed``, ``model``)."""
     if job.estimator in REFERENCE_ROWS:
         mix, references = load_track(job.track, job.rate, job.channels)
-        estimates, model_name, rate = reference_estimates(job.estimator, mix, references), "reference", job.rate
+        estimates = reference_estimates(job.estimator, mix, references, job.rate)
+        model_name, rate = "reference", job.rate
     else:
         model = _cached_model(job.estimator, os.stat(job.estimator).st_mtime_ns)
         rate, model_name = model.config.sample_rate, model.name
@@ -458,9 +480,12 @@ def build_evaluate(runs: dict[str, str | os.PathLike | dict[int, str | os.PathLi
     ...), ``comparison.csv`` / ``.parquet`` (:func:`comparison_table` of SDR),
     ``comparison_si_snr.csv`` / ``.parquet`` (SI-SNR), ``contrasts.csv`` / ``.parquet`` (one
     row per contrast, metric and scope, with ``equal_compute``) and ``boxplot_sdr.png`` /
-    ``boxplot_si_snr.png``.  Counts ``runs``, ``seeds``, ``tracks``, ``models`` (run -> model) and
-    the tables as dicts (``comparison``, ``comparison_si_snr``, ``contrasts``); the summary: the
-    tables and contrasts as text.
+    ``boxplot_si_snr.png``.  Counts ``runs``, ``seeds``, ``tracks``, ``models`` (run -> model),
+    the tables as dicts (``comparison``, ``comparison_si_snr``, ``contrasts``: SDR, per contrast
+    and scope), ``interval_method`` (how the intervals were made) and ``warning`` (None, or why
+    the comparison is too small to conclude: :func:`~pipeline.separation.comparison.too_small_warning`
+    of the tracks and the fewest seeds of a run); the summary: the tables and contrasts as text,
+    then the interval's method and the warning.
     """
     from pipeline.separation.registry import load_model
     from pipeline.storage.outputs import write_bytes_atomic, write_parquet_atomic
@@ -523,6 +548,11 @@ def build_evaluate(runs: dict[str, str | os.PathLike | dict[int, str | os.PathLi
                 if not equal and run not in REFERENCE_ROWS and baseline not in REFERENCE_ROWS:
                     summary.append(f"  unequal compute: updates {a.get('updates')} vs {b.get('updates')}, "
                                              f"examples {a.get('examples')} vs {b.get('examples')}")
+    trained_seeds = min(len(paths) for paths in seeded.values())
+    warning = too_small_warning(len(tracks), trained_seeds)
+    if contrasts:
+        summary += [INTERVAL_METHOD, *([warning] if warning else [])]
+    result["interval_method"], result["warning"] = INTERVAL_METHOD, warning
     contrast_table = pd.DataFrame(contrast_rows, columns=list(contrast_rows[0]) if contrast_rows else
                                   ["contrast", "run", "baseline", "metric", "scope", "equal_compute"])
     write_parquet_atomic(contrast_table, out / "contrasts.parquet")
@@ -531,7 +561,8 @@ def build_evaluate(runs: dict[str, str | os.PathLike | dict[int, str | os.PathLi
     for row in contrast_table[contrast_table["metric"] == "sdr"].itertuples() if len(contrast_table) else ():
         result["contrasts"].setdefault(row.contrast, {})[row.scope] = {
             "median_diff": _rounded(row.median_diff), "ci": [_rounded(row.ci_low), _rounded(row.ci_high)],
-            "p": _rounded(row.wilcoxon_p, 4), "pairs": int(row.pairs)}
+            "p": _rounded(row.wilcoxon_p, 4), "tracks": int(row.tracks), "pairs": int(row.pairs),
+            "seeds": [int(row.seeds_run), int(row.seeds_baseline)]}
     return StageResult(result, summary)
 
 
