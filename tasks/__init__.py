@@ -12,6 +12,7 @@ from tasks.export import Export  # noqa: F401
 from tasks.extract import Extract, ExtractShard  # noqa: F401
 from tasks.features import CatalogFeatures, StemFeatures  # noqa: F401
 from tasks.labels import Labels  # noqa: F401
+from tasks.ladder import CatalogStemSet, OracleDatasets, TrainOnOracleDatasets, TrainWithCatalogStems  # noqa: F401
 from tasks.measure import MeasureExtraction  # noqa: F401
 from tasks.pipeline import All  # noqa: F401
 from tasks.pretrain import PretrainEncoder  # noqa: F401

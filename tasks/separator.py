@@ -5,7 +5,8 @@ from dataclasses import fields
 
 import luigi
 
-from pipeline.separation.evaluation import build_evaluate
+from pipeline.separation.comparison import INTERVAL_NAME
+from pipeline.separation.evaluation import ORACLE_HOP_S, ORACLE_WINDOW_S, build_evaluate
 from pipeline.separation.registry import get as registered_model
 from pipeline.separation.registry import make_config, model_names
 from pipeline.separation.training import SCHEMES, TrainConfig, build_separator, canonical_scheme, scheme_parts
@@ -127,11 +128,16 @@ class TrainSeparator(Stage):
             self.model, **{**overrides, **dict(self.train_config), "scheme": self.effective_scheme}
         )
 
+    def labelled_root(self) -> str:
+        """The stem set whose train and valid splits this run trains on: ``[silentmine] stem_root``
+        (a ladder rung trains on a larger one: ``tasks.ladder.TrainWithCatalogStems``)."""
+        return config().stem_root
+
     def build(self, folder):
         needs = self.requires()
         return build_separator(
             self.train_settings(),
-            config().stem_root,
+            self.labelled_root(),
             needs["datasets"].folder if "datasets" in needs else None,
             folder,
             catalog_tracks=needs["catalog"].tracks_file if "catalog" in needs else None,
@@ -146,10 +152,13 @@ class TrainSeparator(Stage):
 class Evaluate(Stage):
     """SDR (museval v4) and SI-SNR of a set of runs and the two reference rows (trivial: every
     source = mixture / 4; oracle: ideal ratio masks) side by side (the paper's table 1), with
-    paired contrasts (median difference, bootstrap 95 % interval, Wilcoxon p) and box plots.
+    paired contrasts (median difference over tracks, a 95 % interval with the training noise
+    between seeds in it, Wilcoxon p on per-track values) and box plots.
 
     ``runs`` maps a row label to the TrainSeparator parameters of that run (over luigi.cfg's
-    ``[TrainSeparator]``), e.g. ``{"with remix": {"remix": true}, "tasnet": {"model": "tasnet"}}``.
+    ``[TrainSeparator]``), e.g. ``{"with remix": {"remix": true}, "tasnet": {"model": "tasnet"}}``;
+    the mining value ladder's rungs add ``"d_i": "oracle"`` (remix on the oracle D_i) or
+    ``"catalog_stems": true`` (the catalog's true stems as labelled data): :mod:`tasks.ladder`.
     ``seeds`` trains every run under each seed (its rows average the seeds per track and show
     their spread); ``contrasts`` lists ``[run, baseline]`` pairs (``run - baseline``).
     """
@@ -173,13 +182,18 @@ class Evaluate(Stage):
             raise ValueError("Evaluate needs at least one run")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
+        from tasks.ladder import ladder_task  # tasks.ladder imports this module
+
         seeds = [int(s) for s in self.seeds] or [None]
         return {
-            label: {
-                seed: TrainSeparator(**{**dict(params), **({} if seed is None else {"seed": seed})}) for seed in seeds
-            }
+            label: {seed: ladder_task({**dict(params), **({} if seed is None else {"seed": seed})}) for seed in seeds}
             for label, params in self.runs.items()
         }
+
+    def key_params(self):
+        """The parameters, and how the rows and intervals are computed (a new method, a new key)."""
+        return {**super().key_params(), "oracle_stft_s": [round(ORACLE_WINDOW_S, 6), round(ORACLE_HOP_S, 6)],
+                "interval": INTERVAL_NAME}
 
     def requires(self):
         return {

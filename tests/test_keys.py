@@ -44,7 +44,7 @@ RECORDED = {
     'DetectCatalog': '273534ebca2866c7',
     'DetectStems': '95e4ff8d058c4497',
     'DetectorReport': '228f4da852aca091',
-    'Evaluate': 'ed98091338e7cd5b',
+    'Evaluate': '0b99edc31b3f8e4f',
     'Export': '1801676b9f6648e1',
     'Extract': 'ff4996a23d03f965',
     'ExtractShard': 'f3d727c52e166682',

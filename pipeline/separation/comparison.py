@@ -201,6 +201,7 @@ def interval_method(confidence: float = CONFIDENCE, resamples: int = RESAMPLES) 
 
 
 INTERVAL_METHOD = interval_method()
+INTERVAL_NAME = "two-level bootstrap t"  # in Evaluate's key: another method, another output
 MIN_TRACKS = 8  # fewer test tracks than this: no conclusion is safe
 MIN_SEEDS = 3  # fewer seeds per trained run than this: training noise is barely known
 
