@@ -32,6 +32,19 @@ from tasks.separator import TrainSeparator
 D_I = ("mined", "oracle")  # where a remix run's excerpts come from
 
 
+def missing_ground_truth(params: dict) -> str | None:
+    """Why the run of Evaluate's row ``params`` cannot be trained here (its rung's ground truth,
+    ``[silentmine] catalog_truth`` or ``catalog_stems``, is empty or not there), or None."""
+    name = ("catalog_truth" if params.get("d_i") == "oracle" else
+            "catalog_stems" if params.get("catalog_stems") else None)
+    if name is None:
+        return None
+    path = getattr(config(), name)
+    if not path:
+        return f"[silentmine] {name} is empty"
+    return None if Path(path).exists() else f"[silentmine] {name} = {path} does not exist"
+
+
 def configured_path(name: str) -> str:
     """``[silentmine] <name>`` (``catalog_truth`` or ``catalog_stems``); ``ValueError`` when empty
     or missing: the ladder's upper rungs need the catalog's ground truth."""

@@ -10,6 +10,7 @@ from pipeline.separation.evaluation import ORACLE_HOP_S, ORACLE_WINDOW_S, build_
 from pipeline.separation.registry import get as registered_model
 from pipeline.separation.registry import make_config, model_names
 from pipeline.separation.training import SCHEMES, TrainConfig, build_separator, canonical_scheme, scheme_parts
+from pipeline.storage.outputs import StageResult
 from tasks.base import Stage, config
 from tasks.catalog import ScanCatalog
 from tasks.extract import Extract
@@ -185,15 +186,29 @@ class Evaluate(Stage):
         from tasks.ladder import ladder_task  # tasks.ladder imports this module
 
         seeds = [int(s) for s in self.seeds] or [None]
+        left_out = self.left_out()
         return {
             label: {seed: ladder_task({**dict(params), **({} if seed is None else {"seed": seed})}) for seed in seeds}
-            for label, params in self.runs.items()
+            for label, params in self.runs.items() if label not in left_out
         }
 
+    def left_out(self) -> dict[str, str]:
+        """Row label -> why it is left out: a rung of the ladder whose ground truth
+        (``[silentmine] catalog_truth`` or ``catalog_stems``) is not there (as MeasureExtraction
+        runs only where the truth exists); its contrasts go with it, and the summary says so."""
+        from tasks.ladder import missing_ground_truth
+
+        reasons = {label: missing_ground_truth(dict(params)) for label, params in self.runs.items()}
+        return {label: reason for label, reason in reasons.items() if reason}
+
     def key_params(self):
-        """The parameters, and how the rows and intervals are computed (a new method, a new key)."""
-        return {**super().key_params(), "oracle_stft_s": [round(ORACLE_WINDOW_S, 6), round(ORACLE_HOP_S, 6)],
-                "interval": INTERVAL_NAME}
+        """The parameters, how the rows and intervals are computed (a new method, a new key), and
+        the rows left out for want of ground truth, if any."""
+        params = {**super().key_params(), "oracle_stft_s": [round(ORACLE_WINDOW_S, 6), round(ORACLE_HOP_S, 6)],
+                  "interval": INTERVAL_NAME}
+        if self.left_out():
+            params["left_out"] = sorted(self.left_out())
+        return params
 
     def requires(self):
         return {
@@ -209,13 +224,18 @@ class Evaluate(Stage):
         runs = {
             label: {task.run_seed: task.best for task in tasks.values()} for label, tasks in self.run_tasks().items()
         }
-        contrasts = [tuple(pair) for pair in self.contrasts] or None
-        return build_evaluate(
+        left_out = self.left_out()
+        contrasts = [tuple(pair) for pair in self.contrasts if not set(pair) & set(left_out)]
+        if self.contrasts and not contrasts:
+            raise ValueError(f"every contrast names a row left out: {left_out}")
+        result = build_evaluate(
             runs,
             config().stem_root,
             folder,
             self.split,
             self.max_tracks or None,
             workers=self.score_workers,
-            contrasts=contrasts,
+            contrasts=contrasts or None,
         )
+        return StageResult({**result.counts, "left_out": left_out},
+                           (*result.summary, *(f"left out: {label}: {reason}" for label, reason in left_out.items())))

@@ -100,6 +100,8 @@ def test_the_oracle_d_i_is_the_run_rule_on_the_true_volumes(catalog, max_gap):
                                                      for r in index.to_dict("records"))
     sampler = RemixSampler(run, RATE, 2, window=RATE)  # the remix step reads it as it reads a mined D_i
     assert sampler.available == [SOURCES.index("drums"), SOURCES.index("vocals")]
+    with pytest.raises(ValueError, match="names none of the 1 files"):
+        build_oracle_datasets(folder / "truth.parquet", folder / "tracks.parquet", folder, folder / "other", data_root)
 
 
 # ------------------------------------------------------------------ the labelled set plus the catalog's stems
@@ -155,6 +157,19 @@ def test_evaluate_trains_each_rung_with_the_train_separator_config(ladder_config
     assert runs["plain"].labelled_root() == tasks.silentmine().stem_root
     assert len({task.key for task in runs.values()}) == 4  # four rows, four trainings
     assert {task.task_family for task in runs.values()} >= {"TrainOnOracleDatasets", "TrainWithCatalogStems"}
+
+
+def test_evaluate_leaves_out_a_rung_whose_ground_truth_is_not_there(ladder_config, tmp_path):
+    import tasks
+    from tasks.inputs import forget_inputs
+
+    ladder_config("Evaluate", "contrasts", '[["remix", "plain"], ["oracle", "plain"]]')
+    ladder_config("silentmine", "catalog_truth", tmp_path / "none.parquet")
+    forget_inputs()
+    evaluate = tasks.Evaluate()
+    assert evaluate.left_out() == {"oracle": f"[silentmine] catalog_truth = {tmp_path / 'none.parquet'} does not exist"}
+    assert list(evaluate.run_tasks()) == ["plain", "remix", "stems"]
+    assert "oracle" not in evaluate.requires() and evaluate.key_params()["left_out"] == ["oracle"]
 
 
 @pytest.mark.parametrize("params, message", [({"remix": False, "d_i": "oracle"}, "feeds the remix step"),

@@ -411,7 +411,8 @@ def build_oracle_datasets(truth_path: str | os.PathLike, tracks_file: str | os.P
     ``calibration_key`` ``"oracle"``.  ``tracks_file``: the catalog scan's ``tracks.parquet``.
 
     Counts ``tracks`` (scanned), ``tracks_with_truth``, ``excerpts``, ``excerpts_<s>``,
-    ``hours_<s>`` and ``rejects``; the summary: one line a source.
+    ``hours_<s>`` and ``rejects``; the summary: one line a source.  ``ValueError`` when the truth
+    names none of the scanned files (a truth table of another catalog).
     """
     from pathlib import Path
 
@@ -422,6 +423,9 @@ def build_oracle_datasets(truth_path: str | os.PathLike, tracks_file: str | os.P
     tracks = pd.read_parquet(tracks_file)
     probabilities = oracle_probabilities(truth, tracks, catalog_root, silent_db)
     known = tracks[tracks["track_id"].astype(str).isin(set(probabilities["track_id"]))]
+    if len(tracks) and not len(known):
+        raise ValueError(f"the truth table {truth_path} names none of the {len(tracks)} files of the catalog "
+                         f"{catalog_root} (its files are paths relative to the catalog folder): another catalog's?")
     result = extract_shard(known, probabilities, {s: ORACLE_THRESHOLD for s in SOURCES}, run_rule, out,
                            ORACLE_KEY, ORACLE_KEY, ORACLE_KEY, audio_base=data_root)
     counts = {"tracks": int(len(tracks)), "tracks_with_truth": int(len(known)), "excerpts": int(len(result.index)),
