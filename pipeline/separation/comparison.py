@@ -308,8 +308,9 @@ def contrast_lines(name: str, table: pd.DataFrame, digits: int = 2) -> list[str]
     seeds = f", seeds {int(first['seeds_run'])} / {int(first['seeds_baseline'])}" if first is not None else ""
     lines = [f"{name} (dB; median over tracks [95 % interval], mean, Wilcoxon p, tracks{seeds}):"]
     for scope, row in table.iterrows():
-        lines.append(f"  {scope:<7} {row['median_diff']:+.{digits}f} [{row['ci_low']:+.{digits}f}, "
-                     f"{row['ci_high']:+.{digits}f}]  mean {row['mean_diff']:+.{digits}f}  "
+        interval = ("[no interval]" if math.isnan(row["ci_low"]) else
+                    f"[{row['ci_low']:+.{digits}f}, {row['ci_high']:+.{digits}f}]")
+        lines.append(f"  {scope:<7} {row['median_diff']:+.{digits}f} {interval}  mean {row['mean_diff']:+.{digits}f}  "
                      f"p {row['wilcoxon_p']:.3g}  tracks {int(row['tracks'])}")
     return lines
 
