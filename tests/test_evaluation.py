@@ -19,9 +19,11 @@ from pipeline.separation.evaluation import (
     compare_runs,
     crossfade_weights,
     evaluate_separator,
+    museval_metrics,
     oracle_estimates,
     oracle_stft_size,
     overlap_add,
+    reference_projection,
     score_track,
     separate_track,
     summarize,
@@ -110,6 +112,25 @@ def test_museval_sdr_matches_the_v4_definition_per_frame():
     assert sdr.shape == (2, 3)
     for j in range(2):
         np.testing.assert_allclose(sdr[j], _hand_sdr(references[j], estimates[j], RATE), atol=1e-4)
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_the_cached_reference_projection_gives_museval_sdr(channels):
+    rng = np.random.default_rng(channels)
+    references = rng.normal(size=(2, channels, 3 * RATE)).astype(np.float32)
+    references[1, :, RATE:2 * RATE] = 0.0  # a silent frame: NaN for every source there
+    metrics = museval_metrics()
+    projection = reference_projection(references)
+    assert reference_projection(references.copy()) is projection  # the same references: computed once
+    for noise in (0.2, 1.0):  # two rows of one track share it
+        estimates = (references + noise * rng.normal(size=references.shape)).astype(np.float32)
+        expected = metrics.bss_eval(np.transpose(references, (0, 2, 1)), np.transpose(estimates, (0, 2, 1)),
+                                    window=RATE, hop=RATE, compute_permutation=False, framewise_filters=False,
+                                    bsseval_sources_version=False)[0]
+        np.testing.assert_allclose(projection.sdr(estimates, RATE, RATE), expected, rtol=1e-9, atol=1e-9)
+        assert np.isnan(expected[:, 1]).all()
+    other = references[:, :, ::-1].copy()
+    assert reference_projection(other) is not projection  # another track's references
 
 
 def test_silent_stems_are_excluded_per_track_and_per_frame():
