@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/remix_ablation.py [--labelled 12] [--valid 2] [--test 8] [--catalog 300]
         [--catalog-seconds 30 60] [--seeds 3] [--epochs 40] [--batches-per-epoch 25] [--batch 8] [--window 3]
-        [--rungs plain,remix,oracle,stems] [--schemes none] [--rule windows] [--max-gap 0]
+        [--rungs plain,remix,oracle,stems] [--remix-config JSON] [--schemes none] [--rule windows] [--max-gap 0]
         [--model tasnet] [--model-config JSON] [--rate 16000] [--workers 1] [--work DIR] [--smoke]
 
 Generates a demo corpus (``pipeline.corpora.demo``): a small labelled stem set (``--labelled``
@@ -106,6 +106,10 @@ def main(argv: list[str] | None = None) -> None:
                         default='{"critic_width": 4, "critic_hop": 1024, "unlabelled_batch_size": 1}',
                         help="train_config JSON of the adversarial schemes (--schemes); the default is the demo's "
                              "vocals critic")
+    parser.add_argument("--remix-config", default="{}",
+                        help="train_config JSON over the recipe for the remix rungs only (e.g. "
+                             "'{\"remix_probability\": 1.0, \"remix_lr_factor\": 1.0}' to see whether the D_i can help "
+                             "at all); plain and the other rows, as trained before, are reused from --work")
     parser.add_argument("--channels", type=int, default=8, help="Demucs C_1 (the paper's 48)")
     parser.add_argument("--depth", type=int, default=4, help="Demucs L (the paper's 6)")
     parser.add_argument("--window", type=float, default=3.0, help="training window (s; the paper's 5)")
@@ -136,9 +140,20 @@ def main(argv: list[str] | None = None) -> None:
     in_work(benchmark, args, "silentmine-ablation-")
 
 
+TRAIN_CONFIG = {"early_stop_patience": None}  # the protocol: every run makes all its epochs
+
+
 def _runs(args: argparse.Namespace) -> dict[str, dict]:
-    """Evaluate's runs: the rungs asked for, then the further schemes."""
-    runs = {RUNGS[name][0]: RUNGS[name][1] for name in args.rung_list}
+    """Evaluate's runs: the rungs asked for (the remix rungs with ``--remix-config``, renamed
+    after it when it is not empty), then the further schemes."""
+    remix = json.loads(args.remix_config)
+    runs = {}
+    for name in args.rung_list:
+        label, params = RUNGS[name]
+        if remix and params.get("remix"):
+            label = f"{label} {json.dumps(remix, sort_keys=True)}"
+            params = {**params, "train_config": {**TRAIN_CONFIG, **remix}}
+        runs[label] = params
     critic = json.loads(args.critic_config)
     runs.update({name: {"scheme": name, **({"train_config": critic} if "adversarial" in name and critic else {})}
                  for name in schemes(args.schemes)})
@@ -185,7 +200,7 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
         "TrainSeparator": {"channels": args.channels, "depth": args.depth, "epochs": args.epochs,
                            "model": args.model,
                            "model_config": json.dumps({**json.loads(args.model_config), "sample_rate": args.rate}),
-                           "train_config": json.dumps({"early_stop_patience": None}),
+                           "train_config": json.dumps(TRAIN_CONFIG),
                            "batches_per_epoch": args.batches_per_epoch, "batch_size": args.batch,
                            "window_s": args.window, "lr_decay_every": 100_000, "max_updates": 0},
         "Evaluate": {"max_tracks": 0, "runs": json.dumps(runs), "seeds": json.dumps(list(range(args.seeds))),
