@@ -1,8 +1,8 @@
 """Does mining pay?  The mining value ladder on a demo corpus, at a size that can answer.
 
-    .venv/bin/python benchmarks/remix_ablation.py [--labelled 12] [--valid 2] [--test 8] [--catalog 300]
+    .venv/bin/python benchmarks/remix_ablation.py [--labelled 24] [--valid 4] [--test 8] [--catalog 300]
         [--catalog-seconds 30 60] [--seeds 3] [--epochs 40] [--batches-per-epoch 25] [--batch 8] [--window 3]
-        [--rungs plain,remix,oracle,stems] [--remix-config JSON] [--schemes none] [--rule windows] [--max-gap 0]
+        [--rungs plain,remix,oracle,stems] [--remix-config JSON] [--schemes none] [--rule excerpts] [--max-gap 0]
         [--model tasnet] [--model-config JSON] [--rate 16000] [--workers 1] [--work DIR] [--smoke]
 
 Generates a demo corpus (``pipeline.corpora.demo``): a small labelled stem set (``--labelled``
@@ -89,8 +89,8 @@ def schemes(which: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--labelled", type=int, default=12, help="labelled train songs (the supervised set)")
-    parser.add_argument("--valid", type=int, default=2, help="labelled valid songs (validation loss, best.pt)")
+    parser.add_argument("--labelled", type=int, default=24, help="labelled train songs (the supervised set)")
+    parser.add_argument("--valid", type=int, default=4, help="labelled valid songs (validation loss, best.pt)")
     parser.add_argument("--test", type=int, default=8, help="labelled test songs (calibration and evaluation)")
     parser.add_argument("--catalog", type=int, default=300, help="unlabelled catalog songs (mined for the D_i)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per run (0, 1, ...)")
@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--crop-seconds", type=float, default=5.0, help="detector training crops (s)")
     parser.add_argument("--min-windows", type=int, default=100, help="[Calibrate] min_windows")
     parser.add_argument("--target-fraction", type=float, default=0.95, help="[Calibrate] target_fraction")
-    parser.add_argument("--rule", choices=["windows", "excerpts"], default="windows", help="[Calibrate] rule")
+    parser.add_argument("--rule", choices=["windows", "excerpts"], default="excerpts",
+                        help="[Calibrate] rule (excerpts: the rule that cuts the most audio at 95 %% purity)")
     parser.add_argument("--max-gap", type=int, default=0, help="[Extract] max_gap (frames)")
     parser.add_argument("--workers", type=int, default=1, help="Luigi worker processes")
     parser.add_argument("--threads", type=int, default=0, help="[silentmine] threads (0: cores / workers)")
