@@ -11,6 +11,7 @@ import pytest
 import torch
 from test_remix import write_stem_set
 
+from pipeline.separation.comparison import INTERVAL_METHOD
 from pipeline.separation.demucs import Demucs, DemucsConfig
 from pipeline.separation.evaluation import (
     ORACLE,
@@ -280,6 +281,10 @@ def test_parallel_scoring_equals_serial_and_writes_the_comparison(tmp_path):
     assert set(contrasts["contrast"]) == {"remix - plain"} and set(contrasts["metric"]) == {"sdr", "si_snr"}
     assert not contrasts["equal_compute"].any()
     assert any(line.startswith("remix - plain, SDR") for line in serial.summary)
+    # how the intervals were made, and that 2 tracks and 1 seed of "remix" allow no conclusion
+    assert INTERVAL_METHOD in serial.summary and serial.counts["interval_method"] == INTERVAL_METHOD
+    warning = serial.summary[serial.summary.index(INTERVAL_METHOD) + 1]
+    assert warning == serial.counts["warning"] and "2 test tracks (< 8)" in warning and "1 seed per run" in warning
     assert any("unequal compute" in line for line in serial.summary)
     assert (tmp_path / "serial" / "boxplot_sdr.png").exists() and (tmp_path / "serial" / "boxplot_si_snr.png").exists()
     with pytest.raises(ValueError, match="contrast"):
