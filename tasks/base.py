@@ -57,8 +57,8 @@ class silentmine(luigi.Config):
     seed = luigi.IntParameter(default=0, description="seed of every random choice in the pipeline")
     threads = luigi.IntParameter(default=0, description="torch/BLAS threads per worker process; 0 = cores / workers")
     catalog_truth = luigi.Parameter(default="", description="the catalog's known per-window volumes (file, window, "
-                                    "start_s, V_<source>; the demo's catalog_truth.parquet), read by MeasureExtraction, "
-                                    "Audit and the ladder's oracle D_i; empty: none")
+                                    "start_s, V_<source>; the demo's catalog_truth.parquet), read by "
+                                    "MeasureExtraction, Audit and the ladder's oracle D_i; empty: none")
     catalog_stems = luigi.Parameter(default="", description="the catalog's true stems: a stem set whose train split "
                                     "holds the catalog (the demo's catalog_stems), read by the ladder's supervised + "
                                     "catalog stems rung; empty: none")

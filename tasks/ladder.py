@@ -10,7 +10,8 @@ Beside ``plain`` and ``remix`` on the mined D_i, Evaluate can train (a run's par
   the labelled train split (:class:`CatalogStemSet`, :class:`TrainWithCatalogStems`): what the
   catalog would bring as labelled data.
 
-Both parameters are explicit: an empty path is an error, never a guess from the working folder.
+Both are explicit options, never a guess from the working folder: a rung whose option is empty
+is left out of Evaluate (its summary says so), one that names a missing path is an error.
 """
 
 from pathlib import Path
@@ -20,10 +21,11 @@ import luigi
 from pipeline.audio.io import file_checksum
 from pipeline.corpora.stem_union import build_stem_union
 from pipeline.mining.datasets import DatasetRun, ShardStore, view_manifest_fields
+from pipeline.mining.extraction import RunRule
 from pipeline.mining.ground_truth import ORACLE_KEY, build_oracle_datasets
 from pipeline.mining.schema import INDEX_PART_FORMAT
 from pipeline.sources import TRULY_SILENT_DB
-from tasks.base import Stage, config
+from tasks.base import Stage, config, run_rule_key
 from tasks.catalog import ScanCatalog
 from tasks.extract import Extract
 from tasks.inputs import resolved, stem_set_fingerprint
@@ -34,15 +36,16 @@ D_I = ("mined", "oracle")  # where a remix run's excerpts come from
 
 def missing_ground_truth(params: dict) -> str | None:
     """Why the run of Evaluate's row ``params`` cannot be trained here (its rung's ground truth,
-    ``[silentmine] catalog_truth`` or ``catalog_stems``, is empty or not there), or None."""
+    ``[silentmine] catalog_truth`` or ``catalog_stems``, is empty: the catalog has none), or
+    None; ``FileNotFoundError`` when the option names a path that is not there."""
     name = ("catalog_truth" if params.get("d_i") == "oracle" else
             "catalog_stems" if params.get("catalog_stems") else None)
     if name is None:
         return None
-    path = getattr(config(), name)
-    if not path:
+    if not getattr(config(), name):
         return f"[silentmine] {name} is empty"
-    return None if Path(path).exists() else f"[silentmine] {name} = {path} does not exist"
+    configured_path(name)
+    return None
 
 
 def configured_path(name: str) -> str:
@@ -52,14 +55,16 @@ def configured_path(name: str) -> str:
     if not path:
         raise ValueError(f"this rung of the ladder needs the catalog's ground truth: set [silentmine] {name}")
     if not Path(path).exists():
-        raise FileNotFoundError(f"[silentmine] {name} = {path} does not exist")
+        raise FileNotFoundError(f"[silentmine] {name} = {path}: no such file or folder (leave it empty for a "
+                                "catalog without known stems)")
     return path
 
 
 class OracleDatasets(Stage):
     """The oracle D_i: Extract's run rule (``min_seconds``, ``max_gap`` of ``[Extract]``) on the
     true ``V_i <= silent_db`` of ``[silentmine] catalog_truth``, cut from the scanned catalog
-    into the shard-store layout, so the remix step reads it as it reads a mined D_i."""
+    into the shard-store layout, so the remix step reads it as it reads a mined D_i.  Keyed by
+    the scan, the truth file's contents and the rule."""
 
     stage_name = "oracle_datasets"
     decodes_audio = True
@@ -69,20 +74,21 @@ class OracleDatasets(Stage):
         return {"scan": ScanCatalog()}
 
     @property
-    def rule(self) -> Extract:
-        return Extract()
+    def run_rule(self) -> RunRule:
+        """Extract's run rule (``[Extract] min_seconds``, ``max_gap``)."""
+        return Extract().run_rule
 
     def key_params(self):
-        return {**super().key_params(), "min_seconds": self.rule.min_seconds, "max_gap": self.rule.max_gap,
+        return {**super().key_params(), **run_rule_key(self.run_rule, keep_no_gap=True),
                 "index_part_format": INDEX_PART_FORMAT}
 
     def external_keys(self):
         return {"truth": file_checksum(configured_path("catalog_truth"))}
 
     def build(self, folder):
-        return build_oracle_datasets(configured_path("catalog_truth"), self.requires()["scan"].tracks_file,
-                                     config().catalog, folder, config().data_root, self.rule.min_seconds,
-                                     self.rule.max_gap, self.silent_db)
+        scan = self.requires()["scan"]
+        return build_oracle_datasets(configured_path("catalog_truth"), scan.tracks_file, scan.catalog_path, folder,
+                                     config().data_root, self.run_rule, self.silent_db)
 
     def manifest_extra(self):
         return view_manifest_fields(ShardStore(self.folder), config().data_root, self.key,
@@ -111,7 +117,9 @@ class CatalogStemSet(Stage):
 
 
 class TrainOnOracleDatasets(TrainSeparator):
-    """A TrainSeparator whose remix step draws its excerpts from the oracle D_i."""
+    """A TrainSeparator whose remix step draws its excerpts from the oracle D_i.  Evaluate gives it
+    every parameter as ``[TrainSeparator]`` resolves it (:func:`ladder_task`), not from a section
+    of its own."""
 
     def requires(self):
         needs = super().requires()
@@ -121,7 +129,9 @@ class TrainOnOracleDatasets(TrainSeparator):
 
 
 class TrainWithCatalogStems(TrainSeparator):
-    """A TrainSeparator trained on the labelled set plus the catalog's true stems."""
+    """A TrainSeparator trained on the labelled set plus the catalog's true stems.  Evaluate gives it
+    every parameter as ``[TrainSeparator]`` resolves it (:func:`ladder_task`), not from a section
+    of its own."""
 
     def requires(self):
         return {**super().requires(), "labelled": CatalogStemSet()}

@@ -15,6 +15,7 @@ from test_remix import write_stem_set
 from pipeline.corpora.stem_union import EXTRA_PREFIX, build_stem_union
 from pipeline.corpora.stemset import list_tracks
 from pipeline.mining.datasets import DatasetRun, ShardStore
+from pipeline.mining.extraction import RunRule
 from pipeline.mining.ground_truth import (
     ORACLE_KEY,
     build_oracle_datasets,
@@ -25,7 +26,6 @@ from pipeline.mining.ground_truth import (
 )
 from pipeline.separation.remix import RemixSampler
 from pipeline.sources import HOP_S, SOURCES, WINDOW_S
-from tests.conftest import luigi_options
 
 RATE = 16_000
 SECONDS = 12.0
@@ -80,7 +80,7 @@ def test_the_oracle_d_i_is_the_run_rule_on_the_true_volumes(catalog, max_gap):
     data_root = folder / "data"
     out = data_root / "oracle_datasets" / "k"
     result = build_oracle_datasets(folder / "truth.parquet", folder / "tracks.parquet", folder / "catalog", out,
-                                   data_root, min_seconds=5.0, max_gap=max_gap)
+                                   data_root, RunRule(5.0, max_gap))
     run = DatasetRun(out)  # read like a mined D_i: the view folder's grandparent is the data root
     index = run.index().sort_values(["source", "start_s"]).reset_index(drop=True)
     expected = [("vocals", 10, 100)] + ([("drums", 20, 150)] if max_gap else [("drums", 62, 150)])
@@ -128,7 +128,7 @@ LADDER_RUNS = {"plain": {"remix": False}, "remix": {"remix": True}, "oracle": {"
 
 
 @pytest.fixture
-def ladder_config(tmp_path, small_catalog):
+def ladder_config(tmp_path, small_catalog, luigi_options):
     stems = write_stem_set(tmp_path / "stems", {"train": 1, "valid": 1, "test": 1}, seconds=0.5)
     extra = write_stem_set(tmp_path / "extra", {"train": 2}, seconds=0.5, seed=1)
     pd.DataFrame({"file": ["x"], "window": [0]}).to_parquet(tmp_path / "truth.parquet")
@@ -137,9 +137,6 @@ def ladder_config(tmp_path, small_catalog):
                "TrainSeparator": {"model": "tasnet", "max_updates": 7, "model_config": '{"filters": 8}'},
                "Evaluate": {"runs": json.dumps(LADDER_RUNS)}}
     with luigi_options(options) as set_option:
-        from tasks.inputs import forget_inputs
-
-        forget_inputs()
         yield set_option
 
 
@@ -161,15 +158,16 @@ def test_evaluate_trains_each_rung_with_the_train_separator_config(ladder_config
 
 def test_evaluate_leaves_out_a_rung_whose_ground_truth_is_not_there(ladder_config, tmp_path):
     import tasks
-    from tasks.inputs import forget_inputs
 
     ladder_config("Evaluate", "contrasts", '[["remix", "plain"], ["oracle", "plain"]]')
-    ladder_config("silentmine", "catalog_truth", tmp_path / "none.parquet")
-    forget_inputs()
+    ladder_config("silentmine", "catalog_truth", "")  # a catalog without known volumes
     evaluate = tasks.Evaluate()
-    assert evaluate.left_out() == {"oracle": f"[silentmine] catalog_truth = {tmp_path / 'none.parquet'} does not exist"}
+    assert evaluate.left_out() == {"oracle": "[silentmine] catalog_truth is empty"}
     assert list(evaluate.run_tasks()) == ["plain", "remix", "stems"]
     assert "oracle" not in evaluate.requires() and evaluate.key_params()["left_out"] == ["oracle"]
+    ladder_config("silentmine", "catalog_truth", tmp_path / "none.parquet")  # a path that is not there: an error
+    with pytest.raises(FileNotFoundError, match="none.parquet: no such file"):
+        tasks.Evaluate().left_out()
 
 
 @pytest.mark.parametrize("params, message", [({"remix": False, "d_i": "oracle"}, "feeds the remix step"),
@@ -187,16 +185,14 @@ def test_the_upper_rungs_need_the_truth_named_explicitly(ladder_config):
 
     ladder_config("silentmine", "catalog_truth", "")
     ladder_config("silentmine", "catalog_stems", "")
-    from tasks.inputs import forget_inputs
-
-    forget_inputs()
     with pytest.raises(ValueError, match=r"set \[silentmine\] catalog_truth"):
         _ = tasks.OracleDatasets().key
     with pytest.raises(ValueError, match=r"set \[silentmine\] catalog_stems"):
         _ = tasks.CatalogStemSet().key
 
 
-def test_the_oracle_stage_cuts_what_the_run_rule_simulates_on_the_demo_catalog(tmp_path, tiny_demo, run_pipeline):
+def test_the_oracle_stage_cuts_what_the_run_rule_simulates_on_the_demo_catalog(tmp_path, tiny_demo, run_pipeline,
+                                                                                  luigi_options):
     import tasks
 
     corpus = tiny_demo(tmp_path / "demo")
