@@ -356,7 +356,7 @@ def stage_costs(args: argparse.Namespace, work: Path) -> None:
     from pipeline.features.featurize import build_features_shard
     from pipeline.features.scattering import fit_normalisation
     from pipeline.features.store import FeatureShard
-    from pipeline.mining.extraction import build_excerpts
+    from pipeline.mining.extraction import RunRule, build_excerpts
     from pipeline.sources import SOURCES, n_windows
 
     torch.set_num_threads(1)
@@ -403,7 +403,7 @@ def stage_costs(args: argparse.Namespace, work: Path) -> None:
         probabilities.append(probabilities_frame(track_id, probs))
     pd.concat(probabilities).to_parquet(folder / "synthetic.parquet")
     extract_s, result = cpu(lambda: build_excerpts(
-        tracks, folder / "synthetic.parquet", thresholds={s: 0.5 for s in SOURCES}, min_seconds=5.0,
+        tracks, folder / "synthetic.parquet", thresholds={s: 0.5 for s in SOURCES}, run_rule=RunRule(min_seconds=5.0),
         run_dir=folder / "excerpts", shard_key="k", detector_key="d", calibration_key="c"))
     print(f"\nstage bodies, one torch thread, {len(paths)} tracks of {args.stage_seconds:g} s "
           f"(44.1 kHz stereo FLAC); CPU seconds per track, then per {SONG_SECONDS:g} s song")
