@@ -1,37 +1,48 @@
-"""Does mining pay?  The Demucs paper's ablation (table 1, with and without remix) at a chosen scale.
+"""Does mining pay?  The mining value ladder on a demo corpus, at a size that can answer.
 
-    .venv/bin/python benchmarks/remix_ablation.py [--labelled 6] [--catalog 200] [--test 8] [--seeds 3]
-                                                  [--updates 600] [--model tasnet] [--model-config JSON]
-                                                  [--critic-config JSON] [--channels 8] [--depth 4] [--window 2]
-                                                  [--batch 8] [--workers 1] [--work DIR] [--smoke]
+    .venv/bin/python benchmarks/remix_ablation.py [--labelled 24] [--valid 4] [--test 8] [--catalog 300]
+        [--catalog-seconds 30 60] [--seeds 3] [--epochs 40] [--batches-per-epoch 25] [--batch 8] [--window 3]
+        [--rungs plain,remix,oracle,stems] [--remix-config JSON] [--schemes none] [--rule excerpts] [--max-gap 0]
+        [--model tasnet] [--model-config JSON] [--rate 16000] [--workers 1] [--work DIR] [--smoke]
 
 Generates a demo corpus (``pipeline.corpora.demo``): a small labelled stem set (``--labelled``
-train songs, 2 valid songs, ``--test`` test songs, which also calibrate the detector) and a
-larger unlabelled catalog (``--catalog`` songs), then runs the whole pipeline through Luigi
-in this process (labels, features, detector, calibration, extraction of the D_i) and
-``Evaluate`` with these runs, each trained under every one of ``--seeds`` seeds at the same
-budget of ``--updates`` main steps of ``--batch`` examples (the paper's protocol: the remix
-steps and critic steps come on top, and every row states them):
+train songs, ``--valid`` valid songs, ``--test`` test songs, which also calibrate the
+detector) and a larger unlabelled catalog (``--catalog`` songs of ``--catalog-seconds``) with
+its ground truth (relative volumes, and the true stems when the ``stems`` rung is asked), runs
+the whole pipeline through Luigi in this process (labels, features, detector, calibration,
+extraction of the D_i, the oracle D_i) and ``Evaluate`` with one row per rung of the mining
+value ladder (docs/evaluation.md), each trained under every one of ``--seeds`` seeds:
 
-- ``plain``: the supervised recipe alone (``remix = false``);
-- ``remix``: with the remix step on the mined D_i;
-- one row per further training scheme (``--schemes single``: each of
-  ``pipeline.separation.config.SCHEME_PARTS`` alone; ``all``: every registered
-  combination, ``SCHEMES``; ``none``).
+- ``plain``: the supervised recipe on the labelled songs alone;
+- ``remix``: plus the remix step on the mined D_i;
+- ``oracle``: plus the remix step on the oracle D_i (the run rule on the true V_i <= -20 dB):
+  what a perfect detector would have mined;
+- ``stems``: the labelled songs plus the catalog's true stems, supervised: what the catalog
+  would bring as labelled data.
 
-It prints the comparison (the trivial and oracle rows, each run's median SDR per source, mean,
-spread across seeds, updates and examples) and every run minus ``plain``: the median paired
-difference over test tracks with its bootstrap 95 % interval and Wilcoxon p-value
-(``pipeline.separation.comparison``).  Figures: each row's median SDR over all sources, and
-each contrast's median difference (its interval in the note).
+The protocol is the paper's: every run makes ``--epochs`` x ``--batches-per-epoch`` main steps
+(no update budget, no early stop), and the remix step (p = 0.25 after each main step) comes on
+top (what ``budget = main`` counts when a budget is set); every row states its main steps, the
+remix steps on top and its examples.  The model's own schedule runs (the demo's
+TasNet: learning rate halved after 3 epochs without a better validation loss).  Whether
+``plain`` was trained until its validation loss stopped improving is checked on its histories
+and printed: per seed, the epoch of its best validation loss and the epochs since (at least
+10, the TasNet recipe's early-stopping patience, reads "converged").
 
-The defaults are meant for about an hour on 2 CPU cores (docs/performance.md); scale up on a GPU
-with e.g.
-``--labelled 50 --catalog 2000 --test 50 --updates 20000 --model demucs --model-config '{}' --channels 48
---depth 6 --window 5 --batch 64 --rate 44100``.  The demo-sized models run at ``--rate`` 16 kHz (the stems are
-resampled on reading, and Evaluate scores at that rate, reference rows included).
-``--smoke``: a few seconds of audio, tiny models at 8 kHz, one seed, plain and remix only, in a temporary
-folder (removed at the end) unless ``--work`` is given.
+It prints the minutes of each D_i per source (the issue's bar: at least 20 minutes for every
+calibrated source), the comparison (reference rows, each rung's median SDR per source, mean,
+spread across seeds, steps and examples) and every rung minus ``plain`` with its interval
+(a two-level bootstrap over tracks and seeds: ``pipeline.separation.comparison``), the
+method line and the too-small warning.  Figures: each D_i's fewest minutes over the sources
+it has, each row's median SDR over all sources, each contrast's median difference (its
+interval in the note), plain's epochs since its best validation loss, and the wall time.
+
+The default size is meant for 90 minutes on 2 CPU cores (docs/performance.md); scale up on a
+GPU with e.g. ``--labelled 50 --catalog 2000 --test 50 --epochs 400 --batches-per-epoch 100 --model demucs
+--model-config '{}' --channels 48 --depth 6 --window 5 --batch 64 --rate 44100``.  The demo-sized models run
+at ``--rate`` 16 kHz (the stems are resampled on reading, and Evaluate scores at that rate, reference rows
+included).  ``--smoke``: seconds of audio, tiny mono models at 8 kHz, one seed, one epoch
+of two batches, every rung, in a temporary folder (removed at the end) unless ``--work`` is given.
 """
 
 from __future__ import annotations
@@ -46,11 +57,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import figure, in_work, parse_args, run_logged, set_options  # noqa: E402
 
-from pipeline.corpora.demo import DemoConfig, generate  # noqa: E402
+from pipeline.corpora.demo import CATALOG_STEMS_DIR, DemoConfig, generate  # noqa: E402
+from pipeline.threads import available_cores  # noqa: E402
 
 # The demo's TasNet (luigi.cfg's model_config without its sample rate, which comes from --rate).
 DEMO_TASNET = {"filters": 32, "lstm_layers": 2, "hidden": 32, "consistency": True}
-SMOKE = {"labelled": 2, "catalog": 4, "test": 1, "seeds": 1, "schemes": "none", "updates": 3, "channels": 4, "depth": 3,
+# The ladder's rungs: row label and TrainSeparator parameters (tasks.ladder for d_i and catalog_stems).
+RUNGS = {
+    "plain": ("plain", {"remix": False}),
+    "remix": ("remix (mined D_i)", {"remix": True}),
+    "oracle": ("remix (oracle D_i)", {"remix": True, "d_i": "oracle"}),
+    "stems": ("supervised + catalog stems", {"remix": False, "catalog_stems": True}),
+}
+CONVERGED_EPOCHS = 10  # epochs without a better validation loss that read "stopped improving"
+MIN_D_I_MINUTES = 20.0  # what a D_i must hold per calibrated source for the experiment to say anything
+SMOKE = {"labelled": 2, "valid": 1, "catalog": 4, "test": 1, "seeds": 1, "epochs": 1, "batches_per_epoch": 2,
          "window": 1.0, "batch": 2, "rate": 8000, "stem_seconds": [5.0, 6.0], "catalog_seconds": [8.0, 10.0],
          "detector_width": 0.0625, "detector_epochs": 1, "crop_seconds": 2.0, "min_windows": 10,
          "target_fraction": 0.5, "work": None, "threads": 1,
@@ -69,83 +90,169 @@ def schemes(which: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--labelled", type=int, default=6, help="labelled train songs (the supervised set)")
-    parser.add_argument("--catalog", type=int, default=200, help="unlabelled catalog songs (mined for the D_i)")
+    parser.add_argument("--labelled", type=int, default=24, help="labelled train songs (the supervised set)")
+    parser.add_argument("--valid", type=int, default=4, help="labelled valid songs (validation loss, best.pt)")
     parser.add_argument("--test", type=int, default=8, help="labelled test songs (calibration and evaluation)")
+    parser.add_argument("--catalog", type=int, default=300, help="unlabelled catalog songs (mined for the D_i)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per run (0, 1, ...)")
-    parser.add_argument("--updates", type=int, default=600, help="main steps per run (extra steps on top)")
+    parser.add_argument("--epochs", type=int, default=40, help="epochs of every run (main steps: x batches)")
+    parser.add_argument("--batches-per-epoch", type=int, default=25, help="main steps per epoch")
+    parser.add_argument("--rungs", default="plain,remix,oracle,stems",
+                        help=f"comma-separated rungs of the ladder among {list(RUNGS)} (plain always)")
     parser.add_argument("--model", default="tasnet", help="registered separator (demucs, demucs2019, tasnet)")
-    parser.add_argument("--model-config",
-                        default=json.dumps(DEMO_TASNET),
+    parser.add_argument("--model-config", default=json.dumps(DEMO_TASNET),
                         help="JSON over the model's defaults (sample_rate comes from --rate); the default is the "
                              "demo's TasNet, 32 filters, 2 x 32 cells and mixture consistency")
     parser.add_argument("--critic-config",
                         default='{"critic_width": 4, "critic_hop": 1024, "unlabelled_batch_size": 1}',
-                        help="train_config JSON of the adversarial schemes; the default is the demo's vocals critic "
-                             "(the paper's width 32, STFT hop 512 and a full unlabelled batch: '{}', 3.5 s per "
-                             "update on 2 cores at the default size)")
+                        help="train_config JSON of the adversarial schemes (--schemes); the default is the demo's "
+                             "vocals critic")
+    parser.add_argument("--remix-config", default="{}",
+                        help="train_config JSON over the recipe for the remix rungs only (e.g. "
+                             "'{\"remix_probability\": 1.0, \"remix_lr_factor\": 1.0}' to see whether the D_i can help "
+                             "at all); plain and the other rows, as trained before, are reused from --work")
     parser.add_argument("--channels", type=int, default=8, help="Demucs C_1 (the paper's 48)")
     parser.add_argument("--depth", type=int, default=4, help="Demucs L (the paper's 6)")
-    parser.add_argument("--window", type=float, default=2.0, help="training window (s; the paper's 5)")
+    parser.add_argument("--window", type=float, default=3.0, help="training window (s; the paper's 5)")
     parser.add_argument("--batch", type=int, default=8, help="batch size (the paper's 128)")
     parser.add_argument("--rate", type=int, default=16_000, help="the models' sample rate (Hz; the paper's 44100)")
-    parser.add_argument("--schemes", choices=["single", "all", "none"], default="single",
-                        help="further runs: each scheme alone, every registered combination, or none")
+    parser.add_argument("--schemes", choices=["single", "all", "none"], default="none",
+                        help="further rows beside the ladder: each scheme alone, every combination, or none")
     parser.add_argument("--stem-seconds", type=float, nargs=2, default=[20.0, 40.0], metavar=("LOW", "HIGH"))
-    parser.add_argument("--catalog-seconds", type=float, nargs=2, default=[20.0, 40.0], metavar=("LOW", "HIGH"))
+    parser.add_argument("--catalog-seconds", type=float, nargs=2, default=[30.0, 60.0], metavar=("LOW", "HIGH"))
     parser.add_argument("--detector-width", type=float, default=0.125)
     parser.add_argument("--detector-epochs", type=int, default=6)
+    parser.add_argument("--detector-lr", type=float, default=2e-3,
+                        help="[TrainDetector] lr (the paper's 5e-4; 2e-3 with batch 32 and -20 dB labels mined more "
+                             "on the demo: docs/results.md, detector recipes)")
+    parser.add_argument("--detector-batch", type=int, default=32, help="[TrainDetector] batch_size (the paper's 64)")
+    parser.add_argument("--detector-silent-db", type=float, default=-20.0,
+                        help="[TrainDetector] silent_db, the labels' threshold (the paper's -13)")
     parser.add_argument("--crop-seconds", type=float, default=5.0, help="detector training crops (s)")
     parser.add_argument("--min-windows", type=int, default=100, help="[Calibrate] min_windows")
     parser.add_argument("--target-fraction", type=float, default=0.95, help="[Calibrate] target_fraction")
+    parser.add_argument("--rule", choices=["windows", "excerpts"], default="excerpts",
+                        help="[Calibrate] rule (excerpts: the rule that cuts the most audio at 95 %% purity)")
+    parser.add_argument("--max-gap", type=int, default=0, help="[Extract] max_gap (frames)")
     parser.add_argument("--workers", type=int, default=1, help="Luigi worker processes")
     parser.add_argument("--threads", type=int, default=0, help="[silentmine] threads (0: cores / workers)")
     parser.add_argument("--work", default="/tmp/silentmine-ablation", help="corpus and runs (kept, reused)")
     args = parse_args(parser, SMOKE, argv)
-    if args.seeds < 1 or args.updates < 1:
-        parser.error("--seeds and --updates must be >= 1")
+    rungs = ["plain", *dict.fromkeys(r for r in args.rungs.split(",") if r and r != "plain")]
+    unknown = set(rungs) - set(RUNGS)
+    if unknown:
+        parser.error(f"unknown rungs {sorted(unknown)}; known: {list(RUNGS)}")
+    if args.seeds < 1 or args.epochs < 1 or args.batches_per_epoch < 1:
+        parser.error("--seeds, --epochs and --batches-per-epoch must be >= 1")
+    args.rung_list = rungs
     in_work(benchmark, args, "silentmine-ablation-")
 
 
-def benchmark(args: argparse.Namespace, work: Path) -> None:
-    """Generate (or reuse) the corpus under ``work``, run the pipeline, print the comparison."""
-    tag = f"l{args.labelled}-c{args.catalog}-t{args.test}"
-    corpus = work / f"corpus-{tag}"
-    started = time.perf_counter()
-    generate(corpus, DemoConfig(seed=11, n_train=args.labelled, n_valid=2, n_test=args.test, n_catalog=args.catalog,
-                                stem_duration_s=tuple(args.stem_seconds),
-                                catalog_duration_s=tuple(args.catalog_seconds)))
-    print(f"corpus {corpus}: {args.labelled} labelled + 2 valid + {args.test} test songs, {args.catalog} catalog "
-          f"songs ({time.perf_counter() - started:.0f} s)", flush=True)
+TRAIN_CONFIG = {"early_stop_patience": None}  # the protocol: every run makes all its epochs
 
-    runs = {"plain": {"remix": False}, "remix": {"remix": True}}
+
+def _runs(args: argparse.Namespace) -> dict[str, dict]:
+    """Evaluate's runs: the rungs asked for (the remix rungs with ``--remix-config``, renamed
+    after it when it is not empty), then the further schemes."""
+    remix = json.loads(args.remix_config)
+    runs = {}
+    for name in args.rung_list:
+        label, params = RUNGS[name]
+        if remix and params.get("remix"):
+            label = f"{label} {json.dumps(remix, sort_keys=True)}"
+            params = {**params, "train_config": {**TRAIN_CONFIG, **remix}}
+        runs[label] = params
     critic = json.loads(args.critic_config)
     runs.update({name: {"scheme": name, **({"train_config": critic} if "adversarial" in name and critic else {})}
                  for name in schemes(args.schemes)})
+    return runs
+
+
+def convergence(history_files: dict[int, Path]) -> list[tuple[int, int, int, float]]:
+    """Per seed of a run: ``(seed, best epoch, epochs run, best minus the best of the first
+    three quarters)`` of its validation loss (the history's ``valid_loss``; for TasNet, minus SI-SNR in dB)."""
+    import pandas as pd
+
+    rows = []
+    for seed, path in sorted(history_files.items()):
+        history = pd.read_csv(path)
+        valid = history["valid_loss"].to_numpy()
+        best = int(history["epoch"].iloc[int(valid.argmin())])
+        early = valid[: max(1, (3 * len(valid)) // 4)].min()
+        rows.append((seed, best, int(history["epoch"].iloc[-1]), float(valid.min() - early)))
+    return rows
+
+
+def benchmark(args: argparse.Namespace, work: Path) -> None:
+    """Generate (or reuse) the corpus under ``work``, run the pipeline, print the ladder."""
+    tag = f"l{args.labelled}-v{args.valid}-c{args.catalog}-t{args.test}"
+    corpus = work / f"corpus-{tag}"
+    started = time.perf_counter()
+    wants_stems = "stems" in args.rung_list
+    config = DemoConfig(seed=11, n_train=args.labelled, n_valid=args.valid, n_test=args.test, n_catalog=args.catalog,
+                        stem_duration_s=tuple(args.stem_seconds), catalog_duration_s=tuple(args.catalog_seconds))
+    summary = generate(corpus, config, workers=available_cores(), catalog_stems=wants_stems)  # same corpus anyway
+    print(f"corpus {corpus}: {args.labelled} labelled + {args.valid} valid + {args.test} test songs, "
+          f"{args.catalog} catalog songs, {summary['catalog']['duration_s'] / 3600:.2f} h "
+          f"({time.perf_counter() - started:.0f} s)", flush=True)
+
+    runs = _runs(args)
     set_options({
         "silentmine": {"data_root": work / f"data-{tag}", "stem_root": corpus / "stems", "catalog": corpus / "catalog",
-                       "threads": args.threads},
+                       "threads": args.threads, "catalog_truth": corpus / "catalog_truth.parquet",
+                       "catalog_stems": corpus / CATALOG_STEMS_DIR if wants_stems else ""},
         "TrainDetector": {"width": args.detector_width, "epochs": args.detector_epochs,
-                          "patience": args.detector_epochs, "crop_seconds": args.crop_seconds},
-        "Calibrate": {"min_windows": args.min_windows, "target_fraction": args.target_fraction},
-        "TrainSeparator": {"channels": args.channels, "depth": args.depth, "epochs": 100_000,
+                          "patience": args.detector_epochs, "crop_seconds": args.crop_seconds,
+                          "lr": args.detector_lr, "batch_size": args.detector_batch,
+                          "silent_db": args.detector_silent_db},
+        "Calibrate": {"min_windows": args.min_windows, "target_fraction": args.target_fraction, "rule": args.rule},
+        "Extract": {"max_gap": args.max_gap},
+        "TrainSeparator": {"channels": args.channels, "depth": args.depth, "epochs": args.epochs,
                            "model": args.model,
                            "model_config": json.dumps({**json.loads(args.model_config), "sample_rate": args.rate}),
-                           "batches_per_epoch": 50, "batch_size": args.batch, "window_s": args.window,
-                           "lr_decay_every": 100_000, "max_updates": args.updates},
+                           "train_config": json.dumps(TRAIN_CONFIG),
+                           "batches_per_epoch": args.batches_per_epoch, "batch_size": args.batch,
+                           "window_s": args.window, "lr_decay_every": 100_000, "max_updates": 0},
         "Evaluate": {"max_tracks": 0, "runs": json.dumps(runs), "seeds": json.dumps(list(range(args.seeds))),
-                     "contrasts": json.dumps([[name, "plain"] for name in runs if name != "plain"])},
+                     "contrasts": json.dumps([[name, RUNGS["plain"][0]] for name in runs if name != "plain"])},
     })
     log = work / f"run-{tag}.log"
     wall = run_logged("Evaluate", args.workers, log)
 
     import tasks
 
-    evaluate, extract = tasks.Evaluate(), tasks.Extract()
-    manifest, excerpts = evaluate.manifest, extract.manifest["counts"]
-    print(f"\npipeline + {len(runs)} runs x {args.seeds} seeds at {args.updates} main steps of {args.batch} examples, "
-          f"{args.model} {args.model_config}, {args.window:g} s windows: {wall:.0f} s (log {log})")
-    print(f"D_i mined from the catalog: {json.dumps({k: v for k, v in excerpts.items() if 'excerpt' in k})}")
+    evaluate = tasks.Evaluate()
+    manifest = evaluate.manifest
+    print(f"\npipeline + {len(runs)} rows x {args.seeds} seeds x {args.epochs} epochs of {args.batches_per_epoch} "
+          f"main steps of {args.batch} x {args.window:g} s, {args.model} {args.model_config} at {args.rate} Hz: "
+          f"{wall:.0f} s (log {log})")
+    from pipeline.mining.calibration import read_thresholds
+
+    calibrated = [s for s, p in read_thresholds(tasks.Extract().calibration_task().thresholds).items()
+                  if p is not None]
+    datasets = {"mined": tasks.Extract().manifest["counts"]}
+    if "oracle" in args.rung_list:
+        datasets["oracle"] = tasks.OracleDatasets().manifest["counts"]
+    from pipeline.sources import SOURCES
+
+    for name, counts in datasets.items():
+        minutes = {s: 60 * counts.get(f"hours_{s}", 0.0) for s in SOURCES}
+        shown = ", ".join(f"{s} {m:.1f} min ({counts.get(f'excerpts_{s}', 0)})" for s, m in minutes.items())
+        print(f"{name} D_i: {shown}" + (f"; calibrated: {', '.join(calibrated) or 'none'}" if name == "mined" else ""))
+        have = [s for s in (calibrated if name == "mined" else SOURCES) if minutes[s] > 0]
+        if have:
+            fewest = min(have, key=minutes.get)
+            figure(f"{name} D_i, fewest minutes of a source it has", minutes[fewest], "min",
+                   f"{fewest}; the bar is {MIN_D_I_MINUTES:g} min per calibrated source", digits=1)
+    plain = evaluate.run_tasks()[RUNGS["plain"][0]]
+    checks = convergence({task.run_seed: task.folder / "history.csv" for task in plain.values()})
+    for seed, best, last, gain in checks:
+        verdict = "stopped improving" if last - best >= CONVERGED_EPOCHS else "still improving"
+        print(f"plain, seed {seed}: best validation loss at epoch {best} of {last} ({last - best} epochs since; "
+              f"{gain:+.3f} against the best of the first three quarters): {verdict}")
+    figure("plain: epochs since its best validation loss", min(last - best for _, best, last, _ in checks),
+           "epochs", f"fewest over {len(checks)} seed(s); {CONVERGED_EPOCHS} read 'stopped improving'", digits=0)
+    print()
     for line in manifest["summary"]:
         print(line)
     counts = manifest["counts"]
@@ -153,9 +260,11 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
         figure(f"median SDR, all sources: {run}", row["all"], "dB", f"{counts['tracks']} test tracks", digits=2)
     for name, scopes in counts["contrasts"].items():
         low, high = scopes["all"]["ci"]
+        shown = "nan" if low is None else f"[{low:+.2f}, {high:+.2f}]"
+        p = "nan" if scopes["all"]["p"] is None else f"{scopes['all']['p']:.3g}"
         figure(f"{name}, median SDR difference", scopes["all"]["median_diff"], "dB",
-               f"95 % CI [{low:+.2f}, {high:+.2f}], Wilcoxon p {scopes['all']['p']:.3g}, "
-               f"{scopes['all']['pairs']} pairs, {args.seeds} seeds", digits=2)
+               f"95 % interval {shown}, Wilcoxon p {p}, {scopes['all']['tracks']} tracks, {args.seeds} seeds",
+               digits=2)
     figure("wall time", wall, "s", f"{args.workers} Luigi worker(s)", digits=0)
 
 

@@ -46,7 +46,8 @@ T = TypeVar("T")
 
 
 class silentmine(luigi.Config):
-    """The ``[silentmine]`` section of luigi.cfg: where data lives and the global seed."""
+    """The ``[silentmine]`` section of luigi.cfg: where data lives, the global seed, and the
+    catalog's ground truth where there is one."""
 
     data_root = luigi.Parameter(default="data", description="folder every stage writes under")
     stem_root = luigi.Parameter(default="data/demo/stems",
@@ -55,8 +56,12 @@ class silentmine(luigi.Config):
                               description="unlabelled catalog: a folder tree, or a text file of paths one a line")
     seed = luigi.IntParameter(default=0, description="seed of every random choice in the pipeline")
     threads = luigi.IntParameter(default=0, description="torch/BLAS threads per worker process; 0 = cores / workers")
-    catalog_truth = luigi.Parameter(default="", description="the catalog's known per-window volumes (the demo's "
-                                    "catalog_truth.parquet), read by MeasureExtraction and Audit; empty: none")
+    catalog_truth = luigi.Parameter(default="", description="the catalog's known per-window volumes (file, window, "
+                                    "start_s, V_<source>; the demo's catalog_truth.parquet), read by "
+                                    "MeasureExtraction, Audit and the ladder's oracle D_i; empty: none")
+    catalog_stems = luigi.Parameter(default="", description="the catalog's true stems: a stem set whose train split "
+                                    "holds the catalog (the demo's catalog_stems), read by the ladder's supervised + "
+                                    "catalog stems rung; empty: none")
 
 
 def config() -> silentmine:

@@ -1,7 +1,7 @@
 """The ``silentmine`` command: demo data, pipeline runs, and the demo end to end.
 
     silentmine demo-data [--out data/demo] [--seed 0] [--tiny] [--n-train N] [--n-valid N] [--n-test N]
-                         [--n-catalog N]
+                         [--n-catalog N] [--catalog-stems]
     silentmine run [TASK] [--workers N] [--scheduler-host H --scheduler-port P] [luigi args...]
     silentmine demo            # demo-data, then `run All`, then a summary of what was made
     silentmine audit           # the HTML report of the D_i (runs what it needs)
@@ -39,7 +39,8 @@ def _demo_data(args: argparse.Namespace) -> int:
         print(f"silentmine demo-data: {err}", file=sys.stderr)
         return 2
     started = time.time()
-    summary = generate(Path(args.out), config, workers=available_cores(), force=args.force)
+    summary = generate(Path(args.out), config, workers=available_cores(), force=args.force,
+                       catalog_stems=args.catalog_stems)
     print(f"demo data in {args.out} ({time.time() - started:.0f} s): {json.dumps(summary, default=str)}")
     return 0
 
@@ -241,8 +242,9 @@ def _demo(args: argparse.Namespace) -> int:
     stems = Path(config().stem_root)
     demo_root = stems.parent
     # one synthesis process per core: the corpus does not depend on it (pipeline.corpora.demo)
+    # the catalog's true stems only when the configuration reads them (a ladder rung: [silentmine] catalog_stems)
     generate(demo_root, DemoConfig.tiny(seed=args.seed) if args.tiny else DemoConfig(seed=args.seed),
-             workers=available_cores())
+             workers=available_cores(), catalog_stems=bool(config().catalog_stems))
     # the demo catalog's known volumes, which generate() writes beside the catalog
     _set_option("silentmine", "catalog_truth", str(demo_root / "catalog_truth.parquet"))
     started = time.time()
@@ -486,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     demo_data.add_argument(
         "--force", action="store_true", help="write the corpus again even if a complete one of the same config is there"
     )
+    demo_data.add_argument("--catalog-stems", action="store_true",
+                           help="also the catalog's true stems (catalog_stems/: the ladder's supervised + catalog "
+                                "stems rung reads them through [silentmine] catalog_stems)")
     demo_data.set_defaults(func=_demo_data)
 
     run = commands.add_parser("run", help="run a pipeline task and its dependencies (default: All)")

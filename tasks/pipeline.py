@@ -4,9 +4,9 @@ import luigi
 
 from tasks.audit import Audit
 from tasks.detector import DetectorReport
+from tasks.evaluate import Evaluate
 from tasks.extract import Extract
 from tasks.measure import MeasureExtraction, catalog_truth
-from tasks.separator import Evaluate
 
 
 class All(luigi.WrapperTask):

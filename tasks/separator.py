@@ -1,5 +1,5 @@
-"""The separator: TrainSeparator (any registered model, with or without the remix step) and
-Evaluate (SDR and SI-SNR tables of any set of runs)."""
+"""The separator: TrainSeparator (any registered model, with or without the remix step);
+its evaluation is ``tasks.evaluate``."""
 
 from dataclasses import fields
 
@@ -7,7 +7,6 @@ import luigi
 
 from pipeline.separation.adversarial import LOSS_SCALE
 from pipeline.separation.config import BUDGETS, SCHEMES, TrainConfig, canonical_scheme, scheme_parts
-from pipeline.separation.evaluation import build_evaluate
 from pipeline.separation.registry import get as registered_model
 from pipeline.separation.registry import make_config, model_names
 from pipeline.separation.training import build_separator
@@ -147,11 +146,16 @@ class TrainSeparator(Stage):
             self.model, **{**overrides, **dict(self.train_config), "scheme": self.effective_scheme}
         )
 
+    def labelled_root(self) -> str:
+        """The stem set whose train and valid splits this run trains on: ``[silentmine] stem_root``
+        (a ladder rung trains on a larger one: ``tasks.ladder.TrainWithCatalogStems``)."""
+        return config().stem_root
+
     def build(self, folder):
         needs = self.requires()
         return build_separator(
             self.train_settings(),
-            config().stem_root,
+            self.labelled_root(),
             needs["datasets"].folder if "datasets" in needs else None,
             folder,
             catalog_tracks=needs["catalog"].tracks_file if "catalog" in needs else None,
@@ -161,67 +165,3 @@ class TrainSeparator(Stage):
     @property
     def best(self):
         return self.folder / "best.pt"
-
-
-class Evaluate(Stage):
-    """SDR (museval v4) and SI-SNR of a set of runs and the two reference rows (trivial: every
-    source = mixture / 4; oracle: ideal ratio masks) side by side (the paper's table 1), with
-    paired contrasts (median difference, bootstrap 95 % interval, Wilcoxon p) and box plots.
-
-    ``runs`` maps a row label to the TrainSeparator parameters of that run (over luigi.cfg's
-    ``[TrainSeparator]``), e.g. ``{"with remix": {"remix": true}, "tasnet": {"model": "tasnet"}}``.
-    ``seeds`` trains every run under each seed (its rows average the seeds per track and show
-    their spread); ``contrasts`` lists ``[run, baseline]`` pairs (``run - baseline``).
-    """
-
-    stage_name = "evaluate"
-    decodes_audio = True
-    split = luigi.Parameter(default="test", description="stem-set split scored")
-    max_tracks = luigi.IntParameter(default=0, description="0: every track of the split")
-    runs = luigi.DictParameter(
-        default={"with remix": {"remix": True}, "without remix": {"remix": False}},
-        description="row label -> TrainSeparator parameters",
-    )
-    seeds = luigi.ListParameter(default=[], description="[]: each run once, at its seed ([silentmine] seed)")
-    contrasts = luigi.ListParameter(default=[], description="[[run, baseline], ...]; []: every pair of runs")
-    # Not "workers": as the root task's flag it would clash with Luigi's own --workers.
-    score_workers = luigi.IntParameter(default=0, significant=False, description="scoring processes; 0: every core")
-
-    def run_tasks(self) -> dict[str, dict]:
-        """Row label -> {seed: TrainSeparator} (seed None: the run's own seed)."""
-        if not self.runs:
-            raise ValueError("Evaluate needs at least one run")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
-        seeds = [int(s) for s in self.seeds] or [None]
-        return {
-            label: {
-                seed: TrainSeparator(**{**dict(params), **({} if seed is None else {"seed": seed})}) for seed in seeds
-            }
-            for label, params in self.runs.items()
-        }
-
-    def requires(self):
-        return {
-            label if seed is None else f"{label} @ seed {seed}": task
-            for label, tasks in self.run_tasks().items()
-            for seed, task in tasks.items()
-        }
-
-    def external_keys(self):
-        return {"stem_set": stem_set_fingerprint(config().stem_root, (self.split,))}
-
-    def build(self, folder):
-        runs = {
-            label: {task.run_seed: task.best for task in tasks.values()} for label, tasks in self.run_tasks().items()
-        }
-        contrasts = [tuple(pair) for pair in self.contrasts] or None
-        return build_evaluate(
-            runs,
-            config().stem_root,
-            folder,
-            self.split,
-            self.max_tracks or None,
-            workers=self.score_workers,
-            contrasts=contrasts,
-        )

@@ -312,10 +312,11 @@ def test_the_stages_that_decode_audio_say_so():
     from tasks.audit import Audit
     from tasks.catalog import ScanCatalog
     from tasks.detector import DetectCatalog, DetectStems, TrainDetector
+    from tasks.evaluate import Evaluate
     from tasks.extract import ExtractShard
     from tasks.features import CatalogFeatures, StemFeatures
     from tasks.labels import Labels
-    from tasks.separator import Evaluate, TrainSeparator
+    from tasks.separator import TrainSeparator
 
     for task in (Labels, StemFeatures, CatalogFeatures, ExtractShard, TrainSeparator, Evaluate, Audit):
         assert task.decodes_audio, task.__name__

@@ -6,6 +6,7 @@ windows where the source is exactly zero (``V_i = -inf``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -19,9 +20,12 @@ from pipeline.corpora.demo import (
     CATALOG_CHANNELS,
     CATALOG_FORMATS,
     CATALOG_RATES,
+    CATALOG_STEMS_DIR,
     UNICODE_TITLE,
     DemoConfig,
+    catalog_stem_name,
     catalog_stems,
+    existing_catalog_stems,
     generate,
     mix,
     song_with_silence,
@@ -145,6 +149,36 @@ def test_truth_belongs_to_the_written_mixture(demo):
     truth = pd.read_parquet(out / "catalog_truth.parquet")
     volumes = truth[truth["file"] == name][[f"V_{s}" for s in SOURCES]].to_numpy().T
     np.testing.assert_allclose(volumes, relative_volumes(stems, 44_100), atol=1e-3)
+
+
+def test_catalog_stems_are_written_only_when_asked_and_sum_to_the_catalog_file(tmp_path):
+    config = DemoConfig(seed=3, n_train=1, n_valid=0, n_test=0, n_catalog=3, stem_duration_s=(4.0, 5.0),
+                        catalog_duration_s=(6.0, 7.0))
+    summary = generate(tmp_path, config)
+    assert not (tmp_path / CATALOG_STEMS_DIR).exists() and not existing_catalog_stems(tmp_path, config)
+    written = (tmp_path / "demo.json").stat().st_mtime_ns
+    assert generate(tmp_path, config, catalog_stems=True) == summary  # added to the complete corpus...
+    assert (tmp_path / "demo.json").stat().st_mtime_ns == written  # ... which is not written again
+    assert existing_catalog_stems(tmp_path, config)
+    tracks = list_tracks(tmp_path / CATALOG_STEMS_DIR, "train")
+    assert [t.name for t in tracks] == sorted(catalog_stem_name(f) for f in summary["catalog"]["files"])
+    truth = pd.read_parquet(tmp_path / "catalog_truth.parquet")
+    name = next(n for n in summary["catalog"]["files"] if n.split("/")[-1].startswith("001"))  # 44.1 kHz stereo FLAC
+    track = next(t for t in tracks if t.name == catalog_stem_name(name))
+    assert sf.info(str(track.path("bass"))).subtype == "PCM_16"
+    stems = np.stack([audio.load(track.path(source))[0] for source in SOURCES])
+    decoded, rate = audio.load(tmp_path / "catalog" / name)
+    assert rate == 44_100 and stems.shape[1:] == decoded.shape
+    np.testing.assert_allclose(stems.sum(axis=0), decoded, atol=4 / 32768)  # four 16-bit roundings
+    volumes = truth[truth["file"] == name][[f"V_{s}" for s in SOURCES]].to_numpy().T
+    mine = relative_volumes(stems, rate)
+    audible = volumes > -60
+    np.testing.assert_allclose(mine[audible], volumes[audible], atol=0.05)
+    for other in summary["catalog"]["files"]:  # every track at its catalog file's rate and channels
+        info = summary["catalog"]["files"][other]
+        wav = sf.info(str(tmp_path / CATALOG_STEMS_DIR / "train" / catalog_stem_name(other) / "mixture.wav"))
+        assert (wav.samplerate, wav.channels) == (info["sample_rate"], info["channels"])
+    assert not existing_catalog_stems(tmp_path, dataclasses.replace(config, seed=4))  # another corpus's config
 
 
 def test_demo_json_records_config_and_counts(demo):

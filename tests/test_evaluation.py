@@ -11,6 +11,7 @@ import pytest
 import torch
 from test_remix import write_stem_set
 
+from pipeline.separation.comparison import INTERVAL_METHOD
 from pipeline.separation.demucs import Demucs, DemucsConfig
 from pipeline.separation.evaluation import (
     ORACLE,
@@ -18,7 +19,10 @@ from pipeline.separation.evaluation import (
     build_evaluate,
     compare_runs,
     evaluate_separator,
+    museval_metrics,
     oracle_estimates,
+    oracle_stft_size,
+    reference_projection,
     score_track,
     summarize,
     track_sdr,
@@ -63,6 +67,25 @@ def test_museval_sdr_matches_the_v4_definition_per_frame():
     assert sdr.shape == (2, 3)
     for j in range(2):
         np.testing.assert_allclose(sdr[j], _hand_sdr(references[j], estimates[j], RATE), atol=1e-4)
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_the_cached_reference_projection_gives_museval_sdr(channels):
+    rng = np.random.default_rng(channels)
+    references = rng.normal(size=(2, channels, 3 * RATE)).astype(np.float32)
+    references[1, :, RATE:2 * RATE] = 0.0  # a silent frame: NaN for every source there
+    metrics = museval_metrics()
+    projection = reference_projection(references)
+    assert reference_projection(references.copy()) is projection  # the same references: computed once
+    for noise in (0.2, 1.0):  # two rows of one track share it
+        estimates = (references + noise * rng.normal(size=references.shape)).astype(np.float32)
+        expected = metrics.bss_eval(np.transpose(references, (0, 2, 1)), np.transpose(estimates, (0, 2, 1)),
+                                    window=RATE, hop=RATE, compute_permutation=False, framewise_filters=False,
+                                    bsseval_sources_version=False)[0]
+        np.testing.assert_allclose(projection.sdr(estimates, RATE, RATE), expected, rtol=1e-9, atol=1e-9)
+        assert np.isnan(expected[:, 1]).all()
+    other = references[:, :, ::-1].copy()
+    assert reference_projection(other) is not projection  # another track's references
 
 
 def test_silent_stems_are_excluded_per_track_and_per_frame():
@@ -139,16 +162,43 @@ def test_trivial_row_on_a_track_whose_answer_is_known():
 @pytest.mark.slow
 def test_oracle_row_separates_disjoint_sources_and_keeps_a_lone_source():
     mix, stems = _sines()
-    estimates = oracle_estimates(mix, stems)
+    estimates = oracle_estimates(mix, stems, RATE)
     assert estimates.shape == stems.shape
     sdr = track_sdr(stems, estimates, RATE)
     assert np.all(sdr > 25.0)  # Hann leakage between sines ~1 kHz apart is far below the signal
     # One source alone: its mask is 1 everywhere and the STFT round trip gives it back.
     lone = np.zeros_like(stems)
     lone[1] = stems[1]
-    back = oracle_estimates(lone.sum(axis=0), lone)
+    back = oracle_estimates(lone.sum(axis=0), lone, RATE)
     np.testing.assert_allclose(back[1], stems[1], atol=1e-5)
     assert np.abs(back[[0, 2, 3]]).max() < 1e-6
+
+
+def test_oracle_frames_are_equal_in_seconds_at_16_and_44_1_khz():
+    assert oracle_stft_size(44_100) == (4096, 1024)  # 92.9 ms / 23.2 ms
+    assert oracle_stft_size(16_000) == (1486, 372)
+    frames = {}
+    for rate in (16_000, 44_100):
+        n_fft, hop = oracle_stft_size(rate)
+        assert abs(n_fft / rate - 4096 / 44_100) <= 0.5 / rate and abs(hop / rate - 1024 / 44_100) <= 0.5 / rate
+        signal = torch.zeros(10 * rate, dtype=torch.float64)
+        spectrum = torch.stft(signal, n_fft, hop, window=torch.hann_window(n_fft, dtype=torch.float64),
+                              center=True, return_complex=True)
+        frames[rate] = spectrum.shape[-1]
+    assert frames[16_000] == frames[44_100] == 431  # one frame every 23.2 ms of the 10 s
+
+
+def test_the_oracle_at_16_khz_is_not_handicapped_by_44_1_khz_frames():
+    # Two sources that take turns every 120 ms: masks of 256 ms frames (4096 samples at 16 kHz) smear them.
+    rate, slot = 16_000, 1920
+    noise = np.random.default_rng(0).normal(0, 0.1, size=(2, 1, 2 * rate)).astype(np.float32)
+    turns = (np.arange(2 * rate) // slot) % 2
+    stems = np.stack([noise[0] * (turns == 0), noise[1] * (turns == 1),
+                      np.zeros((1, 2 * rate), np.float32), np.zeros((1, 2 * rate), np.float32)])
+    seconds = oracle_estimates(stems.sum(axis=0), stems, rate)
+    samples = oracle_estimates(stems.sum(axis=0), stems, 44_100)  # 4096 / 1024 samples, as before, at 16 kHz
+    sdr_seconds, sdr_samples = (np.nanmedian(track_sdr(stems, e, rate)[:2]) for e in (seconds, samples))
+    assert sdr_seconds > sdr_samples + 2.0
 
 
 def _checkpoint(path, seed: int, rate: int = RATE, channels: int = 1):
@@ -188,6 +238,10 @@ def test_parallel_scoring_equals_serial_and_writes_the_comparison(tmp_path):
     assert not contrasts["equal_main_steps"].any()
     assert any(line.startswith("remix - plain, SDR") for line in serial.summary)
     assert any("unequal main steps: 12.0 vs 10.5" in line for line in serial.summary)
+    # how the intervals were made, and that 2 tracks and 1 seed of "remix" allow no conclusion
+    assert INTERVAL_METHOD in serial.summary and serial.counts["interval_method"] == INTERVAL_METHOD
+    warning = serial.summary[serial.summary.index(INTERVAL_METHOD) + 1]
+    assert warning == serial.counts["warning"] and "2 test tracks (< 8)" in warning and "1 seed per run" in warning
     assert (tmp_path / "serial" / "boxplot_sdr.png").exists() and (tmp_path / "serial" / "boxplot_si_snr.png").exists()
     with pytest.raises(ValueError, match="contrast"):
         build_evaluate(runs, root, tmp_path / "bad", workers=1, contrasts=[("remix", "nope")], progress=False)

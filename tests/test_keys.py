@@ -44,7 +44,7 @@ RECORDED = {
     'DetectCatalog': '273534ebca2866c7',
     'DetectStems': '95e4ff8d058c4497',
     'DetectorReport': '228f4da852aca091',
-    'Evaluate': 'ba4488797e9f16c3',
+    'Evaluate': '94efcd5141d44e1c',
     'Export': '1801676b9f6648e1',
     'Extract': 'ff4996a23d03f965',
     'ExtractShard': 'f3d727c52e166682',

@@ -21,7 +21,9 @@ sung in phrases of syllables with consonant noise, breaths and silent gaps betwe
 :func:`generate` writes the demo corpus: a MUSDB18-HQ-style stem set (float wav, mixture
 equal to the float32 sum of the stems), an unlabelled catalog of mixtures in several formats,
 rates and channel counts (plus deliberately broken files), the catalog's ground-truth
-relative volumes on the shared grid, and ``demo.json``.
+relative volumes on the shared grid, and ``demo.json``; when asked, the catalog's true stems
+too (:func:`write_catalog_stems`: a stem set whose train split is the catalog, for the
+"supervised + catalog stems" rung of the mining value ladder).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import os
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -122,6 +124,10 @@ FORMANT_GAIN = (1.0, 0.5, 0.28)
 TABLE_SIZE = 2048
 SFC_SET_ADD_PEAK_CHUNK = 0x1050  # libsndfile command (sndfile.h)
 WRITE_BLOCK = 16_384  # frames per write call
+# The catalog's true stems (written only when asked): a stem set in the MUSDB18-HQ layout whose
+# train split holds one track per good catalog file, under the corpus folder; its marker, last.
+CATALOG_STEMS_DIR = "catalog_stems"
+CATALOG_STEMS_MARKER = "stems.json"
 
 
 @dataclass(frozen=True)
@@ -939,7 +945,24 @@ def catalog_stems(config: DemoConfig, index: int) -> tuple[np.ndarray, SongInfo]
     return synthesize_song(rng, _duration(rng, config.catalog_duration_s), config.sample_rate)
 
 
-def _make_catalog_track(out: str, index: int, config: DemoConfig) -> dict:
+def catalog_stem_name(relpath: str) -> str:
+    """The track folder name, in the catalog stem set, of the catalog file at ``relpath``."""
+    return PurePosixPath(relpath).with_suffix("").as_posix().replace("/", "-")
+
+
+def _write_catalog_stem_track(folder: Path, stems: np.ndarray, rate: int) -> None:
+    """``mixture.wav`` (the sum) and one wav per source of ``stems`` ``(4, channels, samples)``:
+    16-bit PCM (as MUSDB18-HQ), or float where a part would clip."""
+    parts = (("mixture", mix(stems)), *zip(SOURCES, stems))
+    subtype = "PCM_16" if max(float(np.abs(audio).max()) for _, audio in parts) < 1.0 else "FLOAT"
+    for part, audio in parts:
+        _write_audio(folder / f"{part}.wav", audio, rate, "WAV", subtype)
+
+
+def _make_catalog_track(out: str, index: int, config: DemoConfig, write_file: bool = True,
+                        write_stems: bool = False) -> dict:
+    """Catalog track ``index``: its file and truth rows (``write_file``) and its true stems in the
+    catalog stem set (``write_stems``: at the file's rate, channels and level)."""
     stems, info = catalog_stems(config, index)
     rng = _track_rng(config.seed, len(SPLITS) + 2, index)  # level of the written file
     rate = config.sample_rate
@@ -949,6 +972,14 @@ def _make_catalog_track(out: str, index: int, config: DemoConfig) -> dict:
     peak_target = rng.uniform(0.35, 0.85 if fmt in LOSSY_FORMATS else 0.95)
     gain = peak_target / max(float(np.abs(converted).max()), 1e-9)
     relpath = catalog_relpath(index)
+    row = {"file": relpath, "duration_s": stems.shape[-1] / rate, "rate": file_rate, "channels": channels,
+           "format": ext, "bpm": info.bpm, "stem_track": catalog_stem_name(relpath)}
+    if write_stems:
+        file_stems = np.stack([match_channels(resample(stem, rate, file_rate), channels) for stem in stems])
+        _write_catalog_stem_track(Path(out) / CATALOG_STEMS_DIR / "train" / row["stem_track"],
+                                  (file_stems * np.float32(gain)).astype(np.float32), file_rate)
+    if not write_file:
+        return row
     _write_audio(Path(out) / "catalog" / relpath, (converted * gain).astype(np.float32), file_rate, fmt, subtype)
     volumes = relative_volumes((stems * np.float32(gain)).astype(np.float32), rate)
     count = volumes.shape[1]
@@ -956,8 +987,7 @@ def _make_catalog_track(out: str, index: int, config: DemoConfig) -> dict:
                           "start_s": window_start_s(np.arange(count)).astype(np.float64)})
     for i, name in enumerate(SOURCES):
         truth[f"V_{name}"] = volumes[i].astype(np.float32)
-    return {"file": relpath, "duration_s": stems.shape[-1] / rate, "rate": file_rate, "channels": channels,
-            "format": ext, "bpm": info.bpm, "truth": truth}
+    return {**row, "truth": truth}
 
 
 def _flac_audio_offset(data: bytes) -> int:
@@ -1021,8 +1051,53 @@ def existing_corpus(out: str | os.PathLike, config: DemoConfig) -> dict[str, Any
     return summary if all(path.is_file() for path in expected) else None
 
 
+def existing_catalog_stems(out: str | os.PathLike, config: DemoConfig) -> bool:
+    """Whether ``out`` holds the complete catalog stem set of ``config`` (its marker, written
+    last, names this generator version, config and every track, and their files are there)."""
+    folder = Path(out) / CATALOG_STEMS_DIR
+    try:
+        marker = json.loads((folder / CATALOG_STEMS_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    if marker.get("generator_version") != GENERATOR_VERSION or marker.get("config") != config.to_dict():
+        return False
+    return all((folder / "train" / name / f"{part}.wav").is_file()
+               for name in marker.get("tracks", []) for part in ("mixture", *SOURCES))
+
+
+def _run_jobs(function, jobs: list[tuple], workers: int, **options) -> list:
+    """``[function(*job, **options) for job in jobs]``, in ``workers`` spawned processes if > 1."""
+    if workers <= 1:
+        return [function(*job, **options) for job in jobs]
+    # spawn, not fork: the caller may hold threads (torch, luigi) that fork would copy mid-state
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return [future.result() for future in [pool.submit(function, *job, **options) for job in jobs]]
+
+
+def write_catalog_stems(out: str | os.PathLike, config: DemoConfig, workers: int = 1) -> list[str]:
+    """Write the catalog's true stems of ``config`` under ``out/catalog_stems/train/`` (one track a
+    catalog file: :func:`catalog_stem_name`; each file's rate, channels and level, so that its
+    mixture is the catalog file before encoding) and the marker last; tracks of an earlier
+    config are removed.  The pipeline reads them only when asked (``[silentmine] catalog_stems``).
+    Returns the track names."""
+    out = Path(out)
+    rows = _run_jobs(_make_catalog_track, [(str(out), i, config) for i in range(config.n_catalog)], workers,
+                     write_file=False, write_stems=True)
+    return _finish_catalog_stems(out, config, [row["stem_track"] for row in rows])
+
+
+def _finish_catalog_stems(out: Path, config: DemoConfig, names: list[str]) -> list[str]:
+    """Remove the catalog stem tracks that are not ``names``, then write the marker."""
+    folder = out / CATALOG_STEMS_DIR
+    _remove_stale(folder / "train", {folder / "train" / name / f"{part}.wav" for name in names
+                                     for part in ("mixture", *SOURCES)})
+    write_json_atomic(folder / CATALOG_STEMS_MARKER, {"generator_version": GENERATOR_VERSION,
+                                                       "config": config.to_dict(), "tracks": names})
+    return names
+
+
 def generate(out: str | os.PathLike, config: DemoConfig = DemoConfig(), workers: int = 1,
-             force: bool = False) -> dict[str, Any]:
+             force: bool = False, catalog_stems: bool = False) -> dict[str, Any]:
     """Write the demo corpus under ``out`` and return the summary also written to ``demo.json``.
 
     Layout: ``stems/{train,valid,test}/demo-<split>-NNN/{mixture,drums,bass,other,vocals}.wav``
@@ -1035,24 +1110,24 @@ def generate(out: str | os.PathLike, config: DemoConfig = DemoConfig(), workers:
     depend on it.  A complete corpus of the same config already under ``out``
     (:func:`existing_corpus`) is kept as it is, unless ``force``: corpora written before Ogg
     serial numbers were fixed keep their (random) ones, hence their track ids.
+
+    ``catalog_stems``: also the catalog's true stems (:func:`write_catalog_stems`), written with
+    the catalog (or added to a complete corpus that lacks them).
     """
     if not force and (summary := existing_corpus(out, config)) is not None:
+        if catalog_stems and not existing_catalog_stems(out, config):
+            write_catalog_stems(out, config, workers)
         return summary
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stem_jobs = [(str(out), split, i, config.seed, config.stem_duration_s, config.sample_rate)
                  for split in SPLITS for i in range(config.split_count(split))]
     catalog_jobs = [(str(out), i, config) for i in range(config.n_catalog)]
-    if workers > 1:
-        # spawn, not fork: the caller may hold threads (torch, luigi) that fork would copy mid-state
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            stem_futures = [pool.submit(_make_stem_track, *job) for job in stem_jobs]
-            catalog_futures = [pool.submit(_make_catalog_track, *job) for job in catalog_jobs]
-            stem_rows = [f.result() for f in stem_futures]
-            catalog_rows = [f.result() for f in catalog_futures]
-    else:
-        stem_rows = [_make_stem_track(*job) for job in stem_jobs]
-        catalog_rows = [_make_catalog_track(*job) for job in catalog_jobs]
+    stem_rows = _run_jobs(_make_stem_track, stem_jobs, workers)
+    catalog_rows = _run_jobs(_make_catalog_track, catalog_jobs, workers, write_stems=catalog_stems)
+    (out / CATALOG_STEMS_DIR / CATALOG_STEMS_MARKER).unlink(missing_ok=True)  # no longer true, or written again
+    if catalog_stems:
+        _finish_catalog_stems(out, config, [row["stem_track"] for row in catalog_rows])
     bad_files = _write_bad_files(out, config.sample_rate)
     truth = pd.concat([row.pop("truth") for row in catalog_rows], ignore_index=True) if catalog_rows else \
         pd.DataFrame({"file": pd.Series(dtype=str), "window": pd.Series(dtype=np.int32),

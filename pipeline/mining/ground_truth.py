@@ -28,6 +28,15 @@ all-zero excerpts extraction skips are kept).  :func:`rule_table` does it at eac
 rule's ``p_i``, :func:`yield_curve` at a grid of thresholds, so that purity can be read
 against yield as the threshold varies.  :func:`separator_table` filters the extracted index on
 its separator columns at a few limits.  The truth measures; nothing here feeds a threshold.
+
+**The oracle D_i** (:func:`build_oracle_datasets`): what a perfect detector would have mined,
+the top rung but one of the mining value ladder.  Its probabilities
+(:func:`oracle_probabilities`) are 1 on the truth windows with ``V_i <= silent_db`` (-20 dB, the
+calibration target; ``-inf`` counts) and 0 elsewhere, for every source; extraction itself
+(:func:`pipeline.mining.extraction.extract_shard`: the same run rule, ``min_seconds`` and
+``max_gap``, the same cutting from the original files) then writes the excerpts, index parts
+and rejects in the shard-store layout of :mod:`pipeline.mining.datasets`, so that
+:class:`~pipeline.mining.datasets.DatasetRun` and the remix step read it like a mined D_i.
 """
 
 from __future__ import annotations
@@ -40,9 +49,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.mining.calibration import inverted_cdf_quantile
-from pipeline.mining.extraction import PAPER_RUN_RULE, RunRule
+from pipeline.mining.extraction import PAPER_RUN_RULE, RunRule, extract_shard
+from pipeline.mining.schema import PROBABILITY_SCHEMA
 from pipeline.sources import INAUDIBLE_DB, SOURCES, TRULY_SILENT_DB, WINDOW_S
-from pipeline.storage.outputs import StageResult
+from pipeline.storage.outputs import StageResult, write_json_atomic
 
 if TYPE_CHECKING:
     from pipeline.mining.datasets import DatasetRun
@@ -362,3 +372,72 @@ def build_measure(run: "DatasetRun | str | os.PathLike", truth_path: str | os.Pa
               **ruled.counts}
     return StageResult(counts, [*lines, *ruled.summary])
 
+
+
+ORACLE_THRESHOLD = 0.5  # the oracle's P_i is 0 or 1: every p_i in (0, 1] selects the same frames
+ORACLE_KEY = "oracle"  # the oracle D_i's shard key, and its rows' detector_key and calibration_key
+
+
+def oracle_probabilities(truth: pd.DataFrame, tracks: pd.DataFrame, catalog_root: str | os.PathLike,
+                         silent_db: float = TRULY_SILENT_DB) -> pd.DataFrame:
+    """A perfect detector's output on the catalog scan's ``tracks`` (``track_id, path``):
+    PROBABILITY_SCHEMA rows on the truth's grid, ``p_<source>`` = 1 where the true ``V_i <= silent_db``
+    dB (``-inf`` included), else 0.  Tracks without truth rows get none."""
+    by_file = {str(name): group.sort_values("window", kind="stable") for name, group in truth.groupby("file")}
+    parts = []
+    for track_id, path in zip(tracks["track_id"].astype(str), tracks["path"].astype(str)):
+        windows = by_file.get(relative_file(path, catalog_root) or "")
+        if windows is None:
+            continue
+        part = pd.DataFrame({"track_id": track_id, "frame": windows["window"].to_numpy(np.int32),
+                             "start_s": windows["start_s"].to_numpy(np.float64)})
+        for source in SOURCES:
+            part[f"p_{source}"] = (windows[f"V_{source}"].to_numpy(np.float64) <= silent_db).astype(np.float32)
+        parts.append(part)
+    columns = [field.name for field in PROBABILITY_SCHEMA]
+    if not parts:
+        return pd.DataFrame({name: pd.Series(dtype=field.type.to_pandas_dtype())
+                             for name, field in zip(columns, PROBABILITY_SCHEMA)})
+    return pd.concat(parts, ignore_index=True)[columns]
+
+
+def build_oracle_datasets(truth_path: str | os.PathLike, tracks_file: str | os.PathLike,
+                          catalog_root: str | os.PathLike, out: str | os.PathLike, data_root: str | os.PathLike,
+                          run_rule: RunRule = PAPER_RUN_RULE, silent_db: float = TRULY_SILENT_DB) -> StageResult:
+    """The oracle D_i stage: the excerpts a perfect detector would give extraction (module docstring),
+    written into ``out`` as one shard (key ``"oracle"``) of a shard store: ``index/source=<s>/``,
+    ``audio/``, ``rejects/`` and ``shards/oracle.json`` (its marker, with the files); rows'
+    ``audio_path`` relative to ``data_root``, ``threshold`` 0.5, ``detector_key`` and
+    ``calibration_key`` ``"oracle"``.  ``tracks_file``: the catalog scan's ``tracks.parquet``.
+
+    Counts ``tracks`` (scanned), ``tracks_with_truth``, ``excerpts``, ``excerpts_<s>``,
+    ``hours_<s>`` and ``rejects``; the summary: one line a source.  ``ValueError`` when the truth
+    names none of the scanned files (a truth table of another catalog).
+    """
+    from pathlib import Path
+
+    from pipeline.mining.datasets import ShardStore
+
+    out = Path(out)
+    truth = pd.read_parquet(truth_path)
+    tracks = pd.read_parquet(tracks_file)
+    probabilities = oracle_probabilities(truth, tracks, catalog_root, silent_db)
+    known = tracks[tracks["track_id"].astype(str).isin(set(probabilities["track_id"]))]
+    if len(tracks) and not len(known):
+        raise ValueError(f"the truth table {truth_path} names none of the {len(tracks)} files of the catalog "
+                         f"{catalog_root} (its files are paths relative to the catalog folder): another catalog's?")
+    result = extract_shard(known, probabilities, {s: ORACLE_THRESHOLD for s in SOURCES}, run_rule, out,
+                           ORACLE_KEY, ORACLE_KEY, ORACLE_KEY, audio_base=data_root)
+    counts = {"tracks": int(len(tracks)), "tracks_with_truth": int(len(known)), "excerpts": int(len(result.index)),
+              "rejects": int(len(result.rejects))}
+    lines = []
+    for source in SOURCES:
+        rows = result.index[result.index["source"] == source] if len(result.index) else result.index
+        seconds = float(rows["duration_s"].sum()) if len(rows) else 0.0
+        counts[f"excerpts_{source}"] = int(len(rows))
+        counts[f"hours_{source}"] = round(seconds / 3600, 4)
+        lines.append(f"oracle D_i (true V_i <= {silent_db:g} dB, runs of >= {run_rule.min_seconds:g} s): {source}: "
+                     f"{len(rows)} excerpts, {seconds / 60:.1f} min")
+    write_json_atomic(ShardStore(out).marker_path(ORACLE_KEY),
+                      {"stage": "oracle_datasets", "shard_key": ORACLE_KEY, "counts": counts, "files": result.files})
+    return StageResult(counts, lines)

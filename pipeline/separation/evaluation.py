@@ -11,7 +11,10 @@ arguments ``museval.evaluate(mode="v4")`` passes: time-invariant distortion filt
 SDR) on windows of ``win_s`` = 1 s with hop 1 s, as SiSec 2018 did, then the
 median over a track's frames, the median over tracks per source, and ``all`` = the median
 over every (track, source) value (the paper's table 1: "concatenating the metrics from all
-sources and then taking the median").
+sources and then taking the median").  The references' part of museval's computation (their
+correlation matrix and its LU factorisation, most of the cost) is done once per track and
+reused for every row scored on it (:class:`ReferenceProjection`): the same SDR, to the bit on
+the tests' signals, for a fraction of the time when several runs are compared.
 
 Silent stems, explicitly (museval refuses an all-zero reference or estimate, i.e. one whose
 channel sum is 0 at every sample):
@@ -31,6 +34,12 @@ SI-SNR (:func:`track_si_snr`, the frugal paper's metric, :func:`pipeline.separat
 on the same frames, per source over both channels; a frame whose reference is silent for the
 SI-SNR loss (mean square <= -100 dBFS) is left out for that source only, and the medians
 follow SDR's (per track over frames, then over tracks; ``si_snr_<source>``, ``si_snr_all``).
+
+Reference rows (:func:`reference_estimates`), scored beside the runs at their rate: trivial
+(every source = mixture / 4) and oracle (ideal ratio masks of the true stems on an STFT whose
+frames are sized in seconds, 92.9 ms windows and 23.2 ms hops at any rate: 4096 / 1024
+samples at 44.1 kHz, 1486 / 372 at 16 kHz; :func:`oracle_stft_size`).  The contrasts between
+rows and their intervals are :mod:`pipeline.separation.comparison`'s.
 """
 
 from __future__ import annotations
@@ -56,11 +65,13 @@ from pipeline.mining.extraction import separator_volumes
 from pipeline.progress import progress_bar
 from pipeline.separation.apply import separate_track
 from pipeline.separation.comparison import (
+    INTERVAL_METHOD,
     box_plot,
     contrast_lines,
     default_contrasts,
     paired_comparison,
     run_statistics,
+    too_small_warning,
 )
 from pipeline.separation.contract import Separator
 from pipeline.separation.losses import si_snr, silent
@@ -100,14 +111,115 @@ def museval_metrics() -> ModuleType:
     return module
 
 
+FILTERS_LEN = 512  # museval's distortion filters, samples
+_EPS = np.finfo(float).eps
+
+
+def _factor(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """LAPACK's LU factors of ``matrix`` (what ``np.linalg.solve`` computes on every call), or
+    None when it is exactly singular (museval then falls back to least squares)."""
+    import scipy.linalg
+
+    lu, pivots = scipy.linalg.lu_factor(matrix, check_finite=False)
+    return None if np.any(np.diag(lu) == 0) else (lu, pivots)
+
+
+class ReferenceProjection:
+    """What museval's v4 BSS Eval (images, time-invariant filters, no permutation) computes from
+    the references alone, computed once per track and reused for every estimate scored on it.
+
+    museval factorises the references' correlation matrix ``G`` (``sources x channels x 512``
+    square, 4096 rows for four stereo sources) anew for every source of every estimate; the
+    factorisation is most of its cost.  Here it is done once (``scipy.linalg.lu_factor``, the
+    LU that ``np.linalg.solve`` computes), so that scoring R rows of a track costs about one
+    museval call instead of R; :meth:`sdr` equals museval's SDR to rounding (tests).
+    ``references``: ``(sources, channels, samples)``.
+    """
+
+    def __init__(self, references: np.ndarray) -> None:
+        metrics = museval_metrics()
+        self.references = np.transpose(references, (0, 2, 1))  # museval's (sources, samples, channels)
+        self.correlations, self.spectra = metrics._compute_reference_correlations(self.references, FILTERS_LEN)
+        whole = metrics._reshape_G(self.correlations)
+        self.factors = _factor(whole + _EPS * np.eye(whole.shape[0]))
+        self.own_factors = []
+        for j in range(self.references.shape[0]):
+            own = metrics._reshape_G(self.correlations[j, j][None, None])
+            self.own_factors.append(_factor(own + _EPS * np.eye(own.shape[0])))
+
+    def _filters(self, factors, correlations: np.ndarray, spectra: np.ndarray, estimate: np.ndarray) -> np.ndarray:
+        """museval's ``_compute_projection_filters`` of ``estimate`` ``(samples, channels)`` on the
+        references of ``spectra`` ``(sources, channels, n_fft)``, solved with ``factors``."""
+        import scipy.fftpack
+        import scipy.linalg
+
+        metrics = museval_metrics()
+        samples, channels = estimate.shape
+        sources = spectra.shape[0]
+        padded = metrics._zeropad(estimate.T, FILTERS_LEN - 1, axis=1)
+        n_fft = int(2 ** np.ceil(np.log2(samples + FILTERS_LEN - 1.0)))
+        estimate_spectra = scipy.fftpack.fft(padded, n=n_fft)
+        cross = np.zeros((sources, channels, FILTERS_LEN, channels))
+        for j in range(sources):
+            for cj in range(channels):
+                for c in range(channels):
+                    lagged = np.real(scipy.fftpack.ifft(spectra[j, cj] * np.conj(estimate_spectra[c])))
+                    cross[j, cj, :, c] = np.hstack((lagged[0], lagged[-1:-FILTERS_LEN:-1]))
+        cross = cross.reshape(sources * channels * FILTERS_LEN, channels)
+        if factors is not None:
+            filters = scipy.linalg.lu_solve(factors, cross, check_finite=False)
+        else:
+            filters = np.linalg.lstsq(metrics._reshape_G(correlations), cross)[0]
+        filters = filters.reshape(sources, channels, FILTERS_LEN, channels)
+        return filters[0] if sources == 1 else filters
+
+    def sdr(self, estimates: np.ndarray, win: int, hop: int) -> np.ndarray:
+        """Framewise SDR in dB ``(sources, frames)`` of ``estimates`` ``(sources, channels, samples)``:
+        museval's ``bss_eval(..., framewise_filters=False, compute_permutation=False,
+        bsseval_sources_version=False)[0]`` with ``window=win``, ``hop=hop`` (samples)."""
+        metrics = museval_metrics()
+        estimates = np.transpose(estimates, (0, 2, 1))
+        if estimates.shape != self.references.shape:
+            raise ValueError(f"estimates {estimates.shape} and references {self.references.shape} differ in shape")
+        sources = estimates.shape[0]
+        interference = [self._filters(self.factors, self.correlations, self.spectra, estimates[j])
+                        for j in range(sources)]
+        spatial = [self._filters(self.own_factors[j], self.correlations[j, j][None, None], self.spectra[j][None],
+                                 estimates[j]) for j in range(sources)]
+        framer = metrics.Framing(win, hop, estimates.shape[1])
+        sdr = np.full((sources, framer.nwin), np.nan)
+        for t, span in enumerate(framer):
+            references = self.references[:, span]
+            if metrics._any_source_silent(references) or metrics._any_source_silent(estimates[:, span]):
+                continue
+            for j in range(sources):
+                parts = metrics._bss_decomp_mtifilt(references, estimates[j, span], j, interference[j], spatial[j])
+                sdr[j, t] = metrics._bss_crit(*parts, False)[0]
+        return sdr
+
+
+_PROJECTIONS: dict[str, ReferenceProjection] = {}  # the last track's, per process
+
+
+def reference_projection(references: np.ndarray) -> ReferenceProjection:
+    """The :class:`ReferenceProjection` of ``references``, kept for the next call with the same
+    references (one track per process: the scoring jobs of a track come one after the other)."""
+    import hashlib
+
+    data = np.ascontiguousarray(references)
+    digest = hashlib.blake2b(data.tobytes(), digest_size=16).hexdigest() + f"{data.shape}{data.dtype}"
+    if digest not in _PROJECTIONS:
+        _PROJECTIONS.clear()
+        _PROJECTIONS[digest] = ReferenceProjection(references)
+    return _PROJECTIONS[digest]
+
+
 def bss_eval_v4_sdr(references: np.ndarray, estimates: np.ndarray, win: int, hop: int) -> np.ndarray:
     """Framewise SDR in dB ``(sources, frames)`` of ``(sources, channels, samples)`` arrays of one
     length: ``museval.evaluate(references, estimates, win, hop, mode="v4")[0]`` without importing
-    the museval package (see :func:`museval_metrics`); ``win``/``hop`` in samples."""
-    sdr = museval_metrics().bss_eval(np.transpose(references, (0, 2, 1)), np.transpose(estimates, (0, 2, 1)),
-                                     compute_permutation=False, window=win, hop=hop, framewise_filters=False,
-                                     bsseval_sources_version=False)[0]
-    return sdr
+    the museval package (see :func:`museval_metrics`), the references' projection reused from
+    the previous call on the same references (:func:`reference_projection`); ``win``/``hop`` in samples."""
+    return reference_projection(references).sdr(estimates, win, hop)
 
 
 def track_sdr(references: np.ndarray, estimates: np.ndarray, sample_rate: int, win_s: float = 1.0,
@@ -162,8 +274,19 @@ def load_track(track: StemTrack, sample_rate: int, channels: int) -> tuple[np.nd
 TRIVIAL = "trivial (mixture / 4)"
 ORACLE = "oracle (IRM)"
 REFERENCE_ROWS = (TRIVIAL, ORACLE)
-ORACLE_FFT = 4096  # samples; Hann window, hop ORACLE_HOP (93 ms / 23 ms at 44.1 kHz)
-ORACLE_HOP = 1024
+# The oracle's STFT frames, in seconds so that they are the same at every rate: a Hann window of
+# 4096 samples and a hop of 1024 at 44.1 kHz (92.9 ms / 23.2 ms); at 16 kHz 1486 / 372 samples.
+ORACLE_WINDOW_S = 4096 / 44_100
+ORACLE_HOP_S = 1024 / 44_100
+
+
+def oracle_stft_size(sample_rate: int, window_s: float = ORACLE_WINDOW_S,
+                     hop_s: float = ORACLE_HOP_S) -> tuple[int, int]:
+    """``(n_fft, hop)`` in samples at ``sample_rate`` Hz of the oracle's STFT: the window and hop
+    in seconds, rounded to the nearest sample."""
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be > 0 Hz, got {sample_rate}")
+    return max(2, round(window_s * sample_rate)), max(1, round(hop_s * sample_rate))
 
 
 def trivial_estimates(mix: np.ndarray, n_sources: int = len(SOURCES)) -> np.ndarray:
@@ -171,15 +294,16 @@ def trivial_estimates(mix: np.ndarray, n_sources: int = len(SOURCES)) -> np.ndar
     return np.repeat((np.asarray(mix, dtype=np.float32) / n_sources)[None], n_sources, axis=0)
 
 
-def oracle_estimates(mix: np.ndarray, references: np.ndarray, n_fft: int = ORACLE_FFT,
-                     hop: int = ORACLE_HOP) -> np.ndarray:
+def oracle_estimates(mix: np.ndarray, references: np.ndarray, sample_rate: int) -> np.ndarray:
     """The "perfect" row: ideal ratio masks from the true stems, ``(sources, channels, samples)``.
 
-    ``torch.stft`` (``n_fft`` samples, Hann window, ``hop``, centred) of the mixture
+    ``torch.stft`` (Hann window of ``n_fft`` samples, ``hop``, centred: :func:`oracle_stft_size`
+    at ``sample_rate`` Hz, 92.9 ms and 23.2 ms at any rate) of the mixture
     ``(channels, samples)`` and of each reference ``(sources, channels, samples)``, in float64;
     mask of source j = ``|S_j| / sum_k |S_k|`` per channel and bin (magnitude ratio, sigsep's
     IRM1; 1/4 where every stem is 0); estimate j = the inverse STFT of mask_j x the mixture's STFT.
     """
+    n_fft, hop = oracle_stft_size(sample_rate)
     window = torch.hann_window(n_fft, dtype=torch.float64)
     length = mix.shape[-1]
 
@@ -197,12 +321,13 @@ def oracle_estimates(mix: np.ndarray, references: np.ndarray, n_fft: int = ORACL
     return out.reshape(references.shape).numpy().astype(np.float32)
 
 
-def reference_estimates(kind: str, mix: np.ndarray, references: np.ndarray) -> np.ndarray:
-    """The estimates of reference row ``kind`` (:data:`TRIVIAL` or :data:`ORACLE`)."""
+def reference_estimates(kind: str, mix: np.ndarray, references: np.ndarray, sample_rate: int) -> np.ndarray:
+    """The estimates of reference row ``kind`` (:data:`TRIVIAL` or :data:`ORACLE`) of a track at
+    ``sample_rate`` Hz."""
     if kind == TRIVIAL:
         return trivial_estimates(mix, references.shape[0])
     if kind == ORACLE:
-        return oracle_estimates(mix, references)
+        return oracle_estimates(mix, references, sample_rate)
     raise ValueError(f"unknown reference row {kind!r}; known: {REFERENCE_ROWS}")
 
 
@@ -261,7 +386,8 @@ def score_job(job: Job) -> list[dict]:
     """Per-source rows of one job (:func:`score_track`'s, with ``run``, ``seed``, ``model``)."""
     if job.estimator in REFERENCE_ROWS:
         mix, references = load_track(job.track, job.rate, job.channels)
-        estimates, model_name, rate = reference_estimates(job.estimator, mix, references), "reference", job.rate
+        estimates = reference_estimates(job.estimator, mix, references, job.rate)
+        model_name, rate = "reference", job.rate
     else:
         model = _cached_model(job.estimator, os.stat(job.estimator).st_mtime_ns)
         rate, model_name = model.config.sample_rate, model.name
@@ -278,7 +404,8 @@ def _init_worker(threads: int) -> None:
 def score_jobs(jobs: list[Job], workers: int = 0, progress: bool = True) -> pd.DataFrame:
     """Score every job, in ``workers`` processes (0: every core; 1: in this process), each with
     cores / workers torch threads; the rows come back in the jobs' order, so the table does not
-    depend on ``workers``."""
+    depend on ``workers``.  Give a track's jobs one after the other: a process keeps the last
+    track's reference projection (:func:`reference_projection`)."""
     workers = min(workers or available_cores(), len(jobs)) or 1
     bar = progress_bar(total=len(jobs), desc="evaluate", unit="track", disable=not progress)
     results: list[list[dict] | None] = [None] * len(jobs)
@@ -298,6 +425,7 @@ def score_jobs(jobs: list[Job], workers: int = 0, progress: bool = True) -> pd.D
                     bar.update()
     finally:
         bar.close()
+        _PROJECTIONS.clear()  # the last track's projection, held in this process when workers == 1
     return pd.DataFrame([row for rows in results for row in rows])
 
 def score_track(name: str, references: np.ndarray, estimates: np.ndarray, sample_rate: int,
@@ -412,9 +540,12 @@ def build_evaluate(runs: dict[str, str | os.PathLike | dict[int, str | os.PathLi
     ...), ``comparison.csv`` / ``.parquet`` (:func:`comparison_table` of SDR),
     ``comparison_si_snr.csv`` / ``.parquet`` (SI-SNR), ``contrasts.csv`` / ``.parquet`` (one
     row per contrast, metric and scope, with ``equal_main_steps``) and ``boxplot_sdr.png`` /
-    ``boxplot_si_snr.png``.  Counts ``runs``, ``seeds``, ``tracks``, ``models`` (run -> model) and
-    the tables as dicts (``comparison``, ``comparison_si_snr``, ``contrasts``); the summary: the
-    tables and contrasts as text.
+    ``boxplot_si_snr.png``.  Counts ``runs``, ``seeds``, ``tracks``, ``models`` (run -> model),
+    the tables as dicts (``comparison``, ``comparison_si_snr``, ``contrasts``: SDR, per contrast
+    and scope), ``interval_method`` (how the intervals were made) and ``warning`` (None, or why
+    the comparison is too small to conclude: :func:`~pipeline.separation.comparison.too_small_warning`
+    of the tracks and the fewest seeds of a run); the summary: the tables and contrasts as text,
+    then the interval's method and the warning.
     """
     from pipeline.separation.registry import load_model
     from pipeline.storage.outputs import write_bytes_atomic, write_parquet_atomic
@@ -437,9 +568,11 @@ def build_evaluate(runs: dict[str, str | os.PathLike | dict[int, str | os.PathLi
     if len(set(formats.values())) > 1:  # SDRs at different rates or channel counts are not comparable
         raise ValueError(f"the runs compared must share one sample rate and channel count: {formats}")
     rate, channels = next(iter(formats.values()))
-    jobs = [Job(kind, None, kind, track, rate, channels) for track in tracks for kind in REFERENCE_ROWS]
-    jobs += [Job(label, seed, path, track, rate, channels)
-             for track in tracks for label, paths in seeded.items() for seed, path in paths.items()]
+    jobs = []  # a track's rows one after the other: each process factorises its references once (ReferenceProjection)
+    for track in tracks:
+        jobs += [Job(kind, None, kind, track, rate, channels) for kind in REFERENCE_ROWS]
+        jobs += [Job(label, seed, path, track, rate, channels) for label, paths in seeded.items()
+                 for seed, path in paths.items()]
     per_track = score_jobs(jobs, workers, progress)
     per_track["seed"] = per_track["seed"].astype("float64")  # NaN for the reference rows
     write_parquet_atomic(per_track, out / "per_track.parquet")
@@ -478,6 +611,11 @@ def build_evaluate(runs: dict[str, str | os.PathLike | dict[int, str | os.PathLi
                 if not equal and run not in REFERENCE_ROWS and baseline not in REFERENCE_ROWS:
                     summary.append(f"  unequal main steps: {a.get('main_steps')} vs {b.get('main_steps')} "
                                    "(the budget counted extra steps, or a run stopped early)")
+    trained_seeds = min(len(paths) for paths in seeded.values())
+    warning = too_small_warning(len(tracks), trained_seeds)
+    if contrasts:
+        summary += [INTERVAL_METHOD, *([warning] if warning else [])]
+    result["interval_method"], result["warning"] = INTERVAL_METHOD, warning
     contrast_table = pd.DataFrame(contrast_rows, columns=list(contrast_rows[0]) if contrast_rows else
                                   ["contrast", "run", "baseline", "metric", "scope", "equal_main_steps"])
     write_parquet_atomic(contrast_table, out / "contrasts.parquet")
@@ -486,7 +624,8 @@ def build_evaluate(runs: dict[str, str | os.PathLike | dict[int, str | os.PathLi
     for row in contrast_table[contrast_table["metric"] == "sdr"].itertuples() if len(contrast_table) else ():
         result["contrasts"].setdefault(row.contrast, {})[row.scope] = {
             "median_diff": _rounded(row.median_diff), "ci": [_rounded(row.ci_low), _rounded(row.ci_high)],
-            "p": _rounded(row.wilcoxon_p, 4), "pairs": int(row.pairs)}
+            "p": _rounded(row.wilcoxon_p, 4), "tracks": int(row.tracks), "pairs": int(row.pairs),
+            "seeds": [int(row.seeds_run), int(row.seeds_baseline)]}
     return StageResult(result, summary)
 
 
