@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 SETTINGS = {
     "ScanCatalog": {"shard_size": 3},
     "TrainDetector": {"width": 0.0625, "epochs": 2, "patience": 2, "crop_seconds": 3.0},
-    "Calibrate": {"min_windows": 10, "target_fraction": 0.9, "splits": '["valid", "test"]'},
+    "Calibrate": {"min_windows": 10, "target_fraction": 0.9, "splits": '["valid", "calibration"]'},
     "TrainSeparator": {"channels": 4, "depth": 3, "epochs": 1, "batches_per_epoch": 2, "batch_size": 2,
                        "window_s": 1.0, "lr_decay_every": 1},
     "Evaluate": {"max_tracks": 1},
