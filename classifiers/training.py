@@ -260,13 +260,16 @@ def train_detector(
     seed: int,
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
+    extra: Callable[[int], Sequence[tuple[np.ndarray, np.ndarray]]] | None = None,
 ) -> tuple[SilentSourceDetector, list[dict]]:
     """Train a detector on ``(features (7, 54, T), volumes (4, n_windows) dB)`` pairs.
 
+    ``extra(epoch)`` (1-based), when given, returns more pairs that epoch trains on besides
+    ``train`` (the remixes of :mod:`classifiers.remix`); the normalisation is fitted on ``train``.
     Returns the model (best valid loss; the last epoch if ``valid`` is empty), in eval mode
     with the training normalisation inside, and the history: one dict per epoch with
-    ``epoch, train_loss, valid_loss, seconds, best``.  ``callback`` gets each dict as it
-    is made; each is also logged at INFO level.
+    ``epoch, train_loss, valid_loss, seconds, best, extra_tracks``.  ``callback`` gets each dict
+    as it is made; each is also logged at INFO level.
     """
     if not train:
         raise ValueError("train_detector needs at least one training track")
@@ -287,15 +290,17 @@ def train_detector(
             best_loss, best_state, since_best = math.inf, None, 0
             for epoch in range(1, config.epochs + 1):
                 started = time.perf_counter()
-                crops = _crops(train_tracks, crop, stride, rng)
+                extra_tracks = _prepare(extra(epoch), config.silent_db) if extra is not None else []
+                epoch_tracks = train_tracks + extra_tracks
+                crops = _crops(epoch_tracks, crop, stride, rng)
                 order = rng.permutation(len(crops))
                 record = {"epoch": epoch, "train_loss": _train_epoch(
-                    model, optimizer, train_tracks, crops, order, config, rng,
+                    model, optimizer, epoch_tracks, crops, order, config, rng,
                     f"detector epoch {epoch}/{config.epochs}", progress)}
                 if not math.isfinite(record["train_loss"]):
                     raise FloatingPointError(f"detector training diverged at epoch {epoch} (loss is not finite)")
                 calibration = [crops[i] for i in order[:config.batch_size * BN_BATCHES]]
-                recalibrate_batchnorm(model, (_batch(train_tracks, calibration[i:i + config.batch_size], crop)[0]
+                recalibrate_batchnorm(model, (_batch(epoch_tracks, calibration[i:i + config.batch_size], crop)[0]
                                                   for i in range(0, len(calibration), config.batch_size)))
                 record["valid_loss"] = (_evaluate(model, valid_tracks, crop, config.batch_size)
                                         if valid_tracks else float("nan"))
@@ -305,6 +310,7 @@ def train_detector(
                 else:
                     since_best += 1
                 record["best"] = improved
+                record["extra_tracks"] = len(extra_tracks)
                 record["seconds"] = time.perf_counter() - started
                 history.append(record)
                 log.info("detector epoch %d: %s", epoch, record)
