@@ -87,6 +87,7 @@ def fixed_inputs(tmp_path, monkeypatch):
     monkeypatch.setattr(tasks.base, "decoder_fingerprint", lambda: {"decoders": "fixed"})
     monkeypatch.setattr(stemset, "list_tracks", lambda root, split: [f"{root}/{split}"])
     monkeypatch.setattr(stemset, "fingerprint", lambda tracks: "stems:" + ",".join(map(str, tracks)))
+    monkeypatch.setattr(stemset, "calibration_tracks", lambda root, splits, **kwargs: [f"{root}/{s}" for s in splits])
     monkeypatch.setattr(catalog, "listing", lambda path: path)
     monkeypatch.setattr(catalog, "listing_fingerprint", lambda listing: f"listing:{listing}")
     for module in (tasks.audit, tasks.catalog, tasks.measure):
@@ -139,3 +140,16 @@ def test_the_detector_recipe_options_enter_the_key_only_off_the_papers_values(fi
     others = {tasks.TrainDetector(**change).key
               for change in ({"lr": 2e-3}, {"batch_size": 32}, {"silent_db": -20.0}, {"crop_stride_seconds": 1.0})}
     assert recorded not in others and len(others) == 4
+
+
+def test_the_remix_options_enter_the_detector_key_only_with_remixes(fixed_inputs):
+    """Without remixes (``remix_songs = 0``) the other remix options leave TrainDetector's key as
+    recorded; with them each option is part of the key."""
+    import tasks
+
+    recorded = RECORDED["TrainDetector"]
+    assert tasks.TrainDetector(remix_seconds=10.0, remix_every=3, remix_gain_db=1.0).key == recorded
+    remixed = {tasks.TrainDetector(remix_songs=24, **change).key
+               for change in ({}, {"remix_seconds": 10.0}, {"remix_every": 3}, {"remix_gain_db": 1.0},
+                              {"remix_silence_prob": 0.2})}
+    assert recorded not in remixed and len(remixed) == 5
