@@ -6,7 +6,7 @@
                                                   [--batch 8] [--workers 1] [--work DIR] [--smoke]
 
 Generates a demo corpus (``pipeline.corpora.demo``): a small labelled stem set (``--labelled``
-train songs, 2 valid songs, ``--test`` test songs, which also calibrate the detector) and a
+train songs, 2 valid songs, ``--test`` test songs and as many calibration songs) and a
 larger unlabelled catalog (``--catalog`` songs), then runs the whole pipeline through Luigi
 in this process (labels, features, detector, calibration, extraction of the D_i) and
 ``Evaluate`` with these runs, each trained under every one of ``--seeds`` seeds at the same
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--labelled", type=int, default=6, help="labelled train songs (the supervised set)")
     parser.add_argument("--catalog", type=int, default=200, help="unlabelled catalog songs (mined for the D_i)")
-    parser.add_argument("--test", type=int, default=8, help="labelled test songs (calibration and evaluation)")
+    parser.add_argument("--test", type=int, default=8, help="test songs (Evaluate); as many calibration songs")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per run (0, 1, ...)")
     parser.add_argument("--updates", type=int, default=600, help="main steps per run (extra steps on top)")
     parser.add_argument("--model", default="tasnet", help="registered separator (demucs, demucs2019, tasnet)")
@@ -112,7 +112,9 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
     tag = f"l{args.labelled}-c{args.catalog}-t{args.test}"
     corpus = work / f"corpus-{tag}"
     started = time.perf_counter()
-    generate(corpus, DemoConfig(seed=11, n_train=args.labelled, n_valid=2, n_test=args.test, n_catalog=args.catalog,
+    # as many calibration songs as test songs: thresholds are chosen on songs Evaluate does not score
+    generate(corpus, DemoConfig(seed=11, n_train=args.labelled, n_valid=2, n_calibration=args.test, n_test=args.test,
+                                n_catalog=args.catalog,
                                 stem_duration_s=tuple(args.stem_seconds),
                                 catalog_duration_s=tuple(args.catalog_seconds)))
     print(f"corpus {corpus}: {args.labelled} labelled + 2 valid + {args.test} test songs, {args.catalog} catalog "
