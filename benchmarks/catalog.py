@@ -94,7 +94,7 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
 
     started = time.perf_counter()
     train, valid, test = args.stem_tracks  # kept when a complete stem set of this config is there
-    generate(work / "stems", DemoConfig(seed=5, n_train=train, n_valid=valid, n_test=test, n_catalog=0,
+    generate(work / "stems", DemoConfig(seed=5, n_train=train, n_valid=valid, n_calibration=0, n_test=test, n_catalog=0,
                                         stem_duration_s=tuple(args.stem_seconds)))
     pool = song_pool(args.pool, args.seconds)
     synth_s = time.perf_counter() - started

@@ -1,17 +1,19 @@
 """Does mining pay?  The mining value ladder on a demo corpus, at a size that can answer.
 
-    .venv/bin/python benchmarks/remix_ablation.py [--labelled 24] [--valid 4] [--test 8] [--catalog 300]
-        [--catalog-seconds 30 60] [--seeds 3] [--epochs 40] [--batches-per-epoch 25] [--batch 8] [--window 3]
+    .venv/bin/python benchmarks/remix_ablation.py [--labelled 24] [--valid 4] [--calibration 8] [--test 8]
+        [--catalog 300] [--catalog-seconds 30 60] [--seeds 3] [--epochs 40] [--batches-per-epoch 25]
+        [--batch 8] [--window 3]
         [--rungs plain,remix,oracle,stems] [--remix-config JSON] [--schemes none] [--rule excerpts] [--max-gap 0]
         [--model tasnet] [--model-config JSON] [--rate 16000] [--workers 1] [--work DIR] [--smoke]
 
 Generates a demo corpus (``pipeline.corpora.demo``): a small labelled stem set (``--labelled``
-train songs, ``--valid`` valid songs, ``--test`` test songs, which also calibrate the
-detector) and a larger unlabelled catalog (``--catalog`` songs of ``--catalog-seconds``) with
-its ground truth (relative volumes, and the true stems when the ``stems`` rung is asked), runs
-the whole pipeline through Luigi in this process (labels, features, detector, calibration,
-extraction of the D_i, the oracle D_i) and ``Evaluate`` with one row per rung of the mining
-value ladder (docs/evaluation.md), each trained under every one of ``--seeds`` seeds:
+train songs, ``--valid`` valid songs, ``--calibration`` songs on which the thresholds are
+chosen, ``--test`` songs that Evaluate scores) and a larger unlabelled catalog (``--catalog``
+songs of ``--catalog-seconds``) with its ground truth (relative volumes, and the true stems
+when the ``stems`` rung is asked), runs the whole pipeline through Luigi in this process
+(labels, features, detector, calibration, extraction of the D_i, the oracle D_i) and
+``Evaluate`` with one row per rung of the mining value ladder (docs/evaluation.md), each
+trained under every one of ``--seeds`` seeds:
 
 - ``plain``: the supervised recipe on the labelled songs alone;
 - ``remix``: plus the remix step on the mined D_i;
@@ -71,7 +73,8 @@ RUNGS = {
 }
 CONVERGED_EPOCHS = 10  # epochs without a better validation loss that read "stopped improving"
 MIN_D_I_MINUTES = 20.0  # what a D_i must hold per calibrated source for the experiment to say anything
-SMOKE = {"labelled": 2, "valid": 1, "catalog": 4, "test": 1, "seeds": 1, "epochs": 1, "batches_per_epoch": 2,
+SMOKE = {"labelled": 2, "valid": 1, "calibration": 1, "catalog": 4, "test": 1, "seeds": 1, "epochs": 1,
+         "batches_per_epoch": 2,
          "window": 1.0, "batch": 2, "rate": 8000, "stem_seconds": [5.0, 6.0], "catalog_seconds": [8.0, 10.0],
          "detector_width": 0.0625, "detector_epochs": 1, "crop_seconds": 2.0, "min_windows": 10,
          "target_fraction": 0.5, "work": None, "threads": 1,
@@ -92,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--labelled", type=int, default=24, help="labelled train songs (the supervised set)")
     parser.add_argument("--valid", type=int, default=4, help="labelled valid songs (validation loss, best.pt)")
-    parser.add_argument("--test", type=int, default=8, help="labelled test songs (calibration and evaluation)")
+    parser.add_argument("--calibration", type=int, default=8,
+                        help="labelled calibration songs (the thresholds are chosen on them, never on test songs)")
+    parser.add_argument("--test", type=int, default=8, help="labelled test songs (Evaluate scores them)")
     parser.add_argument("--catalog", type=int, default=300, help="unlabelled catalog songs (mined for the D_i)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per run (0, 1, ...)")
     parser.add_argument("--epochs", type=int, default=40, help="epochs of every run (main steps: x batches)")
@@ -185,14 +190,16 @@ def convergence(history_files: dict[int, Path]) -> list[tuple[int, int, int, flo
 
 def benchmark(args: argparse.Namespace, work: Path) -> None:
     """Generate (or reuse) the corpus under ``work``, run the pipeline, print the ladder."""
-    tag = f"l{args.labelled}-v{args.valid}-c{args.catalog}-t{args.test}"
+    tag = f"l{args.labelled}-v{args.valid}-k{args.calibration}-c{args.catalog}-t{args.test}"
     corpus = work / f"corpus-{tag}"
     started = time.perf_counter()
     wants_stems = "stems" in args.rung_list
-    config = DemoConfig(seed=11, n_train=args.labelled, n_valid=args.valid, n_test=args.test, n_catalog=args.catalog,
+    config = DemoConfig(seed=11, n_train=args.labelled, n_valid=args.valid, n_calibration=args.calibration,
+                        n_test=args.test, n_catalog=args.catalog,
                         stem_duration_s=tuple(args.stem_seconds), catalog_duration_s=tuple(args.catalog_seconds))
     summary = generate(corpus, config, workers=available_cores(), catalog_stems=wants_stems)  # same corpus anyway
-    print(f"corpus {corpus}: {args.labelled} labelled + {args.valid} valid + {args.test} test songs, "
+    print(f"corpus {corpus}: {args.labelled} labelled + {args.valid} valid + {args.calibration} calibration + "
+          f"{args.test} test songs, "
           f"{args.catalog} catalog songs, {summary['catalog']['duration_s'] / 3600:.2f} h "
           f"({time.perf_counter() - started:.0f} s)", flush=True)
 

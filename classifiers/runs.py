@@ -9,7 +9,7 @@ stage's folder.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from classifiers.detector import load_checkpoint, save_checkpoint
 from classifiers.inference import default_numeric_path, for_numeric_path, predict, probabilities_frame
+from classifiers.remix import RemixConfig, RemixSets, mono_stems
 from classifiers.report import detector_report
 from classifiers.training import (
     PAPER_BATCH_SIZE,
@@ -51,25 +52,41 @@ def labelled_pairs(store: str | Path, volumes: dict[str, np.ndarray]) -> list[tu
     return [(shard.get(track), volumes[track]) for track in shard.track_ids]
 
 
+def train_stems(stem_root: str | Path) -> list[np.ndarray]:
+    """The train split's stems, 16 kHz mono ``(4, samples)`` each (what remixes are made of)."""
+    from pipeline.corpora import stemset
+    from pipeline.sources import FEATURE_RATE
+
+    return [mono_stems(stemset.load_stems(track, FEATURE_RATE)[0]) for track in stemset.list_tracks(stem_root, "train")]
+
+
 def build_detector(train_store: Path, valid_store: Path, labels_path: Path, config: DetectorTrainConfig, seed: int,
-                   out: Path) -> StageResult:
+                   out: Path, remix: RemixConfig | None = None, stem_root: str | Path | None = None) -> StageResult:
     """Train on the train split, stop early on the valid split; write ``detector.pt``,
     ``history.parquet`` and ``history.json`` into ``out`` (and ``checkpoint.pt`` after every
-    epoch, from which an interrupted run resumes); counts ``train_tracks``,
-    ``valid_tracks``, ``epochs``, ``best_epoch``, ``best_valid_loss``."""
+    epoch, from which an interrupted run resumes); counts ``train_tracks``, ``valid_tracks``,
+    ``epochs``, ``best_epoch``, ``best_valid_loss`` and, with ``remix`` (remixes of the train
+    split's stems under ``stem_root``, :mod:`classifiers.remix`), ``remix_sets`` and
+    ``remix_seconds`` (audio featurised for them)."""
     volumes = volumes_by_track(labels_path)
     train_pairs = labelled_pairs(train_store, volumes)
     valid_pairs = labelled_pairs(valid_store, volumes)
-    model, history = train_detector(train_pairs, valid_pairs, config, seed, checkpoint=out / CHECKPOINT)
+    sets = RemixSets(train_stems(stem_root), remix, seed, config.num_threads) if remix is not None else None
+    model, history = train_detector(train_pairs, valid_pairs, config, seed, checkpoint=out / CHECKPOINT, extra=sets)
     save_checkpoint(out / "detector.pt", model, model.config,
                     extra={"train": train_config_dict(config), "seed": seed,
+                           **({"remix": asdict(remix)} if remix is not None else {}),
                            # without wall-clock seconds, so the checkpoint's bytes depend on inputs only
                            "history": [{k: v for k, v in r.items() if k != "seconds"} for r in history]})
     write_parquet_atomic(pd.DataFrame(history), out / "history.parquet")
     write_json_atomic(out / "history.json", history)
     best = min(history, key=lambda r: r["valid_loss"] if np.isfinite(r["valid_loss"]) else np.inf)
-    return StageResult({"train_tracks": len(train_pairs), "valid_tracks": len(valid_pairs), "epochs": len(history),
-                        "best_epoch": best["epoch"], "best_valid_loss": round(float(best["valid_loss"]), 5)})
+    counts = {"train_tracks": len(train_pairs), "valid_tracks": len(valid_pairs), "epochs": len(history),
+              "best_epoch": best["epoch"], "best_valid_loss": round(float(best["valid_loss"]), 5)}
+    if sets is not None:  # counted over the epochs, not what this process made: a resumed run made fewer
+        made = len({remix.set_number(r["epoch"]) for r in history})
+        counts.update(remix_sets=made, remix_seconds=round(made * remix.songs * remix.seconds, 1))
+    return StageResult(counts)
 
 
 def build_detect(checkpoint: Path, store: Path, out: Path, num_threads: int | None = None,

@@ -260,9 +260,10 @@ class _DetectorRun:
     its state is what the next epoch depends on, so a resumed run ends with the same weights."""
 
     def __init__(self, train_tracks: list[_Track], valid_tracks: list[_Track], config: DetectorTrainConfig,
-                 seed: int, callback: Callable[[dict], None] | None, progress: bool) -> None:
+                 seed: int, callback: Callable[[dict], None] | None, progress: bool,
+                 extra: Callable[[int], Sequence[tuple[np.ndarray, np.ndarray]]] | None = None) -> None:
         self.train_tracks, self.valid_tracks, self.config, self.seed = train_tracks, valid_tracks, config, seed
-        self.callback, self.progress = callback, progress
+        self.callback, self.progress, self.extra = callback, progress, extra
         self.rng = np.random.default_rng(seed)
         torch.manual_seed(seed)
         self.model = SilentSourceDetector(config.detector_config())
@@ -279,15 +280,17 @@ class _DetectorRun:
         config, crop = self.config, self.config.crop_windows()
         epoch = self.epoch + 1
         started = time.perf_counter()
-        crops = _crops(self.train_tracks, crop, config.stride_windows(), self.rng)
+        extra_tracks = _prepare(self.extra(epoch), config.silent_db) if self.extra is not None else []
+        epoch_tracks = self.train_tracks + extra_tracks
+        crops = _crops(epoch_tracks, crop, config.stride_windows(), self.rng)
         order = self.rng.permutation(len(crops))
         record = {"epoch": epoch, "train_loss": _train_epoch(
-            self.model, self.optimizer, self.train_tracks, crops, order, config, self.rng,
+            self.model, self.optimizer, epoch_tracks, crops, order, config, self.rng,
             f"detector epoch {epoch}/{config.epochs}", self.progress)}
         if not math.isfinite(record["train_loss"]):
             raise FloatingPointError(f"detector training diverged at epoch {epoch} (loss is not finite)")
         calibration = [crops[i] for i in order[:config.batch_size * BN_BATCHES]]
-        recalibrate_batchnorm(self.model, (_batch(self.train_tracks, calibration[i:i + config.batch_size], crop)[0]
+        recalibrate_batchnorm(self.model, (_batch(epoch_tracks, calibration[i:i + config.batch_size], crop)[0]
                                            for i in range(0, len(calibration), config.batch_size)))
         record["valid_loss"] = (_evaluate(self.model, self.valid_tracks, crop, config.batch_size)
                                 if self.valid_tracks else float("nan"))
@@ -298,6 +301,7 @@ class _DetectorRun:
         else:
             self.since_best += 1
         record["best"] = improved
+        record["extra_tracks"] = len(extra_tracks)
         record["seconds"] = time.perf_counter() - started
         self.history.append(record)
         self.epoch = epoch
@@ -337,14 +341,18 @@ def train_detector(
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
+    extra: Callable[[int], Sequence[tuple[np.ndarray, np.ndarray]]] | None = None,
 ) -> tuple[SilentSourceDetector, list[dict]]:
     """Train a detector on ``(features (7, 54, T), volumes (4, n_windows) dB)`` pairs.
 
+    ``extra(epoch)`` (1-based), when given, returns more pairs that epoch trains on besides
+    ``train`` (the remixes of :mod:`classifiers.remix`); the normalisation is fitted on ``train``.
     Returns the model (best valid loss; the last epoch if ``valid`` is empty), in eval mode
     with the training normalisation inside, and the history: one dict per epoch with
-    ``epoch, train_loss, valid_loss, seconds, best``.  ``callback`` gets each dict as it
-    is made; each is also logged at INFO level.  ``checkpoint``: a ``checkpoint.pt`` written
-    after every epoch and resumed from when it exists (:func:`pipeline.storage.checkpoints.train_epochs`).
+    ``epoch, train_loss, valid_loss, seconds, best, extra_tracks``.  ``callback`` gets each dict
+    as it is made; each is also logged at INFO level.  ``checkpoint``: a ``checkpoint.pt`` written
+    after every epoch and resumed from when it exists (:func:`pipeline.storage.checkpoints.train_epochs`);
+    ``extra(epoch)`` must depend on the epoch alone, so that a resumed run trains on the same pairs.
     """
     if not train:
         raise ValueError("train_detector needs at least one training track")
@@ -355,7 +363,7 @@ def train_detector(
         torch.set_num_threads(config.num_threads)
     try:
         with torch.random.fork_rng(devices=[]):
-            run = _DetectorRun(train_tracks, valid_tracks, config, seed, callback, progress)
+            run = _DetectorRun(train_tracks, valid_tracks, config, seed, callback, progress, extra)
             checkpoints.train_epochs(run, checkpoint)
             model = run.model
             model.load_state_dict(run.best_state)

@@ -1,7 +1,7 @@
 """The ``silentmine`` command: demo data, pipeline runs, and the demo end to end.
 
-    silentmine demo-data [--out data/demo] [--seed 0] [--tiny] [--n-train N] [--n-valid N] [--n-test N]
-                         [--n-catalog N] [--catalog-stems]
+    silentmine demo-data [--out data/demo] [--seed 0] [--tiny] [--n-train N] [--n-valid N]
+                         [--n-calibration N] [--n-test N] [--n-catalog N] [--catalog-stems]
     silentmine run [TASK] [--workers N] [--scheduler-host H --scheduler-port P] [luigi args...]
     silentmine demo            # demo-data, then `run All`, then a summary of what was made
     silentmine audit           # the HTML report of the D_i (runs what it needs)
@@ -25,7 +25,8 @@ from pathlib import Path
 
 from pipeline.threads import THREAD_VARIABLES, available_cores, effective_threads, set_process_threads
 
-DEMO_COUNTS = ("n_train", "n_valid", "n_test", "n_catalog")  # DemoConfig fields settable on the command line
+# DemoConfig fields settable on the command line
+DEMO_COUNTS = ("n_train", "n_valid", "n_calibration", "n_test", "n_catalog")
 
 
 def _demo_data(args: argparse.Namespace) -> int:

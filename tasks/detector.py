@@ -3,6 +3,7 @@
 import luigi
 
 from classifiers import runs
+from classifiers.remix import RemixConfig
 from classifiers.training import PAPER_BATCH_SIZE, PAPER_CROP_STRIDE_S, PAPER_LR
 from pipeline.sources import LABEL_SILENT_DB
 from tasks.base import ShardStage, Stage, config
@@ -11,7 +12,10 @@ from tasks.labels import Labels
 
 
 class TrainDetector(Stage):
-    """Trains on the train split with -13 dB labels; early stopping on the valid split."""
+    """Trains on the train split with -13 dB labels; early stopping on the valid split.  With
+    ``remix_songs`` > 0 each epoch also trains on remixes of the train split's stems
+    (:mod:`classifiers.remix`): ``remix_songs`` of ``remix_seconds`` each, a new set every
+    ``remix_every`` epochs."""
 
     stage_name = "detector"
     resources = {"gpu": 1}
@@ -27,17 +31,32 @@ class TrainDetector(Stage):
                                      description="training label: silent when V_i <= silent_db (the paper's -13 dB)")
     crop_stride_seconds = luigi.FloatParameter(default=PAPER_CROP_STRIDE_S,
                                                description="seconds between an epoch's crops (the paper's 0.5)")
+    remix_songs = luigi.IntParameter(default=0, description="remixes of the train stems per set (0: no remixes)")
+    remix_seconds = luigi.FloatParameter(default=RemixConfig.seconds, description="length of a remix, s")
+    remix_every = luigi.IntParameter(default=RemixConfig.every, description="epochs per remix set (0: one set)")
+    remix_gain_db = luigi.FloatParameter(default=RemixConfig.gain_db, description="each remixed stem's gain range, dB")
+    remix_silence_prob = luigi.FloatParameter(default=RemixConfig.silence_prob,
+                                              description="probability that a remixed stem gets silent sections")
 
     def requires(self):
         return {"labels": Labels(), "train": StemFeatures(split="train"), "valid": StemFeatures(split="valid")}
 
     def key_params(self):
         """With the paper's ``lr``, ``batch_size``, ``silent_db`` and ``crop_stride_seconds``
-        these are left out: detectors trained before they were parameters keep their keys."""
+        these are left out, and without remixes the remix parameters: detectors trained before
+        they were parameters keep their keys."""
         params = {**super().key_params(), "seed": config().seed}
         paper = {"lr": PAPER_LR, "batch_size": PAPER_BATCH_SIZE, "silent_db": LABEL_SILENT_DB,
                  "crop_stride_seconds": PAPER_CROP_STRIDE_S}
+        if not self.remix_songs:
+            params = {name: value for name, value in params.items() if not name.startswith("remix_")}
         return {name: value for name, value in params.items() if name not in paper or value != paper[name]}
+
+    def remix_config(self) -> RemixConfig | None:
+        if not self.remix_songs:
+            return None
+        return RemixConfig(songs=self.remix_songs, seconds=self.remix_seconds, every=self.remix_every,
+                           gain_db=self.remix_gain_db, silence_prob=self.remix_silence_prob)
 
     def build(self, folder):
         settings = runs.train_config(self.width, self.epochs, self.patience, self.crop_seconds, self.gain_db,
@@ -45,7 +64,8 @@ class TrainDetector(Stage):
                                      batch_size=self.batch_size, silent_db=self.silent_db,
                                      crop_stride_seconds=self.crop_stride_seconds)
         return runs.build_detector(self.requires()["train"].store, self.requires()["valid"].store,
-                                   self.input_folder("labels") / "labels.parquet", settings, config().seed, folder)
+                                   self.input_folder("labels") / "labels.parquet", settings, config().seed, folder,
+                                   self.remix_config(), config().stem_root)
 
     @property
     def checkpoint(self):

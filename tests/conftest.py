@@ -44,10 +44,10 @@ def write_stem_track() -> Callable[..., np.ndarray]:
 
 @pytest.fixture
 def small_stem_set(tmp_path) -> Path:
-    """Two train, one valid, one test track of 3 s in the MUSDB18-HQ layout."""
+    """Two train, one valid, one calibration, one test track of 3 s in the MUSDB18-HQ layout."""
     rng = np.random.default_rng(0)
     root = tmp_path / "stems"
-    for split, count in (("train", 2), ("valid", 1), ("test", 1)):
+    for split, count in (("train", 2), ("valid", 1), ("calibration", 1), ("test", 1)):
         for i in range(count):
             stem_track(root / split / f"{split}-{i}", rng, 3.0, silent={3: (1.0, 3.0)})
     return root

@@ -195,11 +195,10 @@ def test_plot_curves_writes_a_png(tmp_path):
 from pipeline.mining.calibration import (  # noqa: E402
     EXCERPT_COLUMNS,
     calibrate_excerpts,
-    excerpt_statistics,
     rules_table,
-    track_breaks,
 )
 from pipeline.mining.extraction import RunRule, min_frames_for  # noqa: E402
+from pipeline.mining.purity import excerpt_statistics, track_breaks  # noqa: E402
 from pipeline.sources import HOP_S, WINDOW_S  # noqa: E402
 
 SHORT = WINDOW_S + 4 * HOP_S  # min_seconds of 5 frames, so that hand-made tables stay small

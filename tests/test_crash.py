@@ -45,7 +45,7 @@ crop_seconds = 3.0
 [Calibrate]
 min_windows = 10
 target_fraction = 0.9
-splits = ["valid", "test"]
+splits = ["valid", "calibration"]
 [TrainSeparator]
 channels = 4
 depth = 3

@@ -60,7 +60,7 @@ def song_set() -> tuple[np.ndarray, list[np.ndarray]]:
 
 def test_stem_set_mixture_is_sum_of_stems_on_disk(demo):
     out, summary = demo
-    for split, count in (("train", 3), ("valid", 1), ("test", 1)):
+    for split, count in (("train", 3), ("valid", 1), ("calibration", 1), ("test", 1)):
         tracks = list_tracks(out / "stems", split)
         assert [t.name for t in tracks] == [f"demo-{split}-{i:03d}" for i in range(count)]
         assert summary["splits"][split]["tracks"] == count
@@ -259,7 +259,8 @@ def test_same_seed_same_output_other_seed_differs(demo, tmp_path):
             assert (out / rel).read_bytes() == (tmp_path / "again" / rel).read_bytes(), rel
     pd.testing.assert_frame_equal(pd.read_parquet(out / "catalog_truth.parquet"),
                                   pd.read_parquet(tmp_path / "again" / "catalog_truth.parquet"))
-    other = DemoConfig(seed=4, n_train=1, n_valid=0, n_test=0, n_catalog=0, stem_duration_s=(8.0, 12.0))
+    other = DemoConfig(seed=4, n_train=1, n_valid=0, n_calibration=0, n_test=0, n_catalog=0,
+                       stem_duration_s=(8.0, 12.0))
     generate(tmp_path / "other", other)
     a, _ = sf.read(str(out / "stems/train/demo-train-000/mixture.wav"), dtype="float32")
     b, _ = sf.read(str(tmp_path / "other/stems/train/demo-train-000/mixture.wav"), dtype="float32")
@@ -268,12 +269,12 @@ def test_same_seed_same_output_other_seed_differs(demo, tmp_path):
 
 @pytest.mark.slow
 def test_rerun_into_same_folder_is_idempotent_and_prunes(tmp_path):
-    small = DemoConfig(seed=5, n_train=2, n_valid=1, n_test=0, n_catalog=3, stem_duration_s=(3.0, 4.0),
+    small = DemoConfig(seed=5, n_train=2, n_valid=1, n_calibration=0, n_test=0, n_catalog=3, stem_duration_s=(3.0, 4.0),
                        catalog_duration_s=(3.0, 4.0))
     generate(tmp_path, small)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    smaller = DemoConfig(seed=5, n_train=1, n_valid=1, n_test=0, n_catalog=2, stem_duration_s=(3.0, 4.0),
-                         catalog_duration_s=(3.0, 4.0))
+    smaller = DemoConfig(seed=5, n_train=1, n_valid=1, n_calibration=0, n_test=0, n_catalog=2,
+                         stem_duration_s=(3.0, 4.0), catalog_duration_s=(3.0, 4.0))
     generate(tmp_path, smaller)
     assert not (tmp_path / "stems/train/demo-train-001").exists()
     assert not list((tmp_path / "catalog").rglob("track_002.*"))
@@ -295,7 +296,7 @@ def test_rerun_into_same_folder_is_idempotent_and_prunes(tmp_path):
 
 @pytest.mark.slow
 def test_parallel_workers_give_the_same_files(tmp_path):
-    small = DemoConfig(seed=6, n_train=1, n_valid=0, n_test=1, n_catalog=3, stem_duration_s=(3.0, 4.0),
+    small = DemoConfig(seed=6, n_train=1, n_valid=0, n_calibration=0, n_test=1, n_catalog=3, stem_duration_s=(3.0, 4.0),
                        catalog_duration_s=(3.0, 4.0))
     serial = generate(tmp_path / "serial", small, workers=1)
     parallel = generate(tmp_path / "parallel", small, workers=2)

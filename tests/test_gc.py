@@ -51,7 +51,7 @@ def test_gc_lists_keeps_and_deletes_only_with_delete(configured, run_pipeline, c
     old_folders, old_shards = _outputs()
     assert len(old_shards) == 4 * 4  # marker, .npy, .index.parquet, .rejects.parquet per shard
     old_cfg = tmp_path / "old.cfg"  # the options that made them (the rest is the current configuration)
-    old_cfg.write_text('[ScanCatalog]\nshard_size = 1\n[Labels]\nsplits = ["train", "valid", "test"]\n')
+    old_cfg.write_text('[ScanCatalog]\nshard_size = 1\n[Labels]\nsplits = ["train", "valid", "calibration", "test"]\n')
 
     configured("ScanCatalog", "shard_size", 2)  # a new scan with new shards, same features folder
     configured("Labels", "splits", '["train", "test"]')

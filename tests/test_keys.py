@@ -37,33 +37,36 @@ CONFIG = {
 }
 
 RECORDED = {
-    'Audit': '4841e35cec9317f0',
-    'Calibrate(excerpt_grid=null, rule=windows)': '04e7c1208c9e3212',
-    'Calibrate(excerpt_grid=ranks of all windows, rule=excerpts)': '78df8edad05b847d',
+    'Audit': '6ee690ea4c9166a5',
+    'Calibrate(excerpt_grid=null, rule=windows)': '8b203b5245dfef44',
+    'Calibrate(excerpt_grid=ranks of all windows, rule=bound)': '99d1aba68750a139',
+    'Calibrate(excerpt_grid=ranks of all windows, rule=catalog)': 'ac79c2a6aac621d5',
+    'Calibrate(excerpt_grid=ranks of all windows, rule=excerpts)': '62424d26a1aab795',
     'CatalogFeatures': '187e4f1708ede1c5',
-    'DetectCatalog': '273534ebca2866c7',
-    'DetectStems': '95e4ff8d058c4497',
-    'DetectorReport': '228f4da852aca091',
-    'Evaluate': '94efcd5141d44e1c',
-    'Export': '1801676b9f6648e1',
-    'Extract': 'ff4996a23d03f965',
-    'ExtractShard': 'f3d727c52e166682',
-    'Labels': '8e2e2d0604659fa5',
-    'MeasureExtraction': 'e4942378a060f506',
+    'DetectCatalog': '1205147ed66fdbb1',
+    'DetectStems': '770ff4b772e375d9',
+    'DetectorReport': 'fecc44e752f41af6',
+    'Evaluate': '7542f00f78eec9ff',
+    'Export': '6263666ea2931b7a',
+    'Extract': 'ec2ef1e34f9b9b79',
+    'ExtractShard': '5d68e1e690c634b5',
+    'Labels': '526ec2a36955a78d',
+    'MeasureExtraction': '26ec304a1373a76b',
     'PretrainEncoder': '13555c3bf2d8d4c0',
     'ScanCatalog': '7105d69246201df4',
+    'StemFeatures(split=calibration)': '2dc5d87f898c9b2c',
     'StemFeatures(split=test)': '29ef6917cadd9512',
     'StemFeatures(split=train)': '413e9ee3630bc261',
     'StemFeatures(split=valid)': 'f7fea5b5e4a8918a',
-    'TrainDetector': '6ccb24a48ea62adb',
+    'TrainDetector': 'e2308aeb7d3f2d46',
     ('TrainSeparator(adversarial_losses=gradient ratios to L_s; L_add per element, budget=main, channels=8, '
      'decoder=paper, depth=4, max_updates=500, model=demucs, model_config={"sample_rate":16000}, remix=null, '
      'scheme=adversarial)'): '1f472234cd2f4c28',
     ('TrainSeparator(adversarial_losses=null, budget=main, channels=8, decoder=paper, depth=4, max_updates=500, '
-     'model=demucs, model_config={"sample_rate":16000}, remix=true, scheme=null)'): 'd80617b16ff7f1be',
+     'model=demucs, model_config={"sample_rate":16000}, remix=true, scheme=null)'): '2d06ae6c46073131',
     ('TrainSeparator(adversarial_losses=null, budget=main, channels=null, decoder=null, depth=null, '
      'max_updates=300, model=tasnet, model_config={"filters":32,"hidden":32,"lstm_layers":2,"sample_rate":16000}, '
-     'remix=true, scheme=null)'): 'c081eca59de3f347',
+     'remix=true, scheme=null)'): '8852e98b1bc0e477',
     ('TrainSeparator(adversarial_losses=null, budget=null, channels=8, decoder=paper, depth=4, max_updates=500, '
      'model=demucs, model_config={"sample_rate":16000}, remix=false, scheme=null)'): 'a654075aa94f3c58',
     ('TrainSeparator(adversarial_losses=null, budget=null, channels=8, decoder=paper, depth=4, max_updates=500, '
@@ -87,6 +90,7 @@ def fixed_inputs(tmp_path, monkeypatch, luigi_options):
     monkeypatch.setattr(tasks.base, "decoder_fingerprint", lambda: {"decoders": "fixed"})
     monkeypatch.setattr(stemset, "list_tracks", lambda root, split: [f"{root}/{split}"])
     monkeypatch.setattr(stemset, "fingerprint", lambda tracks: "stems:" + ",".join(map(str, tracks)))
+    monkeypatch.setattr(stemset, "calibration_tracks", lambda root, splits, **kwargs: [f"{root}/{s}" for s in splits])
     monkeypatch.setattr(catalog, "listing", lambda path: path)
     monkeypatch.setattr(catalog, "listing_fingerprint", lambda listing: f"listing:{listing}")
     for module in (tasks.audit, tasks.catalog, tasks.measure):
@@ -142,14 +146,29 @@ def test_the_detector_recipe_options_enter_the_key_only_off_the_papers_values(fi
 
 
 def test_the_equal_total_budget_keeps_the_keys_of_runs_trained_under_it(fixed_inputs):
-    """Remix runs under ``budget = total`` (every update counted, the remix steps included) keep the
-    keys they were recorded with before the paper's protocol became the default (demucs 99efc0e8...,
-    tasnet 6d094427...); a run without a budget, or without extra steps, has no budget in its key."""
+    """Remix runs under ``budget = total`` (every update counted, the remix steps included) have no
+    budget in their key, so they keep the keys such runs had before the paper's protocol became the
+    default; the default budget (``main``) is in the key; a run without a budget, or without extra
+    steps, has no budget in its key."""
     import tasks
 
-    assert tasks.TrainSeparator(remix=True, budget="total").key == "99efc0e868713ccb"
+    total = tasks.TrainSeparator(remix=True, budget="total")
+    assert "budget" not in total.key_params() and total.key == "282536c976601e29"
     assert tasks.TrainSeparator(remix=True, budget="total", model="tasnet", max_updates=300, model_config={
-        "filters": 32, "lstm_layers": 2, "hidden": 32, "sample_rate": 16000}).key == "6d0944276f34551c"
-    assert tasks.TrainSeparator(remix=True).key == "d80617b16ff7f1be"  # budget main: more main steps
+        "filters": 32, "lstm_layers": 2, "hidden": 32, "sample_rate": 16000}).key == "f101d11c2ad8e588"
+    assert tasks.TrainSeparator(remix=True).key == "2d06ae6c46073131"  # budget main: more main steps
     assert tasks.TrainSeparator(remix=False, budget="total").key == tasks.TrainSeparator(remix=False).key
     assert "budget" not in tasks.TrainSeparator(remix=True, max_updates=0).key_params()
+
+
+def test_the_remix_options_enter_the_detector_key_only_with_remixes(fixed_inputs):
+    """Without remixes (``remix_songs = 0``) the other remix options leave TrainDetector's key as
+    recorded; with them each option is part of the key."""
+    import tasks
+
+    recorded = RECORDED["TrainDetector"]
+    assert tasks.TrainDetector(remix_seconds=10.0, remix_every=3, remix_gain_db=1.0).key == recorded
+    remixed = {tasks.TrainDetector(remix_songs=24, **change).key
+               for change in ({}, {"remix_seconds": 10.0}, {"remix_every": 3}, {"remix_gain_db": 1.0},
+                              {"remix_silence_prob": 0.2})}
+    assert recorded not in remixed and len(remixed) == 5

@@ -24,7 +24,7 @@ BIN = Path(sys.executable).parent
 SETTINGS = {
     "ScanCatalog": {"shard_size": 2},
     "TrainDetector": {"width": 0.0625, "epochs": 2, "patience": 2, "crop_seconds": 3.0},
-    "Calibrate": {"min_windows": 5, "target_fraction": 0.5, "target_db": -10, "splits": '["valid", "test"]'},
+    "Calibrate": {"min_windows": 5, "target_fraction": 0.4, "target_db": -10, "splits": '["valid", "calibration"]'},
     "Extract": {"min_seconds": 1.0},
 }
 

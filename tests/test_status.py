@@ -61,7 +61,7 @@ def test_status_says_complete_partial_missing_and_why(configured, run_pipeline, 
     assert "  parameter target_db: -10.0 -> -12.0" in calibrate.why
     assert not any(line.strip().startswith(("parameter", "input")) and "target_db" not in line
                    for line in calibrate.why)  # nothing else differs
-    for upstream in ("Labels", "TrainDetector", "DetectStems", 'StemFeatures(split=test)', "ScanCatalog"):
+    for upstream in ("Labels", "TrainDetector", "DetectStems", 'StemFeatures(split=calibration)', "ScanCatalog"):
         assert status[upstream].state == "complete", upstream
     shard = status["ExtractShard"]  # depends on the calibration: a new store folder, nothing in it yet
     assert (shard.state, shard.shards_done, shard.shards_total) == ("missing", 0, 4)

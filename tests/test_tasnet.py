@@ -145,7 +145,7 @@ def test_center_trim_targets():
 
 
 def test_tiny_tasnet_training_loss_falls_on_demo_data(tmp_path):
-    generate(tmp_path / "demo", DemoConfig(seed=1, n_train=2, n_valid=1, n_test=0, n_catalog=0,
+    generate(tmp_path / "demo", DemoConfig(seed=1, n_train=2, n_valid=1, n_calibration=0, n_test=0, n_catalog=0,
                                            stem_duration_s=(4.0, 4.0), sample_rate=8000))
     config = TrainConfig.for_model("tasnet", model={**TINY.to_dict(), "filters": 32, "hidden": 32}, epochs=5,
                                    batches_per_epoch=4, batch_size=4, window_s=1.0, valid_max_windows=4,

@@ -128,6 +128,9 @@ WRITE_BLOCK = 16_384  # frames per write call
 # train split holds one track per good catalog file, under the corpus folder; its marker, last.
 CATALOG_STEMS_DIR = "catalog_stems"
 CATALOG_STEMS_MARKER = "stems.json"
+# The random stream of each group of tracks (with the seed and the track's number): fixed numbers,
+# so that adding a split leaves the songs of the others as they were.
+RNG_GROUPS = {"train": 0, "valid": 1, "test": 2, "catalog": 3, "bad files": 4, "catalog level": 5, "calibration": 6}
 
 
 @dataclass(frozen=True)
@@ -137,14 +140,17 @@ class DemoConfig:
     seed: int = 0
     n_train: int = 24
     n_valid: int = 6
-    n_test: int = 24  # the calibration set: false positives cluster by song, so songs count more than windows
+    # The calibration songs choose the thresholds: false positives cluster by song, so songs count
+    # more than windows.  The test songs are what Evaluate scores (and the detector report).
+    n_calibration: int = 24
+    n_test: int = 12
     n_catalog: int = 40
     stem_duration_s: tuple[float, float] = (20.0, 40.0)
     catalog_duration_s: tuple[float, float] = (20.0, 60.0)
     sample_rate: int = SAMPLE_RATE
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "n_valid", "n_test", "n_catalog"):
+        for name in ("n_train", "n_valid", "n_calibration", "n_test", "n_catalog"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("stem_duration_s", "catalog_duration_s"):
@@ -156,12 +162,14 @@ class DemoConfig:
 
     @classmethod
     def tiny(cls, seed: int = 0) -> "DemoConfig":
-        """3/1/1 stem tracks of 8-12 s and 6 catalog tracks of 8-12 s, for tests."""
-        return cls(seed=seed, n_train=3, n_valid=1, n_test=1, n_catalog=6,
+        """3/1/1/1 stem tracks (train, valid, calibration, test) of 8-12 s and 6 catalog tracks of
+        8-12 s, for tests."""
+        return cls(seed=seed, n_train=3, n_valid=1, n_calibration=1, n_test=1, n_catalog=6,
                    stem_duration_s=(8.0, 12.0), catalog_duration_s=(8.0, 12.0))
 
     def split_count(self, split: str) -> int:
-        return {"train": self.n_train, "valid": self.n_valid, "test": self.n_test}[split]
+        return {"train": self.n_train, "valid": self.n_valid, "calibration": self.n_calibration,
+                "test": self.n_test}[split]
 
     def to_dict(self) -> dict[str, Any]:
         return {key: list(value) if isinstance(value, tuple) else value
@@ -926,7 +934,7 @@ def _write_audio(path: Path, audio: np.ndarray, rate: int, fmt: str, subtype: st
 
 
 def _make_stem_track(out: str, split: str, index: int, seed: int, bounds: tuple[float, float], rate: int) -> dict:
-    rng = _track_rng(seed, SPLITS.index(split), index)
+    rng = _track_rng(seed, RNG_GROUPS[split], index)
     duration = _duration(rng, bounds)
     stems, info = synthesize_song(rng, duration, rate)
     peak_target = rng.uniform(0.5, 0.9)
@@ -941,7 +949,7 @@ def _make_stem_track(out: str, split: str, index: int, seed: int, bounds: tuple[
 def catalog_stems(config: DemoConfig, index: int) -> tuple[np.ndarray, SongInfo]:
     """The stems ``(4, 2, samples)`` at ``config.sample_rate`` of catalog track ``index``, before
     the level scaling applied when it was written (relative volumes do not depend on it)."""
-    rng = _track_rng(config.seed, len(SPLITS), index)
+    rng = _track_rng(config.seed, RNG_GROUPS["catalog"], index)
     return synthesize_song(rng, _duration(rng, config.catalog_duration_s), config.sample_rate)
 
 
@@ -964,7 +972,7 @@ def _make_catalog_track(out: str, index: int, config: DemoConfig, write_file: bo
     """Catalog track ``index``: its file and truth rows (``write_file``) and its true stems in the
     catalog stem set (``write_stems``: at the file's rate, channels and level)."""
     stems, info = catalog_stems(config, index)
-    rng = _track_rng(config.seed, len(SPLITS) + 2, index)  # level of the written file
+    rng = _track_rng(config.seed, RNG_GROUPS["catalog level"], index)  # level of the written file
     rate = config.sample_rate
     (ext, fmt, subtype), file_rate, channels = catalog_variant(index)
     mixture = mix(stems)
@@ -1008,7 +1016,7 @@ def _write_bad_files(out: Path, rate: int) -> list[str]:
     bad = out / "catalog" / "bad"
     with atomic_path(bad / BAD_FILES[0]) as tmp:
         tmp.touch()
-    rng = _track_rng(0, len(SPLITS) + 1, 0)
+    rng = _track_rng(0, RNG_GROUPS["bad files"], 0)
     stems, _ = synthesize_song(rng, 3.0, rate)
     audio = mix(stems)
     audio = 0.8 * audio / max(float(np.abs(audio).max()), 1e-9)
@@ -1100,7 +1108,7 @@ def generate(out: str | os.PathLike, config: DemoConfig = DemoConfig(), workers:
              force: bool = False, catalog_stems: bool = False) -> dict[str, Any]:
     """Write the demo corpus under ``out`` and return the summary also written to ``demo.json``.
 
-    Layout: ``stems/{train,valid,test}/demo-<split>-NNN/{mixture,drums,bass,other,vocals}.wav``
+    Layout: ``stems/{train,valid,calibration,test}/demo-<split>-NNN/{mixture,drums,bass,other,vocals}.wav``
     (float32, mixture = sum of stems), ``catalog/`` (mixtures in wav/flac/ogg/mp3 at 22.05 /
     44.1 / 48 kHz, mono and stereo, plus ``catalog/bad/``), ``catalog_truth.parquet`` (one row
     per grid window of every good catalog file: ``file, window, start_s, V_<source>`` in dB),

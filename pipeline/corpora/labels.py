@@ -67,15 +67,18 @@ def build_labels(stem_root, splits: list[str], out) -> StageResult:
     """The labels stage: the labels of every track of ``splits``, to the Parquet file ``out``.
 
     Columns: ``split, name, track_id, window, start_s, V_drums .. V_vocals`` (dB, float32).
-    Counts ``tracks``, ``windows`` and ``silent_13db_<s>`` (windows at or below -13 dB).
+    Counts ``tracks``, ``split_tracks`` (``{split: tracks}``, the calibration split's named
+    too), ``windows`` and ``silent_13db_<s>`` (windows at or below -13 dB).
     """
     from pipeline.corpora import stemset
     from pipeline.sources import HOP_S
     from pipeline.storage.outputs import write_parquet_atomic
 
-    frames = []
+    frames, split_tracks = [], {}
     for split in splits:
-        for track in stemset.list_tracks(stem_root, split):
+        tracks = stemset.list_tracks(stem_root, split)
+        split_tracks[split] = len(tracks)
+        for track in tracks:
             stems, rate = stemset.load_stems(track)
             frame = labels_frame(track.track_id, relative_volumes(stems, rate), HOP_S)
             frame.insert(0, "name", track.name)
@@ -85,6 +88,6 @@ def build_labels(stem_root, splits: list[str], out) -> StageResult:
         raise ValueError(f"stem set {stem_root} has no tracks in splits {splits}")
     table = pd.concat(frames, ignore_index=True)
     write_parquet_atomic(table, out)
-    return StageResult({"tracks": len(frames), "windows": len(table),
+    return StageResult({"tracks": len(frames), "split_tracks": split_tracks, "windows": len(table),
                         **{f"silent_13db_{name}": int((table[f"V_{name}"] <= LABEL_SILENT_DB).sum())
                            for name in SOURCES}})

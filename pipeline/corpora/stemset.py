@@ -3,6 +3,16 @@
 Folder layout: ``<root>/<split>/<track>/{mixture,drums,bass,other,vocals}.wav``.  A root
 with ``train/`` and ``test/`` but no ``valid/`` (the real MUSDB18-HQ) takes its validation
 tracks out of ``train/`` with musdb's official split (:data:`MUSDB_VALIDATION_TRACKS`).
+
+Splits (:data:`SPLITS`): ``train`` trains the detector and the separators, ``valid`` stops
+their training early, ``calibration`` chooses the detector's thresholds and ``test`` is what
+Evaluate scores.  A root with a ``calibration/`` folder (the demo's) lists it as it is.  A root
+without one (MUSDB18, MUSDB18-HQ, any set in their layout) takes its calibration songs out of
+``train/`` (after the validation songs are taken out), deterministically: the
+``len(train) // CALIBRATION_SHARE`` songs whose :func:`calibration_rank` (a SHA-256 of the
+song's name) is smallest; they leave ``train``, so neither the detector nor a separator trains
+on them, and ``test`` is untouched, so Evaluate never scores them.  With fewer than
+``CALIBRATION_SHARE`` training songs no song is taken (the calibration split is empty).
 ``.stem.mp4`` sets (MUSDB18: ``<root>/{train,test}/<track>.stem.mp4``) are decoded with PyAV
 in-process, stream by stream: audio stream 0 is the mixture, 1..4 are drums, bass, other,
 vocals (:data:`STEM_STREAMS`, MUSDB18's ``stem_ids``).  Audio is float32
@@ -12,6 +22,7 @@ vocals (:data:`STEM_STREAMS`, MUSDB18's ``stem_ids``).  Audio is float32
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +34,11 @@ from pipeline.audio import io as audio
 from pipeline.sources import SOURCES
 from pipeline.storage.outputs import stable_hash
 
-SPLITS = ("train", "valid", "test")
+SPLITS = ("train", "valid", "calibration", "test")
+CALIBRATION = "calibration"  # the split that chooses the thresholds p_i
+# One training song in CALIBRATION_SHARE becomes a calibration song when the set has no
+# calibration/ folder (MUSDB18: 86 training songs after the 14 validation songs -> 17).
+CALIBRATION_SHARE = 5
 # Audio stream of each part in a MUSDB18 .stem.mp4 ("stem_ids" in musdb's configs/mus.yaml).
 STEM_STREAMS = {"mixture": 0, "drums": 1, "bass": 2, "other": 3, "vocals": 4}
 # MUSDB18's official validation tracks, a subset of train/: "validation_tracks" in
@@ -69,8 +84,31 @@ def _is_musdb_mp4(root: Path) -> bool:
     return any(root.glob("*/*.stem.mp4"))
 
 
+def calibration_rank(name: str) -> str:
+    """The order in which training songs are taken for calibration: hex SHA-256 of the name."""
+    return hashlib.sha256(f"calibration:{name}".encode()).hexdigest()
+
+
+def carved_calibration(names: list[str]) -> frozenset[str]:
+    """The songs of ``names`` (a set's training songs, validation songs removed) that become its
+    calibration split when it has no calibration folder: the ``len(names) // CALIBRATION_SHARE``
+    of smallest :func:`calibration_rank`."""
+    count = len(names) // CALIBRATION_SHARE
+    return frozenset(sorted(names, key=calibration_rank)[:count])
+
+
+def _split_of_train_song(name: str, valid: frozenset[str], calibration: frozenset[str]) -> str:
+    """Which split a song of the ``train/`` folder belongs to in a set without ``valid/`` or
+    ``calibration/`` folders."""
+    return "valid" if name in valid else CALIBRATION if name in calibration else "train"
+
+
+def _song_folders(folder: Path) -> list[Path]:
+    return [f for f in sorted(folder.iterdir()) if f.is_dir() and not f.name.startswith(".")]
+
+
 def list_tracks(root: str | os.PathLike, split: str) -> list[StemTrack]:
-    """The tracks of ``split`` (``train``, ``valid`` or ``test``), sorted by name."""
+    """The tracks of ``split`` (``train``, ``valid``, ``calibration`` or ``test``), sorted by name."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     root = Path(root)
@@ -78,17 +116,18 @@ def list_tracks(root: str | os.PathLike, split: str) -> list[StemTrack]:
         raise FileNotFoundError(f"stem set root {root} does not exist")
     if _is_musdb_mp4(root):
         return _list_mp4(root, split)
-    if (root / split).is_dir():
-        folders, keep = sorted((root / split).iterdir()), None
-    elif split in ("train", "valid") and (root / "train").is_dir():
-        folders, valid = sorted((root / "train").iterdir()), MUSDB_VALIDATION_TRACKS
-        keep = (lambda name: name in valid) if split == "valid" else (lambda name: name not in valid)
+    if (root / split).is_dir() and split != "train":
+        folders = _song_folders(root / split)
+    elif split != "test" and (root / "train").is_dir():
+        folders = _song_folders(root / "train")
+        valid = frozenset() if (root / "valid").is_dir() else MUSDB_VALIDATION_TRACKS
+        names = [f.name for f in folders if f.name not in valid]
+        calibration = frozenset() if (root / CALIBRATION).is_dir() else carved_calibration(names)
+        folders = [f for f in folders if _split_of_train_song(f.name, valid, calibration) == split]
     else:
         return []
     tracks = []
     for folder in folders:
-        if not folder.is_dir() or folder.name.startswith(".") or (keep and not keep(folder.name)):
-            continue
         files = [folder / f"{part}.wav" for part in ("mixture", *SOURCES)]
         missing = [f.name for f in files if not f.exists()]
         if missing:
@@ -100,15 +139,41 @@ def list_tracks(root: str | os.PathLike, split: str) -> list[StemTrack]:
 
 
 def _list_mp4(root: Path, split: str) -> list[StemTrack]:
+    """MUSDB18's ``train/`` holds the train, valid and calibration songs, ``test/`` the test songs."""
     subset = "test" if split == "test" else "train"
-    valid = MUSDB_VALIDATION_TRACKS if subset == "train" else set()
+    paths = sorted((root / subset).glob("*.stem.mp4"))
+    names = [path.name[: -len(".stem.mp4")] for path in paths]
+    calibration = carved_calibration([n for n in names if n not in MUSDB_VALIDATION_TRACKS])
     tracks = []
-    for path in sorted((root / subset).glob("*.stem.mp4")):
-        name = path.name[: -len(".stem.mp4")]
-        if subset == "train" and ((split == "valid") != (name in valid)):
+    for path, name in zip(paths, names):
+        if subset == "train" and _split_of_train_song(name, MUSDB_VALIDATION_TRACKS, calibration) != split:
             continue
         size = path.stat().st_size
         tracks.append(StemTrack(name, split, stable_hash([split, name, size]), stem_file=path, sizes=(size,)))
+    return tracks
+
+
+def calibration_tracks(root: str | os.PathLike, splits: tuple[str, ...], trained: tuple[str, ...] = ("train",),
+                       evaluated: tuple[str, ...] = ("test",), allow_empty: bool = False) -> list[StemTrack]:
+    """The songs of ``splits`` that calibrate the thresholds, after refusing a configuration in
+    which they could overlap the songs the detector trains on (``trained``) or the songs Evaluate
+    scores (``evaluated``): ``ValueError`` when a split is named in both, when a song's name
+    appears in a calibration split and in one of the others, or (unless ``allow_empty``) when
+    ``splits`` hold no song."""
+    shared = sorted(set(splits) & (set(trained) | set(evaluated)))
+    if shared:
+        raise ValueError(f"calibration splits {list(splits)} include {shared}, which the detector trains on "
+                         f"({list(trained)}) or Evaluate scores ({list(evaluated)}): calibrate on songs of "
+                         f"neither (the {CALIBRATION!r} split)")
+    tracks = [t for split in splits for t in list_tracks(root, split)]
+    if not tracks and not allow_empty:
+        raise ValueError(f"stem set {root} has no song in the calibration splits {list(splits)}")
+    names = {t.name for t in tracks}
+    for role, others in (("training", trained), ("evaluation", evaluated)):
+        common = sorted(names & {t.name for split in others for t in list_tracks(root, split)})
+        if common:
+            raise ValueError(f"calibration songs {common[:5]}{' ...' if len(common) > 5 else ''} are also "
+                             f"{role} songs ({list(others)}): calibration and {role} songs must be disjoint")
     return tracks
 
 

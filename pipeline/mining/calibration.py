@@ -39,21 +39,44 @@ cuts the most held-out audio (seconds of excerpts); ties go to the higher fracti
 higher threshold.  Candidates are the values of ``P_i`` at ``candidates`` evenly spaced ranks
 of all held-out windows (every value when there are fewer windows); the fraction is not
 monotone in the threshold, so every candidate is evaluated, and the chosen one is exact among
-the candidates.  Nothing admissible: not calibratable, as above.  Both rules are always
-computed and reported (threshold and held-out yield of each); ``rule`` says which one
-extraction uses.
+the candidates.  Nothing admissible: not calibratable, as above.
+
+**Rules ``bound`` and ``catalog``** (:mod:`pipeline.mining.purity`: song-level statistics of
+the same candidates).  Rule ``bound`` is rule ``excerpts`` with the held-out share replaced by
+its lower confidence bound over song-level bootstrap resamples (``confidence``, ``resamples``):
+false positives come in whole songs, so a share reached thanks to a few songs does not pass.
+Rule ``catalog`` estimates the purity of the excerpts each candidate would cut from the
+catalog itself (:class:`CatalogWindows`: the catalog's detector probabilities), through the
+isotonic map of a window's entry threshold to silence fitted on the held-out songs, and takes
+the candidate whose lower bound reaches the target and that cuts the most catalog audio.
+
+The held-out rules (``windows``, ``excerpts``, ``bound``) are always computed and reported,
+rule ``catalog`` when the catalog's windows are given; ``rule`` says which one extraction uses.
+Every reported threshold comes with its held-out yield, share and song-level bound
+(:func:`rules_table`).
 """
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from pipeline.mining.extraction import PAPER_RUN_RULE, RunRule, run_spans
+from pipeline.mining.extraction import PAPER_RUN_RULE, RunRule
+from pipeline.mining.purity import (
+    CONFIDENCE,
+    RESAMPLES,
+    SongExcerpts,
+    bootstrap_bound,
+    bootstrap_weights,
+    estimate_catalog,
+    excerpt_candidates,
+    song_excerpts,
+    song_numbers,
+    track_breaks,
+)
 from pipeline.sources import SOURCES, TRULY_SILENT_DB
 from pipeline.storage.outputs import StageResult, write_png_atomic
 
@@ -65,15 +88,21 @@ EXCERPT_CANDIDATES = 400  # most thresholds per source evaluated by the excerpts
 # The excerpts rule's candidate grid, named in the key of its Calibrate outputs so that thresholds
 # chosen on another grid (ranks among the distinct values, which float noise shifts) are not reused.
 EXCERPT_GRID = "ranks of all windows"
-RULES = ("windows", "excerpts")  # the paper's (default), and the excerpt-level rule
+RULES = ("windows", "excerpts", "bound", "catalog")  # the paper's (the default) and three excerpt-level rules
+EXCERPT_RULES = ("excerpts", "bound", "catalog")
+CATALOG_RULES = ("catalog",)  # rules that read the catalog's detector probabilities
+DRIVERS = 3  # songs named as driving a bound
 _FRACTION_TOLERANCE = 1e-12  # so that 19 silent of 20 reaches 0.95 despite rounding
 
 THRESHOLD_COLUMNS = ("source", "calibratable", "threshold", "n_windows_above", "achieved_fraction",
                      "v95_db", "n_windows_total", "coverage")
 CURVE_COLUMNS = ("source", "threshold", "n_above", "fraction_silent", "coverage")
 EXCERPT_COLUMNS = ("source", "calibratable", "threshold", "n_excerpts", "n_windows_inside", "achieved_fraction",
-                   "v95_db", "extracted_s")
-EXCERPT_CURVE_COLUMNS = ("source", "threshold", "n_excerpts", "n_windows_inside", "fraction_silent", "extracted_s")
+                   "v95_db", "extracted_s", "estimate", "bound", "songs", "drivers", "blockers", "catalog_s",
+                   "crossfit_fraction")
+EXCERPT_CURVE_COLUMNS = ("source", "threshold", "n_excerpts", "n_windows_inside", "fraction_silent", "extracted_s",
+                         "songs", "bound", "catalog_windows", "catalog_s", "catalog_estimate", "catalog_bound",
+                         "crossfit_fraction")
 
 
 @dataclass(frozen=True)
@@ -215,58 +244,36 @@ def _calibrate_source(
 
 
 @dataclass(frozen=True)
+class CatalogWindows:
+    """The catalog's windows for rule ``catalog``: ``probs`` ``(n, 4)`` detector probabilities,
+    ``breaks`` ``(n,)`` (:func:`track_breaks`) and ``track_ids`` ``(n,)``, rows sorted by track
+    and frame (:func:`catalog_windows`)."""
+
+    probs: np.ndarray
+    breaks: np.ndarray
+    track_ids: np.ndarray
+
+
+@dataclass(frozen=True)
 class ExcerptCalibration:
-    """Rule ``excerpts``: ``thresholds`` one row per source (:data:`EXCERPT_COLUMNS`; ``extracted_s``
-    is the held-out audio the excerpts at ``p_i`` hold, seconds), ``curves`` every candidate
-    (:data:`EXCERPT_CURVE_COLUMNS`, thresholds ascending)."""
+    """The excerpt rules, one table of one row per source each (:data:`EXCERPT_COLUMNS`):
+    ``thresholds`` rule ``excerpts``, ``bound`` rule ``bound``, ``catalog`` rule ``catalog``
+    (None without catalog windows); ``curves`` every candidate (:data:`EXCERPT_CURVE_COLUMNS`,
+    thresholds ascending).  ``extracted_s`` is the held-out audio the excerpts at ``p_i``
+    hold, seconds; ``estimate`` the purity the rule's choice rests on and ``bound`` its lower
+    confidence bound at ``confidence``."""
 
     thresholds: pd.DataFrame
     curves: pd.DataFrame
+    bound: pd.DataFrame | None = None
+    catalog: pd.DataFrame | None = None
+    confidence: float = CONFIDENCE
+    resamples: int = RESAMPLES
+    seed: int = 0
 
-
-def track_breaks(track_ids: np.ndarray, frames: np.ndarray) -> np.ndarray:
-    """Bool ``(n,)``: row ``k`` starts a new stretch (another track, or a frame that does not
-    follow the previous row's).  Rows must be sorted by track, then frame."""
-    track_ids = np.asarray(track_ids)
-    frames = np.asarray(frames, dtype=np.int64)
-    if track_ids.size == 0:
-        return np.zeros(0, dtype=bool)
-    return np.append(True, (track_ids[1:] != track_ids[:-1]) | (frames[1:] != frames[:-1] + 1))
-
-
-def excerpt_statistics(p: np.ndarray, silent: np.ndarray, breaks: np.ndarray, threshold: float,
-                       run_rule: RunRule = PAPER_RUN_RULE) -> tuple[int, int, int, float, np.ndarray]:
-    """What extraction at ``threshold`` would cut from held-out windows of one source.
-
-    ``p``: ``(n,)`` P_i; ``silent``: ``(n,)`` bool ``V_i <= target``; ``breaks``: ``(n,)`` from
-    :func:`track_breaks`.  Returns ``(n_excerpts, n_windows_inside, n_silent_inside,
-    extracted_s, inside)`` with ``inside`` the bool ``(n,)`` mask of the excerpts' windows.
-    Stretches are cut apart by ``run_rule.max_gap + 1`` False frames, so no run crosses a track.
-    """
-    starts = np.flatnonzero(breaks)
-    pad = run_rule.max_gap + 1
-    positions = np.arange(p.size) + pad * np.cumsum(breaks)  # each stretch shifted past its pads
-    mask = np.zeros(p.size + pad * (starts.size + 1), dtype=bool)
-    mask[positions] = p >= threshold
-    runs, _ = run_rule.select(mask, math.inf)
-    # A labelled window ends inside its track, so the unclipped span is the excerpt's span.
-    spans = run_spans(runs, math.inf)
-    cover = np.zeros(mask.size + 1, dtype=np.int64)
-    np.add.at(cover, runs[:, 0], 1)
-    np.add.at(cover, runs[:, 1], -1)
-    inside = np.cumsum(cover[:-1])[positions] > 0
-    return (int(runs.shape[0]), int(inside.sum()), int((inside & silent).sum()),
-            float((spans[:, 1] - spans[:, 0]).sum()), inside)
-
-
-def _excerpt_candidates(p: np.ndarray, limit: int) -> np.ndarray:
-    """The distinct values of ``p`` at ``limit`` evenly spaced ranks of all ``p.size`` values: a
-    rank's value moves only as much as ``p`` does, so float noise that makes two values equal
-    (or apart) does not shift the grid, as ranks among the distinct values would."""
-    values = np.sort(p)
-    if values.size > limit:
-        values = values[np.round(np.linspace(0, values.size - 1, limit)).astype(np.int64)]
-    return np.unique(values)
+    def rule(self, name: str) -> pd.DataFrame | None:
+        """The rows of rule ``name`` (``excerpts``, ``bound`` or ``catalog``)."""
+        return {"excerpts": self.thresholds, "bound": self.bound, "catalog": self.catalog}[name]
 
 
 def calibrate_excerpts(
@@ -278,9 +285,18 @@ def calibrate_excerpts(
     min_windows: int = MIN_WINDOWS,
     run_rule: RunRule = PAPER_RUN_RULE,
     candidates: int = EXCERPT_CANDIDATES,
+    songs: np.ndarray | None = None,
+    song_names: list[str] | None = None,
+    confidence: float = CONFIDENCE,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    catalog: CatalogWindows | None = None,
 ) -> ExcerptCalibration:
-    """Rule ``excerpts`` (module docstring) on ``probs`` and ``volumes`` ``(n, 4)`` whose rows are
-    sorted by track and frame, ``breaks`` ``(n,)`` marking where a track (or a gap) starts."""
+    """Rules ``excerpts``, ``bound`` and (with ``catalog``) ``catalog`` (module docstring) on
+    ``probs`` and ``volumes`` ``(n, 4)`` whose rows are sorted by track and frame, ``breaks``
+    ``(n,)`` marking where a track (or a gap) starts.  ``songs`` ``(n,)``: the track id of each
+    row (the unit the bounds resample; default: each stretch between breaks), ``song_names``
+    the name shown for each song in order of appearance (default: the ids)."""
     probs = np.asarray(probs, dtype=np.float64)
     volumes = np.asarray(volumes, dtype=np.float64)
     breaks = np.asarray(breaks, dtype=bool)
@@ -295,47 +311,108 @@ def calibrate_excerpts(
         raise ValueError("probs and volumes must not contain NaN (a silent mixture is V = -inf)")
     if not 0.0 < target_fraction <= 1.0:
         raise ValueError(f"target_fraction must lie in (0, 1], got {target_fraction}")
-    if min_windows < 1 or candidates < 2:
-        raise ValueError(f"min_windows >= 1 and candidates >= 2 are required, got {min_windows} and {candidates}")
+    if min_windows < 1 or candidates < 2 or resamples < 1:
+        raise ValueError(f"min_windows >= 1, candidates >= 2 and resamples >= 1 are required, got "
+                         f"{min_windows}, {candidates} and {resamples}")
     if breaks.size:
         breaks = breaks.copy()
         breaks[0] = True
-    rows, curves = [], []
+    if songs is None:
+        songs = np.cumsum(breaks).astype(str)
+    song, ids = song_numbers(songs)
+    names = list(song_names) if song_names is not None else ids
+    if len(names) != len(ids):
+        raise ValueError(f"song_names must name each of the {len(ids)} songs, got {len(names)}")
+    weights = bootstrap_weights(max(1, len(ids)), resamples, seed)[:, :len(ids)]
+    if catalog is not None:
+        catalog_song, _ = song_numbers(catalog.track_ids)
+        catalog_breaks = np.asarray(catalog.breaks, dtype=bool)
+    rules = {name: [] for name in EXCERPT_RULES}
+    curves = []
     for index, source in enumerate(SOURCES):
         p, v = probs[:, index], volumes[:, index]
-        silent = v <= target_db
-        stats = []
-        for threshold in _excerpt_candidates(p, candidates):
-            n_excerpts, n_inside, n_silent, seconds, _ = excerpt_statistics(p, silent, breaks, threshold, run_rule)
-            stats.append((float(threshold), n_excerpts, n_inside, n_silent / n_inside if n_inside else np.nan, seconds))
-        curve = pd.DataFrame(stats, columns=["threshold", "n_excerpts", "n_windows_inside", "fraction_silent",
-                                             "extracted_s"])
-        admissible = curve[(curve["n_windows_inside"] >= min_windows)
-                           & (curve["fraction_silent"] >= target_fraction - _FRACTION_TOLERANCE)]
-        if admissible.empty:
-            rows.append({"source": source, "calibratable": False, "threshold": np.nan, "n_excerpts": 0,
-                         "n_windows_inside": 0, "achieved_fraction": np.nan, "v95_db": np.nan, "extracted_s": 0.0})
-        else:
-            best = admissible.sort_values(["extracted_s", "fraction_silent", "threshold"], ascending=False,
-                                          kind="stable").iloc[0]
-            *_, inside = excerpt_statistics(p, silent, breaks, float(best["threshold"]), run_rule)
-            rows.append({"source": source, "calibratable": True, "threshold": float(best["threshold"]),
-                         "n_excerpts": int(best["n_excerpts"]), "n_windows_inside": int(best["n_windows_inside"]),
-                         "achieved_fraction": float(best["fraction_silent"]),
-                         "v95_db": inverted_cdf_quantile(v[inside], 0.95), "extracted_s": float(best["extracted_s"])})
+        grid = excerpt_candidates(p, candidates)
+        labelled = song_excerpts(p, v <= target_db, breaks, song, len(ids), grid, run_rule)
+        inside, silent = labelled.inside.sum(axis=0), labelled.silent.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fraction = np.where(inside > 0, silent / np.maximum(inside, 1), np.nan)
+        curve = pd.DataFrame({"threshold": grid, "n_excerpts": labelled.excerpts.sum(axis=0),
+                              "n_windows_inside": inside, "fraction_silent": fraction,
+                              "extracted_s": labelled.seconds().sum(axis=0),
+                              "songs": (labelled.inside > 0).sum(axis=0),
+                              "bound": bootstrap_bound(labelled.inside, labelled.silent, weights, confidence)
+                              if len(ids) else np.full(grid.size, np.nan)})
+        for column in ("catalog_windows", "catalog_s", "catalog_estimate", "catalog_bound", "crossfit_fraction"):
+            curve[column] = np.nan
+        if catalog is not None and len(ids):
+            on_catalog = song_excerpts(catalog.probs[:, index], None, catalog_breaks, catalog_song,
+                                       int(catalog_song.max()) + 1 if catalog_song.size else 0, grid, run_rule)
+            estimate = estimate_catalog(labelled, on_catalog, weights, names, confidence)
+            curve["catalog_windows"] = on_catalog.inside.sum(axis=0)
+            curve["catalog_s"] = on_catalog.seconds().sum(axis=0)
+            curve["catalog_estimate"] = estimate.estimate
+            curve["catalog_bound"] = estimate.bound
+            curve["crossfit_fraction"] = estimate.crossfit
+        enough = curve["n_windows_inside"] >= min_windows
+        reached = curve[["fraction_silent", "bound", "catalog_bound"]] >= target_fraction - _FRACTION_TOLERANCE
+        choices = {"excerpts": (enough & reached["fraction_silent"], ["extracted_s", "fraction_silent"]),
+                   "bound": (enough & reached["bound"], ["extracted_s", "bound"])}
+        if catalog is not None:
+            choices["catalog"] = (enough & (curve["catalog_windows"] > 0) & reached["catalog_bound"],
+                                  ["catalog_s", "catalog_bound"])
+        for rule, (admissible, order) in choices.items():
+            rules[rule].append(_excerpt_rule_row(source, rule, curve, admissible, order, labelled, v, names))
         curve.insert(0, "source", source)
         curves.append(curve)
-    counted = ("n_excerpts", "n_windows_inside")
-    return ExcerptCalibration(*_typed_tables(rows, EXCERPT_COLUMNS, counted, curves, EXCERPT_CURVE_COLUMNS, counted))
+    counted = ("n_excerpts", "n_windows_inside", "songs")
+    tables = {rule: _typed_tables(rows, EXCERPT_COLUMNS, counted, curves, EXCERPT_CURVE_COLUMNS, counted)
+              for rule, rows in rules.items() if rows}
+    curve_table = tables["excerpts"][1]
+    return ExcerptCalibration(tables["excerpts"][0], curve_table, tables["bound"][0],
+                              tables["catalog"][0] if "catalog" in tables else None, float(confidence),
+                              int(resamples), int(seed))
+
+
+def _song_list(names: list[str], impure: np.ndarray, inside: np.ndarray, most: int = DRIVERS) -> str:
+    """``name impure/inside`` of the ``most`` songs with the most impure windows (none: empty)."""
+    order = [k for k in np.argsort(-impure, kind="stable")[:most] if impure[k] > 0]
+    return ", ".join(f"{names[k]} {int(impure[k])}/{int(inside[k])}" for k in order)
+
+
+def _excerpt_rule_row(source: str, rule: str, curve: pd.DataFrame, admissible: pd.Series, order: list[str],
+                      labelled: SongExcerpts, volumes: np.ndarray, names: list[str]) -> dict:
+    """One source's row of an excerpt rule: the admissible candidate first by ``order`` then by
+    threshold (all descending), or not calibratable."""
+    if not admissible.any():
+        return {"source": source, "calibratable": False, "threshold": np.nan, "n_excerpts": 0, "n_windows_inside": 0,
+                "achieved_fraction": np.nan, "v95_db": np.nan, "extracted_s": 0.0, "estimate": np.nan,
+                "bound": np.nan, "songs": 0, "drivers": "", "blockers": "", "catalog_s": np.nan,
+                "crossfit_fraction": np.nan}
+    best = curve[admissible].sort_values([*order, "threshold"], ascending=False, kind="stable").index[0]
+    row = curve.loc[best]
+    impure = labelled.inside - labelled.silent
+    below = best - 1  # the next lower candidate: what keeps the threshold from going lower
+    estimate, bound = ((row["catalog_estimate"], row["catalog_bound"]) if rule == "catalog"
+                       else (row["fraction_silent"], row["bound"]))
+    return {"source": source, "calibratable": True, "threshold": float(row["threshold"]),
+            "n_excerpts": int(row["n_excerpts"]), "n_windows_inside": int(row["n_windows_inside"]),
+            "achieved_fraction": float(row["fraction_silent"]),
+            "v95_db": inverted_cdf_quantile(volumes[labelled.entry >= best], 0.95),
+            "extracted_s": float(row["extracted_s"]), "estimate": float(estimate), "bound": float(bound),
+            "songs": int(row["songs"]), "drivers": _song_list(names, impure[:, best], labelled.inside[:, best]),
+            "blockers": _song_list(names, impure[:, below], labelled.inside[:, below]) if below >= 0 else "",
+            "catalog_s": float(row["catalog_s"]), "crossfit_fraction": float(row["crossfit_fraction"])}
 
 
 def calibration_table(probabilities: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
-    """``track_id, frame, p_*, V_*`` of every (track_id, frame == window) in both tables, sorted by
-    track and frame (see :func:`calibration_arrays`, which takes its arrays from it)."""
+    """``track_id, frame, [name,] p_*, V_*`` of every (track_id, frame == window) in both tables
+    (``name`` when the labels have it), sorted by track and frame (see :func:`calibration_arrays`,
+    which takes its arrays from it)."""
     p_cols = [f"p_{name}" for name in SOURCES]
     v_cols = [f"V_{name}" for name in SOURCES]
     left = probabilities[["track_id", "frame", *p_cols]]
-    right = labels[["track_id", "window", *v_cols]].rename(columns={"window": "frame"})
+    names = ["name"] if "name" in labels.columns else []
+    right = labels[["track_id", "window", *names, *v_cols]].rename(columns={"window": "frame"})
     left = left.astype({"frame": np.int64})
     right = right.astype({"frame": np.int64})
     try:
@@ -393,8 +470,9 @@ def plot_curves(calibration: Calibration, path: str | os.PathLike) -> None:
     write_png_atomic(figure, path)
 
 
-RULE_COLUMNS = ("rule", "threshold_windows", "threshold_excerpts", "heldout_s_windows", "heldout_s_excerpts",
-                "excerpt_fraction_windows", "excerpt_fraction_excerpts")
+RULE_COLUMNS = ("rule", "confidence", "estimate", "bound", "songs", "drivers", "blockers",
+                *(f"{what}_{rule}" for rule in RULES
+                  for what in ("threshold", "heldout_s", "excerpt_fraction", "bound")))
 
 
 def rules_table(windows: Calibration, excerpts: ExcerptCalibration, table: pd.DataFrame, rule: str,
@@ -402,54 +480,113 @@ def rules_table(windows: Calibration, excerpts: ExcerptCalibration, table: pd.Da
     """The thresholds table of ``rule``: :data:`THRESHOLD_COLUMNS` then :data:`RULE_COLUMNS`.
 
     ``threshold`` and ``calibratable`` are the chosen rule's.  With ``windows`` the other
-    columns are :func:`calibrate`'s; with ``excerpts`` ``n_windows_above``,
-    ``achieved_fraction``, ``v95_db`` and ``coverage`` describe the windows inside the held-out
-    excerpts.  Both rules' thresholds, the held-out seconds their excerpts hold
-    (``heldout_s_*``, the yield) and the share of those excerpts' windows at or below the target
-    (``excerpt_fraction_*``) are always given; ``table`` is :func:`calibration_table`'s.
+    columns of :data:`THRESHOLD_COLUMNS` are :func:`calibrate`'s; with an excerpt rule
+    ``n_windows_above``, ``achieved_fraction``, ``v95_db`` and ``coverage`` describe the windows
+    inside the held-out excerpts.  ``estimate`` is the excerpt purity the chosen rule predicts
+    (held out; rule ``catalog``: the catalog's estimated purity), ``bound`` its lower bound at
+    ``confidence``, ``songs`` the held-out songs with excerpts at ``p_i``, ``drivers`` the songs
+    with the most windows above -20 dB in them (``name impure/inside``) and ``blockers`` those
+    of the next lower candidate (what keeps an excerpt rule from going lower).  For every rule
+    computed: its threshold, the held-out seconds its excerpts hold (``heldout_s_*``, the
+    yield), their share of windows at or below the target (``excerpt_fraction_*``) and the
+    song-level bound of that share (``bound_*``; rule ``catalog``: of its catalog estimate).
+    ``table`` is :func:`calibration_table`'s (``track_id`` gives the songs).
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    if rule != "windows" and excerpts.rule(rule) is None:
+        raise ValueError(f"rule {rule!r} was not computed (rule 'catalog' needs the catalog's windows)")
     breaks = track_breaks(table["track_id"].to_numpy(), table["frame"].to_numpy())
+    song, ids = song_numbers(table["track_id"].to_numpy())
+    names = _song_names(table, ids)
+    weights = bootstrap_weights(max(1, len(ids)), excerpts.resamples, excerpts.seed)[:, :len(ids)]
     out = windows.thresholds.copy()
-    by_source = excerpts.thresholds.set_index("source")
     for column in RULE_COLUMNS:
-        out[column] = rule if column == "rule" else np.nan
+        out[column] = np.nan
+    out["rule"], out["confidence"] = rule, excerpts.confidence
+    out["drivers"], out["blockers"] = "", ""
+    rows = {name: excerpts.rule(name).set_index("source") for name in EXCERPT_RULES if excerpts.rule(name) is not None}
     for k, source in enumerate(SOURCES):
         p = table[f"p_{source}"].to_numpy(np.float64)
         v = table[f"V_{source}"].to_numpy(np.float64)
         silent = v <= windows.target_db
-        for name, value in (("windows", windows.thresholds.loc[k, "threshold"]),
-                            ("excerpts", by_source.loc[source, "threshold"])):
+        thresholds = {"windows": windows.thresholds.loc[k, "threshold"],
+                      **{name: r.loc[source, "threshold"] for name, r in rows.items()}}
+        for name, value in thresholds.items():
             out.loc[k, f"threshold_{name}"] = value
-            if np.isfinite(value):
-                _, n_inside, n_silent, seconds, inside = excerpt_statistics(p, silent, breaks, value, run_rule)
-                out.loc[k, f"heldout_s_{name}"] = seconds
-                out.loc[k, f"excerpt_fraction_{name}"] = n_silent / n_inside if n_inside else np.nan
-                if rule == name == "excerpts":
-                    out.loc[k, "calibratable"] = True
-                    out.loc[k, "threshold"] = value
-                    out.loc[k, "n_windows_above"] = n_inside
-                    out.loc[k, "achieved_fraction"] = n_silent / n_inside if n_inside else np.nan
-                    out.loc[k, "v95_db"] = inverted_cdf_quantile(v[inside], 0.95)
-                    out.loc[k, "coverage"] = n_silent / silent.sum() if silent.sum() else np.nan
-            elif rule == name == "excerpts":
-                out.loc[k, ["calibratable", "threshold", "n_windows_above", "achieved_fraction", "v95_db",
-                            "coverage"]] = [False, np.nan, 0, np.nan, np.nan, np.nan]
+            if not np.isfinite(value):
+                continue
+            at = song_excerpts(p, silent, breaks, song, len(ids), np.array([value]), run_rule)
+            n_inside, n_silent = int(at.inside.sum()), int(at.silent.sum())
+            fraction = n_silent / n_inside if n_inside else np.nan
+            bound = (float(bootstrap_bound(at.inside, at.silent, weights, excerpts.confidence)[0]) if len(ids)
+                     else np.nan)
+            out.loc[k, f"heldout_s_{name}"] = float(at.seconds().sum())
+            out.loc[k, f"excerpt_fraction_{name}"] = fraction
+            out.loc[k, f"bound_{name}"] = rows[name].loc[source, "bound"] if name == "catalog" else bound
+            if name != rule:
+                continue
+            if name == "windows":
+                out.loc[k, ["estimate", "bound", "songs"]] = [fraction, bound, int((at.inside[:, 0] > 0).sum())]
+                out.loc[k, "drivers"] = _song_list(names, at.inside[:, 0] - at.silent[:, 0], at.inside[:, 0])
+                continue
+            chosen = rows[name].loc[source]
+            out.loc[k, ["n_windows_above", "achieved_fraction", "v95_db", "coverage"]] = [
+                n_inside, fraction, inverted_cdf_quantile(v[at.entry >= 0], 0.95),
+                n_silent / silent.sum() if silent.sum() else np.nan]
+            for column in ("estimate", "bound", "songs", "drivers", "blockers"):
+                out.loc[k, column] = chosen[column]
+        if rule != "windows" and not np.isfinite(thresholds.get(rule, np.nan)):
+            out.loc[k, ["calibratable", "threshold", "n_windows_above", "achieved_fraction", "v95_db",
+                        "coverage"]] = [False, np.nan, 0, np.nan, np.nan, np.nan]
+        elif rule != "windows":
+            out.loc[k, ["calibratable", "threshold"]] = [True, thresholds[rule]]
     out["calibratable"] = out["calibratable"].astype(bool)
     out["n_windows_above"] = out["n_windows_above"].astype(np.int64)
+    out["songs"] = out["songs"].fillna(0).astype(np.int64)
     return out[[*THRESHOLD_COLUMNS, *RULE_COLUMNS]]
+
+
+def _song_names(table: pd.DataFrame, ids: list[str]) -> list[str]:
+    """The name of each song (``table``'s ``name`` column where it has one, else its track id)."""
+    if "name" not in table.columns:
+        return list(ids)
+    first = table.drop_duplicates("track_id").set_index("track_id")["name"].astype(str)
+    return [first.get(track, track) for track in ids]
+
+
+def catalog_windows(probability_files: list[str | os.PathLike], max_songs: int = 0) -> CatalogWindows:
+    """The catalog's windows from detection shards (``PROBABILITY_SCHEMA`` files), for rule
+    ``catalog``.  ``max_songs`` > 0 keeps that many tracks, those of smallest SHA-256 of their
+    id (a sample that does not depend on the shards' order); 0 keeps every track."""
+    import hashlib
+
+    columns = ["track_id", "frame", *(f"p_{name}" for name in SOURCES)]
+    frames = [pd.read_parquet(path, columns=columns) for path in probability_files]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    if max_songs > 0:
+        tracks = sorted(table["track_id"].astype(str).unique(), key=lambda t: hashlib.sha256(t.encode()).hexdigest())
+        table = table[table["track_id"].astype(str).isin(tracks[:max_songs])]
+    table = table.astype({"frame": np.int64}).sort_values(["track_id", "frame"], kind="stable")
+    track_ids = table["track_id"].astype(str).to_numpy()
+    return CatalogWindows(table[[f"p_{name}" for name in SOURCES]].to_numpy(np.float64),
+                          track_breaks(track_ids, table["frame"].to_numpy()), track_ids)
 
 
 def build_calibration(probability_files: list[str | os.PathLike], labels_path: str | os.PathLike,
                       out: str | os.PathLike, target_db: float = TARGET_DB,
                       target_fraction: float = TARGET_FRACTION, min_windows: int = MIN_WINDOWS,
-                      rule: str = "windows", run_rule: RunRule = PAPER_RUN_RULE) -> StageResult:
+                      rule: str = "windows", run_rule: RunRule = PAPER_RUN_RULE,
+                      confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0,
+                      catalog_files: list[str | os.PathLike] | None = None, catalog_songs: int = 0) -> StageResult:
     """The calibration stage: thresholds from held-out probabilities and their labels, by ``rule``.
 
-    Writes ``thresholds.parquet`` / ``.csv`` (:func:`rules_table`), ``curves.parquet`` and
-    ``curves.png`` (the windows rule's), ``excerpt_curves.parquet`` (the excerpts rule's
-    candidates) into ``out``; counts ``windows``, ``calibrated``, ``rule``; one summary line per source.
+    ``catalog_files``: the catalog's detection shards, read (at most ``catalog_songs`` tracks,
+    :func:`catalog_windows`) when ``rule`` is ``catalog``.  Writes ``thresholds.parquet`` /
+    ``.csv`` (:func:`rules_table`), ``curves.parquet`` and ``curves.png`` (the windows rule's),
+    ``excerpt_curves.parquet`` (every candidate of the excerpt rules) into ``out``; counts
+    ``windows``, ``songs`` (held-out), ``calibrated``, ``rule``, ``catalog_songs`` (rule
+    ``catalog``); per source a line for the chosen rule and a line for every rule computed.
     """
     from pathlib import Path
 
@@ -457,29 +594,57 @@ def build_calibration(probability_files: list[str | os.PathLike], labels_path: s
 
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    if rule in CATALOG_RULES and not catalog_files:
+        raise ValueError(f"rule {rule!r} estimates the catalog's purity: it needs the catalog's probabilities")
     out = Path(out)
     probabilities = pd.concat([pd.read_parquet(p) for p in probability_files], ignore_index=True)
     table = calibration_table(probabilities, pd.read_parquet(labels_path))
     probs = table[[f"p_{name}" for name in SOURCES]].to_numpy(np.float64)
     volumes = table[[f"V_{name}" for name in SOURCES]].to_numpy(np.float64)
+    catalog = catalog_windows(catalog_files, catalog_songs) if rule in CATALOG_RULES else None
     result = calibrate(probs, volumes, target_db, target_fraction, min_windows)
-    excerpts = calibrate_excerpts(probs, volumes, track_breaks(table["track_id"].to_numpy(), table["frame"].to_numpy()),
-                                  target_db, target_fraction, min_windows, run_rule)
+    track_ids = table["track_id"].to_numpy()
+    excerpts = calibrate_excerpts(probs, volumes, track_breaks(track_ids, table["frame"].to_numpy()),
+                                  target_db, target_fraction, min_windows, run_rule,
+                                  songs=track_ids, song_names=_song_names(table, song_numbers(track_ids)[1]),
+                                  confidence=confidence, resamples=resamples, seed=seed, catalog=catalog)
     thresholds = rules_table(result, excerpts, table, rule, run_rule)
     write_parquet_atomic(thresholds, out / "thresholds.parquet")
     (out / "thresholds.csv").write_text(thresholds.to_csv(index=False))
     write_parquet_atomic(result.curves, out / "curves.parquet")
     write_parquet_atomic(excerpts.curves, out / "excerpt_curves.parquet")
     plot_curves(result, out / "curves.png")
+    counts = {"windows": len(probs), "songs": int(table["track_id"].nunique()),
+              "calibrated": int(thresholds["calibratable"].sum()), "rule": rule}
+    if catalog is not None:
+        counts["catalog_songs"] = int(np.unique(catalog.track_ids).size)
+    lines = [line for r in thresholds.itertuples() for line in threshold_lines(r, target_db)]
+    return StageResult(counts, lines)
 
-    def rule_text(r, name):
-        value = getattr(r, f"threshold_{name}")
+
+def threshold_lines(row, target_db: float = TARGET_DB) -> list[str]:
+    """Two summary lines of one source's row of a thresholds table: the chosen rule's threshold
+    with the purity it predicts, its bound and the songs behind it; then every rule computed."""
+    rule, source = row.rule, row.source
+    if not row.calibratable:
+        head = f"{source} [{rule}]: not calibratable"
+    else:
+        where = "catalog" if rule in CATALOG_RULES else "held-out"
+        head = (f"{source} [{rule}]: p = {row.threshold:.4f}, {where} excerpts {row.estimate:.1%} <= {target_db:g} dB "
+                f"(>= {row.bound:.1%} at {row.confidence:.0%} confidence; {row.songs} held-out songs with excerpts)")
+        if row.drivers:
+            head += f"; impure: {row.drivers}"
+        if row.blockers:
+            head += f"; below p: {row.blockers}"
+    parts = []
+    for name in RULES:
+        value = getattr(row, f"threshold_{name}")
+        if name in CATALOG_RULES and rule not in CATALOG_RULES:
+            continue
         if not np.isfinite(value):
-            return f"{name} rule: not calibratable"
-        return (f"{name} rule p = {value:.4f}: held-out excerpts {getattr(r, f'heldout_s_{name}'):.0f} s, "
-                f"{getattr(r, f'excerpt_fraction_{name}'):.1%} <= {target_db:g} dB")
-
-    lines = [f"{r.source} [{rule}]: " + ("; ".join(rule_text(r, name) for name in RULES))
-             for r in thresholds.itertuples()]
-    return StageResult({"windows": len(probs), "calibrated": int(thresholds["calibratable"].sum()), "rule": rule},
-                       lines)
+            parts.append(f"{name} none")
+            continue
+        bound = getattr(row, f"bound_{name}")
+        parts.append(f"{name} {value:.3f} ({getattr(row, f'heldout_s_{name}'):.0f} s, "
+                     f"{getattr(row, f'excerpt_fraction_{name}'):.1%}, bound {bound:.1%})")
+    return [head, f"    {source} rules (held-out s, purity, bound): " + "; ".join(parts)]

@@ -247,6 +247,32 @@ def yield_curve(probabilities: pd.DataFrame, tracks: pd.DataFrame, truth: pd.Dat
     return curve.sort_values(["source", "threshold"], kind="stable").reset_index(drop=True)
 
 
+ORACLE_RULE = "oracle (best single threshold)"
+
+
+def oracle_rows(curve: pd.DataFrame, target_fraction: float = 0.95) -> pd.DataFrame:
+    """The yield curve's best single threshold per source (:data:`RULE_COLUMNS`, ``rule`` =
+    :data:`ORACLE_RULE`): among the thresholds whose excerpts reach ``target_fraction`` purity
+    against the truth, the one that extracts the most hours (ties: higher purity, then higher
+    threshold).  Chosen on the truth, it is what a rule could reach at best with one threshold;
+    a source that no threshold brings to the target has NaN threshold and no excerpts."""
+    rows = []
+    for source in SOURCES:
+        mine = curve[(curve["source"] == source) & (curve["n_excerpts"] > 0)
+                     & (curve["fraction_silent"] >= target_fraction - 1e-12)]
+        if mine.empty:
+            rows.append({"rule": ORACLE_RULE, "source": source, "threshold": float("nan"), "extracted_hours": 0.0,
+                         "n_excerpts": 0, "fraction_silent": float("nan"), "v95_db": float("nan"),
+                         "recall": 0.0, "n_recovered": 0,
+                         "n_true_runs": int(curve.loc[curve["source"] == source, "n_true_runs"].max())
+                         if (curve["source"] == source).any() else 0})
+            continue
+        best = mine.sort_values(["extracted_hours", "fraction_silent", "threshold"], ascending=False,
+                                kind="stable").iloc[0]
+        rows.append({"rule": ORACLE_RULE, **best.to_dict()})
+    return pd.DataFrame(rows, columns=list(RULE_COLUMNS))
+
+
 def separator_table(index: pd.DataFrame, truth: pd.DataFrame, catalog_root: str | os.PathLike,
                     limits=SEPARATOR_LIMITS_DB, run_rule: RunRule = PAPER_RUN_RULE) -> pd.DataFrame:
     """The extracted D_i kept by the separator's second opinion at each of ``limits`` dB
@@ -312,7 +338,8 @@ def measure_rules(probabilities: pd.DataFrame, tracks: pd.DataFrame, rules: dict
                   truth: pd.DataFrame, catalog_root: str | os.PathLike, out: str | os.PathLike,
                   index: pd.DataFrame | None = None, run_rule: RunRule = PAPER_RUN_RULE) -> StageResult:
     """The rules part of the measure stage: ``rules.parquet`` / ``.csv`` (:func:`rule_table`, plus
-    :func:`separator_table` of ``index`` when it has scores), ``yield_curve.parquet`` / ``.csv`` and
+    :func:`separator_table` of ``index`` when it has scores, plus the curve's :func:`oracle_rows`),
+    ``yield_curve.parquet`` / ``.csv`` and
     ``yield_curve.png`` in ``out``; counts ``rules`` (the table's records), a summary line a row."""
     from pathlib import Path
 
@@ -323,11 +350,12 @@ def measure_rules(probabilities: pd.DataFrame, tracks: pd.DataFrame, rules: dict
     if index is not None:
         table = pd.concat([table, separator_table(index, truth, catalog_root, run_rule=run_rule)], ignore_index=True)
     curve = yield_curve(probabilities, tracks, truth, catalog_root, run_rule=run_rule)
+    table = pd.concat([table, oracle_rows(curve)], ignore_index=True)
     write_parquet_atomic(table, out / "rules.parquet")
     (out / "rules.csv").write_text(table.to_csv(index=False))
     write_parquet_atomic(curve, out / "yield_curve.parquet")
     (out / "yield_curve.csv").write_text(curve.to_csv(index=False))
-    plot_yield_curve(curve, table[table["rule"].isin(list(rules))], out / "yield_curve.png")
+    plot_yield_curve(curve, table[table["rule"].isin([*rules, ORACLE_RULE])], out / "yield_curve.png")
     return StageResult({"rules": json.loads(table.to_json(orient="records"))},
                        [_rule_line(r) for r in table.itertuples()])
 
