@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="[silentmine] threads (0: cores / workers)")
     parser.add_argument("--pool", type=int, default=40, help="distinct synthesised songs behind the catalog")
     parser.add_argument("--add", type=int, default=10, help="tracks added before the last rerun")
-    parser.add_argument("--stem-tracks", type=int, nargs=3, default=[3, 1, 2], metavar=("TRAIN", "VALID", "TEST"),
+    parser.add_argument("--stem-tracks", type=int, nargs=3, default=[3, 1, 2],
+                        metavar=("TRAIN", "VALID", "CALIBRATION"),
                         help="stem-set tracks per split (the detector's training and calibration data)")
     parser.add_argument("--stem-seconds", type=float, nargs=2, default=[8.0, 12.0], metavar=("LOW", "HIGH"))
     parser.add_argument("--crop-seconds", type=float, default=3.0, help="detector training crops (s)")
@@ -93,8 +94,9 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
     work.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
-    train, valid, test = args.stem_tracks  # kept when a complete stem set of this config is there
-    generate(work / "stems", DemoConfig(seed=5, n_train=train, n_valid=valid, n_calibration=0, n_test=test, n_catalog=0,
+    train, valid, calibration = args.stem_tracks  # kept when a complete stem set of this config is there
+    generate(work / "stems", DemoConfig(seed=5, n_train=train, n_valid=valid, n_calibration=calibration, n_test=0,
+                                        n_catalog=0,
                                         stem_duration_s=tuple(args.stem_seconds)))
     pool = song_pool(args.pool, args.seconds)
     synth_s = time.perf_counter() - started
@@ -107,7 +109,8 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
                        "threads": args.threads},
         "ScanCatalog": {"shard_size": args.shard_size},
         "TrainDetector": {"width": args.width, "epochs": 1, "patience": 1, "crop_seconds": args.crop_seconds},
-        "Calibrate": {"min_windows": 5, "target_fraction": 0.5, "target_db": -10, "splits": '["valid", "test"]'},
+        "Calibrate": {"min_windows": 5, "target_fraction": 0.5, "target_db": -10,
+                      "splits": '["valid", "calibration"]'},
     })
     setup_s = run_logged("Calibrate", args.workers, log)
     print(f"setup (labels, stem features, detector of width {args.width:g}, calibration): {setup_s:.1f} s")

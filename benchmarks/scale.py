@@ -111,7 +111,7 @@ crop_seconds = 2.0
 min_windows = 5
 target_fraction = 0.5
 target_db = -10
-splits = ["valid", "test"]
+splits = ["valid", "calibration"]
 """)
 
 
@@ -332,7 +332,7 @@ def prepare_setup(work: Path) -> None:
         return
     shutil.rmtree(setup, ignore_errors=True)
     setup.mkdir(parents=True)
-    generate(setup / "stems", DemoConfig(seed=5, n_train=2, n_valid=1, n_test=1, n_catalog=0,
+    generate(setup / "stems", DemoConfig(seed=5, n_train=2, n_valid=1, n_calibration=1, n_test=0, n_catalog=0,
                                          stem_duration_s=(4.0, 5.0)))
     empty = setup / "empty-catalog"
     empty.mkdir()

@@ -5,7 +5,9 @@
 the train tracks of a stem set and every train track of a second one (for the mining value
 ladder: the catalog's true stems, ``pipeline.corpora.demo.write_catalog_stems``), and whose
 ``valid`` split is the first set's, so that a run trained on it is validated (and stopped)
-on the same songs as the runs it is compared with.  Files are hard links (copies where the
+on the same songs as the runs it is compared with.  Its ``calibration`` folder is empty: the
+union trains separators only, so none of its train tracks is carved out for calibration
+(:func:`~pipeline.corpora.stemset.list_tracks`).  Files are hard links (copies where the
 filesystem cannot link), each made atomically; the tracks of the second set are renamed
 ``<EXTRA_PREFIX><name>`` so that no name clashes.  Both sets need the folder layout (a
 ``.stem.mp4`` set has no per-source files to link).
@@ -17,7 +19,7 @@ import os
 import shutil
 from pathlib import Path
 
-from pipeline.corpora.stemset import StemTrack, list_tracks
+from pipeline.corpora.stemset import CALIBRATION, StemTrack, list_tracks
 from pipeline.sources import SOURCES
 from pipeline.storage.outputs import StageResult, atomic_path
 
@@ -68,6 +70,7 @@ def build_stem_union(out: str | os.PathLike, stem_root: str | os.PathLike,
     for (split, name), track in plan.items():
         for part in PARTS:
             _link(track.path(part), out / split / name / f"{part}.wav")
+    (out / CALIBRATION).mkdir(parents=True, exist_ok=True)  # no calibration songs: every train track trains
     counts = {"train_tracks": sum(split == "train" for split, _ in plan) - len(extra), "extra_tracks": len(extra),
               "valid_tracks": sum(split == "valid" for split, _ in plan)}
     return StageResult(counts, [f"labelled set + {len(extra)} extra tracks: {counts['train_tracks']} + "
