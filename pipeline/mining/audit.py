@@ -43,14 +43,12 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import soundfile as sf
 from jinja2 import Environment, PackageLoader, StrictUndefined
-from matplotlib import colormaps
-from matplotlib.figure import Figure
 from PIL import Image
 
 from pipeline.audio.io import AudioError, load
@@ -58,6 +56,9 @@ from pipeline.mining.datasets import DatasetRun
 from pipeline.mining.ground_truth import relative_file, window_inside
 from pipeline.sources import INAUDIBLE_DB, SOURCES, TRULY_SILENT_DB
 from pipeline.storage.outputs import MANIFEST, StageResult, atomic_path, read_manifest, stable_hash
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CLIP_RATE = 22_050  # Hz, preview clips (mono)
 SPECTROGRAM_SHAPE = (60, 160)  # pixels (rows = log-frequency, columns = time)
@@ -147,6 +148,8 @@ def write_spectrogram(clip: np.ndarray, rate: int, out_path: str | os.PathLike) 
     level = np.clip((pixels - (top - SPECTROGRAM_RANGE_DB)) / SPECTROGRAM_RANGE_DB, 0.0, 1.0)
     index = np.ascontiguousarray(np.round(level * (SPECTROGRAM_LEVELS - 1)).astype(np.uint8))
     image = Image.frombytes("P", (index.shape[1], index.shape[0]), index.tobytes())
+    from matplotlib import colormaps  # here, as every plotting import: the stages that do not draw skip it
+
     palette = colormaps["magma"](np.linspace(0.0, 1.0, SPECTROGRAM_LEVELS))[:, :3]
     image.putpalette((palette * 255).round().astype(np.uint8).ravel().tolist())
     image.save(str(out_path), format="PNG", optimize=True)
@@ -298,6 +301,8 @@ def _save(fig: Figure, path: Path) -> None:
 
 def _plot_per_source(index: pd.DataFrame, sources: list[str], column: str, xlabel: str, path: Path,
                      thresholds: dict[str, float] | None = None, bins=30) -> None:
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(3.0 * len(sources), 2.6))
     for k, source in enumerate(sources):
         ax = fig.add_subplot(1, len(sources), k + 1)
@@ -317,6 +322,8 @@ def _plot_per_source(index: pd.DataFrame, sources: list[str], column: str, xlabe
 
 
 def _plot_truth(values: dict[str, np.ndarray], sources: list[str], path: Path) -> None:
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(3.0 * len(sources), 2.6))
     bins = np.arange(_VOLUME_FLOOR_DB, 10.0 + 1e-9, 2.0)
     for k, source in enumerate(sources):
@@ -336,6 +343,8 @@ def _plot_truth(values: dict[str, np.ndarray], sources: list[str], path: Path) -
 
 
 def _plot_curves(curves: pd.DataFrame, path: Path) -> None:
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(8, 3))
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     for source, rows in curves.groupby("source", sort=False):
