@@ -1,4 +1,4 @@
-"""Peak memory of each catalog stage body for a 10- and a 60-minute track (issue 7, item 5).
+"""Peak memory of each catalog stage body for a 10- and a 60-minute track.
 
 Writes a synthetic 44.1 kHz stereo FLAC (16-bit) of each length (gated noise bursts, tones
 and a bass line, generated and encoded in 10 s blocks), then runs every stage body on it in a
@@ -13,7 +13,7 @@ fresh Python process and reads that process's peak RSS (``os.wait4``'s ``ru_maxr
 - ``extract``: ``extract_track`` with probabilities that give four long excerpts (one per
   source, each 3/16 of the track, overlapping; kept when at least ``--min-seconds`` long).
 
-``--old`` also runs the whole-track code paths this issue replaced (features: ``audio.load``
+``--old`` also runs the whole-track code paths that the streaming ones replaced (features: ``audio.load``
 of the whole track then one feature array; detect: ``FeatureShard.get`` copy; extract: the
 whole file decoded as one block), to show what grew with the length.
 

@@ -31,7 +31,7 @@ TasNet: learning rate halved after 3 epochs without a better validation loss).  
 and printed: per seed, the epoch of its best validation loss and the epochs since (at least
 10, the TasNet recipe's early-stopping patience, reads "converged").
 
-It prints the minutes of each D_i per source (the issue's bar: at least 20 minutes for every
+It prints the minutes of each D_i per source (the bar for an answer: at least 20 minutes for every
 calibrated source), the comparison (reference rows, each rung's median SDR per source, mean,
 spread across seeds, steps and examples) and every rung minus ``plain`` with its interval
 (a two-level bootstrap over tracks and seeds: ``pipeline.separation.comparison``), the

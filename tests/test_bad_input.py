@@ -1,4 +1,4 @@
-"""Bad catalog input is never fatal and never silent (issue 7, item 4).
+"""Bad catalog input is never fatal and never silent.
 
 One catalog holds one file of each troublesome kind plus normal tracks.  The catalog stages
 run on it for real, through the library functions the Luigi tasks call: scan, features, a

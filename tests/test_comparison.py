@@ -99,7 +99,7 @@ def _simulated_runs(rng: np.random.Generator, seeds: int, seed_sd: float, tracks
 
 
 def test_the_interval_holds_a_zero_difference_despite_seed_offsets():
-    """Issue 27: two runs of equal skill, 8 tracks x 4 sources, 3 seeds each shifted by 0.17 dB.
+    """Two runs of equal skill, 8 tracks x 4 sources, 3 seeds each shifted by 0.17 dB.
     Resampling tracks alone (the seed means as one run) holds 0 in far fewer than 95 % of the
     trials; the two-level interval in at least 90 % of 200."""
     rng = np.random.default_rng(27)
