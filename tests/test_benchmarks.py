@@ -18,9 +18,10 @@ from pipeline.threads import THREAD_VARIABLES
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = sorted(path.name for path in (REPO / "benchmarks").glob("*.py") if not path.name.startswith("_"))
 SMOKE_TIMEOUT_S = 300  # per script; each takes seconds
-# Started first, so that the two workers finish together (each about 30 s alone, 1 thread;
-# scale.py about 60 s: it starts a dozen silentmine processes; the others 3-15 s).
-SLOWEST_SMOKES = ("scale.py", "remix_ablation.py", "memory.py")
+# Started first, longest first, so that the two workers finish together (alone, 1 thread: scale.py
+# about 45 s, it starts a dozen silentmine processes; memory.py 30 s, ten fresh processes;
+# yield.py and remix_ablation.py about 25 s, catalog.py and features.py 15 s; the others 3-6 s).
+SLOWEST_SMOKES = ("scale.py", "memory.py", "yield.py", "remix_ablation.py", "catalog.py", "features.py")
 
 
 def _load_common():
@@ -57,7 +58,8 @@ def smoke_runs(request, tmp_path_factory) -> dict[str, tuple[subprocess.Complete
         if getattr(item, "module", None) is request.module and callspec and "script" in callspec.params:
             selected.add(callspec.params["script"])
     root = tmp_path_factory.mktemp("benchmarks")
-    order = sorted(selected, key=lambda script: (script not in SLOWEST_SMOKES, script))
+    order = sorted(selected, key=lambda script: (SLOWEST_SMOKES.index(script) if script in SLOWEST_SMOKES
+                                                 else len(SLOWEST_SMOKES), script))
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {script: pool.submit(_smoke, script, root / script.removesuffix(".py")) for script in order}
         return {script: (future.result(), root / script.removesuffix(".py")) for script, future in futures.items()}
