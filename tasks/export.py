@@ -2,6 +2,7 @@
 
 import luigi
 
+from pipeline.corpora.stemset import TRAINING_SPLITS
 from pipeline.exports import FORMATS, build_exports
 from pipeline.exports.hf import HF_LAYOUT
 from pipeline.exports.musdb import CHANNELS, SAMPLE_RATE
@@ -14,7 +15,6 @@ from tasks.base import Stage, config
 from tasks.extract import Extract
 from tasks.inputs import stem_set_fingerprint
 
-STEM_SPLITS = ("train", "valid")
 # The options each format reads; the others leave its key alone.
 FORMAT_OPTIONS = {
     "webdataset": ("shard_size",),
@@ -54,7 +54,7 @@ class Export(Stage):
     def external_keys(self):
         if self.format != "remix-pairs":
             return {}
-        return {"stem_set": stem_set_fingerprint(config().stem_root, STEM_SPLITS)}
+        return {"stem_set": stem_set_fingerprint(config().stem_root, TRAINING_SPLITS)}
 
     @property
     def run_seed(self) -> int:

@@ -5,6 +5,7 @@ from dataclasses import fields
 
 import luigi
 
+from pipeline.corpora.stemset import TRAINING_SPLITS
 from pipeline.separation.adversarial import LOSS_SCALE
 from pipeline.separation.config import BUDGETS, SCHEMES, TrainConfig, canonical_scheme, scheme_parts
 from pipeline.separation.registry import get as registered_model
@@ -15,8 +16,6 @@ from tasks.catalog import ScanCatalog
 from tasks.extract import Extract
 from tasks.inputs import stem_set_fingerprint
 from tasks.pretrain import PretrainEncoder
-
-SPLITS = ("train", "valid")
 
 
 class TrainSeparator(Stage):
@@ -91,7 +90,7 @@ class TrainSeparator(Stage):
         return needs
 
     def external_keys(self):
-        return {"stem_set": stem_set_fingerprint(config().stem_root, SPLITS)}
+        return {"stem_set": stem_set_fingerprint(config().stem_root, TRAINING_SPLITS)}
 
     def _shorthands(self):
         """The shorthand parameters that are fields of this model's config."""

@@ -35,6 +35,7 @@ from pipeline.sources import SOURCES
 from pipeline.storage.outputs import stable_hash
 
 SPLITS = ("train", "valid", "calibration", "test")
+TRAINING_SPLITS = ("train", "valid")  # what a separator trains and validates on (and remix-pairs reads)
 CALIBRATION = "calibration"  # the split that chooses the thresholds p_i
 # One training song in CALIBRATION_SHARE becomes a calibration song when the set has no
 # calibration/ folder (MUSDB18: 86 training songs after the 14 validation songs -> 17).
