@@ -170,9 +170,9 @@ def run_tasks(task: str, workers: int = 1, scheduler_host: str | None = None,
 
     The workers keep alive (``[worker] keep_alive``): one with nothing to run waits while tasks
     it scheduled are pending, run by other workers, and leaves when they are done or only wait
-    on a failed stage (a stage is not retried: ``Stage.retry_count``).
+    on a failed stage (a stage is not retried: ``Stage.retry_count``); while what is left runs in
+    other workers, it looks again (:func:`_build_while_others_run`).
     """
-    import luigi
     from luigi.cmdline_parser import CmdlineParser
     from luigi.execution_summary import LuigiStatusCode
 
@@ -203,19 +203,38 @@ def run_tasks(task: str, workers: int = 1, scheduler_host: str | None = None,
             env.update(scheduler_host=scheduler_host, **({"scheduler_port": scheduler_port} if scheduler_port else {}))
         root = parser.get_task_obj()
         for scan in _scans(root):
+            result = _build_while_others_run(scan, env)
             if not scan.complete():
-                result = luigi.build([scan], detailed_summary=True, **env)
-                if not scan.complete():
-                    print(result.summary_text)
-                    return False
+                print(result.summary_text)
+                return False
         forget_inputs()  # the catalog stages now see the scan, and list its shards
         root = parser.get_task_obj()
-        result = luigi.build([root], detailed_summary=True, **env)
+        result = _build_while_others_run(root, env)
         print(result.summary_text)
         if result.status in success:
             return True
         forget_inputs()
         return result.status == LuigiStatusCode.NOT_RUN and parser.get_task_obj().complete()
+
+
+OTHERS_POLL_S = 2.0  # how often a worker left without work looks again at a task other workers run
+
+
+def _build_while_others_run(task, env: dict):
+    """``luigi.build([task])`` again, every :data:`OTHERS_POLL_S` seconds, for as long as it ends
+    without a failure while ``task`` is not complete: what is left is running in other workers
+    (a worker keeps alive only while it has pending tasks, and one that another worker runs is
+    not pending for it).  If that worker dies, the scheduler hands the task to this one.  With the
+    local scheduler there are no other workers: one build."""
+    import luigi
+    from luigi.execution_summary import LuigiStatusCode
+
+    while True:
+        result = luigi.build([task], detailed_summary=True, **env)
+        if (env["local_scheduler"] or task.complete()
+                or result.status not in (LuigiStatusCode.SUCCESS, LuigiStatusCode.SUCCESS_WITH_RETRY)):
+            return result
+        time.sleep(OTHERS_POLL_S)
 
 
 def _run_options() -> argparse.ArgumentParser:
