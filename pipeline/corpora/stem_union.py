@@ -21,21 +21,10 @@ from pathlib import Path
 
 from pipeline.corpora.stemset import CALIBRATION, StemTrack, list_tracks
 from pipeline.sources import SOURCES
-from pipeline.storage.outputs import StageResult, atomic_path
+from pipeline.storage.outputs import StageResult, link_or_copy
 
 EXTRA_PREFIX = "extra-"
 PARTS = ("mixture", *SOURCES)
-
-
-def _link(source: Path, final: Path) -> None:
-    """``final`` as a hard link of ``source`` (a copy where linking fails), atomically."""
-    if final.exists() and os.path.samefile(source, final):
-        return
-    with atomic_path(final) as tmp:
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
 
 
 def _folder_tracks(root: str | os.PathLike, split: str) -> list[StemTrack]:
@@ -69,7 +58,7 @@ def build_stem_union(out: str | os.PathLike, stem_root: str | os.PathLike,
                 shutil.rmtree(stale)
     for (split, name), track in plan.items():
         for part in PARTS:
-            _link(track.path(part), out / split / name / f"{part}.wav")
+            link_or_copy(track.path(part), out / split / name / f"{part}.wav")
     (out / CALIBRATION).mkdir(parents=True, exist_ok=True)  # no calibration songs: every train track trains
     counts = {"train_tracks": sum(split == "train" for split, _ in plan) - len(extra), "extra_tracks": len(extra),
               "valid_tracks": sum(split == "valid" for split, _ in plan)}

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any, Collection, Iterator, Mapping
@@ -46,7 +45,13 @@ from pipeline import rejects as kinds
 from pipeline.mining.schema import PART_SCHEMA, Excerpt, read_index, read_rejects
 from pipeline.rejects import REJECTS_SCHEMA
 from pipeline.sources import SOURCES
-from pipeline.storage.outputs import MANIFEST, StageResult, atomic_path, read_manifest, write_parquet_atomic
+from pipeline.storage.outputs import (
+    MANIFEST,
+    StageResult,
+    link_or_copy,
+    read_manifest,
+    write_parquet_atomic,
+)
 
 INDEX_DIR = "index"
 AUDIO_DIR = "audio"
@@ -229,17 +234,6 @@ class DatasetRun:
         return self.data_root / relative
 
 
-def _link_or_copy(source: Path, final: Path) -> None:
-    """Make ``final`` a hard link of ``source`` (a copy where linking fails), atomically."""
-    if final.exists() and os.path.samefile(source, final):
-        return
-    with atomic_path(final) as tmp:
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
-
-
 def _rejects_table(frame: pd.DataFrame) -> pa.Table:
     frame = frame.reindex(columns=REJECTS_SCHEMA.names)
     frame["kind"] = frame["kind"].fillna(kinds.OTHER)
@@ -286,7 +280,7 @@ def build_datasets(view_dir: str | os.PathLike, store: ShardStore | str | os.Pat
     for rel in sorted(_view_parts(view_dir) - set(wanted) - own):
         (view_dir / rel).unlink()  # the view's own link or copy; the store keeps its file
     for rel, source in wanted.items():
-        _link_or_copy(source, view_dir / rel)
+        link_or_copy(source, view_dir / rel)
     if has_excerpts:
         (view_dir / EMPTY_INDEX_PART).unlink(missing_ok=True)
     elif not (view_dir / EMPTY_INDEX_PART).exists():

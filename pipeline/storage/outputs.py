@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -101,6 +102,19 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             _remove(tmp)
+
+
+def link_or_copy(source: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Make ``final`` a hard link of ``source`` (a copy where linking fails), atomically; nothing
+    to do when it already is one."""
+    final = Path(final)
+    if final.exists() and os.path.samefile(source, final):
+        return
+    with atomic_path(final) as tmp:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
 
 
 def write_bytes_atomic(final: str | os.PathLike, data: bytes) -> None:
