@@ -9,15 +9,20 @@ rejects parts, one marker per shard with its counts and files) and gathers a vie
 writes the calibration folder (``thresholds.parquet``, ``curves.parquet``, ``curves.png``) and
 the ground-truth table of relative volumes on the grid.  ``other`` is not calibratable and has no excerpts, so every
 report and check also meets an empty source.
+
+:func:`write_excerpt_index` writes a bare D_i folder (FLAC excerpts and their index) from
+given audio, for the separator training tests.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import soundfile as sf
 from matplotlib.figure import Figure
 
@@ -234,3 +239,28 @@ def make_empty_view(tmp_path: Path) -> Path:
                    extra={"summary": list(gathered.summary),
                           **view_manifest_fields(store, data_root, STORE_KEY, SCAN_KEY, [shard_key])})
     return view
+
+
+def write_excerpt_index(run_dir: Path, excerpts: list[tuple[str, np.ndarray, int]]) -> Path:
+    """FLAC excerpts and a hive-partitioned index under ``run_dir``, a D_i folder whose rows'
+    ``audio_path`` is relative to the data root (``run_dir``'s grandparent, see
+    ``pipeline.mining.datasets.DatasetRun``); ``excerpts`` holds ``(source, audio (channels, samples), rate)``."""
+    rows: dict[str, list[dict]] = {}
+    for n, (source, wav, rate) in enumerate(excerpts):
+        file = run_dir / "excerpts" / source / f"x{n:03d}.flac"
+        file.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(file, wav.T, rate, subtype="PCM_24")
+        path = Path(os.path.relpath(file, run_dir.parent.parent)).as_posix()
+        frames = wav.shape[1]
+        rows.setdefault(source, []).append(dict(
+            excerpt_id=f"t{n:03d}-{source}-0", catalog_path=f"/catalog/{n}.mp3", catalog_checksum="0" * 64,
+            track_id=f"t{n:03d}", start_s=0.0, end_s=frames / rate, start_sample=0, end_sample=frames,
+            duration_s=frames / rate, sample_rate=rate, channels=wav.shape[0], threshold=0.9, prob_mean=0.95,
+            prob_min=0.91, n_frames=int(frames / rate / 0.064), detector_key="det", calibration_key="cal",
+            audio_path=str(path), audio_format="FLAC/PCM_24", audio_checksum="0" * 64))
+    schema = pa.schema([f for f in INDEX_SCHEMA if f.name != "source"])  # source is the partition
+    for source, source_rows in rows.items():
+        part = run_dir / "index" / f"source={source}" / "part-0.parquet"
+        part.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(source_rows, schema=schema), part)
+    return run_dir

@@ -19,6 +19,11 @@ import torch
 
 from pipeline.storage import checkpoints
 
+# Tiny configs of every registered model at 8 kHz (seconds of audio train them in seconds).
+TINY = {"demucs": dict(channels=4, depth=3, lstm_layers=1, sample_rate=8000),
+        "demucs2019": dict(channels=4, depth=3, lstm_layers=1, sample_rate=8000),
+        "tasnet": dict(filters=16, hidden=16, lstm_layers=1, frame=40, hop=20, sample_rate=8000)}
+
 
 def killed_after_epoch(monkeypatch: pytest.MonkeyPatch, run: Callable[[], object], epoch: int = 2) -> None:
     """Call ``run()`` with the checkpoint writer raising ``KeyboardInterrupt`` once it has written the

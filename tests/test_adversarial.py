@@ -12,9 +12,9 @@ import pytest
 import soundfile as sf
 import torch
 import torch.multiprocessing as mp
-from fixtures_separation import killed_after_epoch
-from test_remix import RATE, noise, write_excerpt_index, write_stem_set
-from test_separator_training import TINY
+from fixtures_extraction import write_excerpt_index
+from fixtures_separation import TINY, killed_after_epoch
+from fixtures_stems import RATE, noise, write_stem_set
 from torch import nn
 
 from pipeline.corpora.catalog import build_catalog

@@ -11,8 +11,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures_extraction import write_excerpt_index
+from fixtures_stems import RATE, noise, write_stem_set
 from scipy import stats
-from test_remix import RATE, noise, write_excerpt_index, write_stem_set
 
 from pipeline.separation.comparison import (
     INTERVAL_METHOD,

@@ -12,9 +12,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
-from fixtures_separation import killed_after_epoch
-from test_remix import write_stem_set
-from test_separator_training import TINY
+from fixtures_separation import TINY, killed_after_epoch
+from fixtures_stems import write_stem_set
 
 from pipeline.separation import registry
 from pipeline.separation.config import TrainConfig

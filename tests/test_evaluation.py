@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_remix import write_stem_set
+from fixtures_stems import write_stem_set
 
 from pipeline.separation.comparison import INTERVAL_METHOD
 from pipeline.separation.demucs import Demucs, DemucsConfig

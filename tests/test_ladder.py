@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from test_remix import write_stem_set
+from fixtures_stems import write_stem_set
 
 from pipeline.corpora.stem_union import EXTRA_PREFIX, build_stem_union
 from pipeline.corpora.stemset import list_tracks

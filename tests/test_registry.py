@@ -6,15 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fixtures_separation import TINY
 
 from pipeline.separation import registry
 from pipeline.separation.apply import separate_track
 from pipeline.separation.contract import separate
 from pipeline.separation.registry import build_model, checkpoint_fields, load_model, make_config, model_names
-
-TINY = {"demucs": dict(channels=4, depth=3, lstm_layers=1, sample_rate=8000),
-        "demucs2019": dict(channels=4, depth=3, lstm_layers=1, sample_rate=8000),
-        "tasnet": dict(filters=16, hidden=16, lstm_layers=1, frame=40, hop=20, sample_rate=8000)}
 
 
 def test_registered_models_and_their_sizes():

@@ -7,68 +7,18 @@ splits and a D_i index following ``pipeline.mining.schema.INDEX_SCHEMA``.
 from __future__ import annotations
 
 import copy
-import os
-from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-import soundfile as sf
 import torch
-from test_tasnet import TINY as TINY_TASNET
+from fixtures_extraction import write_excerpt_index
+from fixtures_separation import TINY
+from fixtures_stems import RATE, noise
 
-from pipeline.mining.schema import INDEX_SCHEMA
 from pipeline.separation.demucs import Demucs, DemucsConfig
 from pipeline.separation.losses import si_snr_loss
 from pipeline.separation.remix import RemixSampler, l1_loss, remix_loss, remix_step
-from pipeline.separation.tasnet import TasNet
-from pipeline.sources import SOURCES
-from tests.fixtures_stems import stem_track
-
-RATE = 44_100
-
-
-def write_stem_set(root: Path, splits: dict[str, int], seconds: float = 2.0, rate: int = RATE, seed: int = 0,
-                   silent: tuple[tuple[str, int, str], ...] = ()) -> Path:
-    """A stem set in the MUSDB18-HQ layout, ``<root>/<split>/<split>-<kk>/``, tracks made by
-    ``tests.fixtures_stems.stem_track``; ``silent`` lists ``(split, track number, source)`` stems that
-    are digital silence over the whole track."""
-    rng = np.random.default_rng(seed)
-    for split, count in splits.items():
-        for k in range(count):
-            mute = {SOURCES.index(name): (0.0, seconds) for s, j, name in silent if (s, j) == (split, k)}
-            stem_track(root / split / f"{split}-{k:02d}", rng, seconds, rate, silent=mute)
-    return root
-
-
-def write_excerpt_index(run_dir: Path, excerpts: list[tuple[str, np.ndarray, int]]) -> Path:
-    """FLAC excerpts and a hive-partitioned index under ``run_dir``, a D_i folder whose rows'
-    ``audio_path`` is relative to the data root (``run_dir``'s grandparent, see
-    ``pipeline.mining.datasets.DatasetRun``); ``excerpts`` holds ``(source, audio (channels, samples), rate)``."""
-    rows: dict[str, list[dict]] = {}
-    for n, (source, wav, rate) in enumerate(excerpts):
-        file = run_dir / "excerpts" / source / f"x{n:03d}.flac"
-        file.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(file, wav.T, rate, subtype="PCM_24")
-        path = Path(os.path.relpath(file, run_dir.parent.parent)).as_posix()
-        frames = wav.shape[1]
-        rows.setdefault(source, []).append(dict(
-            excerpt_id=f"t{n:03d}-{source}-0", catalog_path=f"/catalog/{n}.mp3", catalog_checksum="0" * 64,
-            track_id=f"t{n:03d}", start_s=0.0, end_s=frames / rate, start_sample=0, end_sample=frames,
-            duration_s=frames / rate, sample_rate=rate, channels=wav.shape[0], threshold=0.9, prob_mean=0.95,
-            prob_min=0.91, n_frames=int(frames / rate / 0.064), detector_key="det", calibration_key="cal",
-            audio_path=str(path), audio_format="FLAC/PCM_24", audio_checksum="0" * 64))
-    schema = pa.schema([f for f in INDEX_SCHEMA if f.name != "source"])  # source is the partition
-    for source, source_rows in rows.items():
-        part = run_dir / "index" / f"source={source}" / "part-0.parquet"
-        part.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(source_rows, schema=schema), part)
-    return run_dir
-
-
-def noise(channels: int, seconds: float, rate: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(-0.3, 0.3, (channels, int(seconds * rate))).astype(np.float32)
+from pipeline.separation.tasnet import TasNet, TasNetConfig
 
 
 def test_remix_loss_equals_formula_3_on_hand_made_tensors():
@@ -153,7 +103,7 @@ def test_pick_source_is_uniform_over_available_and_empty_runs(tmp_path):
 REMIX_STEP_CASES = {
     "demucs": (lambda: Demucs(DemucsConfig(channels=4, depth=2, lstm_layers=1, sample_rate=8000)), l1_loss,
                5e-4, 5e-5, 1000, 1, None),
-    "tasnet": (lambda: TasNet(TINY_TASNET), si_snr_loss, 1e-3, 1e-4, 800, 2, 5.0),
+    "tasnet": (lambda: TasNet(TasNetConfig(**TINY["tasnet"])), si_snr_loss, 1e-3, 1e-4, 800, 2, 5.0),
 }
 
 

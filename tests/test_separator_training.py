@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 import torch
 import torch.multiprocessing as mp
-from fixtures_separation import killed_after_epoch
-from test_remix import RATE, noise, write_excerpt_index, write_stem_set
+from fixtures_extraction import write_excerpt_index
+from fixtures_separation import TINY, killed_after_epoch
+from fixtures_stems import RATE, noise, write_stem_set
 
 from pipeline.corpora.stemset import list_tracks, load_stems
 from pipeline.separation import schemes as separator_schemes
@@ -26,11 +27,7 @@ from pipeline.separation.registry import load_model, model_names
 from pipeline.separation.trainer import SeparatorTrainer
 from pipeline.separation.training import make_trainer, train_separator
 
-MODEL = DemucsConfig(channels=4, depth=3, lstm_layers=1, sample_rate=8000)
-# Tiny configs of every registered model at 8 kHz.
-TINY = {"demucs": MODEL.to_dict(),
-        "demucs2019": dict(channels=4, depth=3, lstm_layers=1, sample_rate=8000),
-        "tasnet": dict(filters=16, hidden=16, lstm_layers=1, frame=40, hop=20, sample_rate=8000)}
+MODEL = DemucsConfig(**TINY["demucs"])
 
 
 def _config(model_name: str = "demucs", **overrides) -> TrainConfig:

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from fixtures_separation import TINY as TINY_CONFIGS
 from fixtures_separation import assert_rejects_bad_shapes
 
 from pipeline.corpora.demo import DemoConfig, generate
@@ -18,7 +19,7 @@ from pipeline.separation.losses import si_snr, si_snr_loss, si_snr_totals
 from pipeline.separation.tasnet import TasNet, TasNetConfig
 from pipeline.separation.training import train_separator
 
-TINY = TasNetConfig(filters=16, hidden=16, lstm_layers=1, frame=40, hop=20, sample_rate=8000)
+TINY = TasNetConfig(**TINY_CONFIGS["tasnet"])
 
 
 def test_paper_size_parameter_count_by_hand():

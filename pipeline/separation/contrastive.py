@@ -155,10 +155,7 @@ class EncoderPretrainer:
                 "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "history": self.history}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        changed = self.config.changed_fields(PretrainConfig.from_dict(state["pretrain_config"]))
-        if changed:
-            raise ValueError(f"checkpoint was made with a different configuration ({', '.join(changed)}); "
-                             "use another out_dir or resume=False")
+        checkpoints.require_same_config(self.config, PretrainConfig.from_dict(state["pretrain_config"]))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.bit_generator.state = state["rng"]

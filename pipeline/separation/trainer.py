@@ -226,10 +226,7 @@ class SeparatorTrainer:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        changed = self.config.changed_fields(TrainConfig.from_dict(state["train_config"]))
-        if changed:
-            raise ValueError(f"checkpoint was made with a different configuration ({', '.join(changed)}); "
-                             "use another out_dir or resume=False")
+        checkpoints.require_same_config(self.config, TrainConfig.from_dict(state["train_config"]))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

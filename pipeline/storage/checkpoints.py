@@ -126,6 +126,22 @@ def detector_parts(payload: dict[str, Any], path: Any = "detector") -> tuple[dic
 
 
 # ---------------------------------------------------------------------------- the loop
+class ComparableConfig(Protocol):
+    """A run's configuration that names the fields in which it differs from another."""
+
+    def changed_fields(self, other: Any) -> list[str]:
+        """The fields of ``self`` whose values differ from ``other``'s (empty when none)."""
+
+
+def require_same_config(config: ComparableConfig, saved: ComparableConfig) -> None:
+    """Refuse to resume a run from a checkpoint written under another configuration
+    (``ValueError`` naming the changed fields)."""
+    changed = config.changed_fields(saved)
+    if changed:
+        raise ValueError(f"checkpoint was made with a different configuration ({', '.join(changed)}); "
+                         "use another out_dir or resume=False")
+
+
 class EpochRun(Protocol):
     """A run that trains by epochs (what :func:`train_epochs` needs of it)."""
 
