@@ -13,7 +13,7 @@ from pipeline.sources import SOURCES
 RATE = 44_100  # Hz, the stem sets' rate unless a test asks for another
 
 
-def stem_track(folder: Path, rng: np.random.Generator, seconds: float, rate: int = 44100,
+def stem_track(folder: Path, rng: np.random.Generator, seconds: float, rate: int = RATE,
                silent: dict[int, tuple[float, float]] | None = None) -> np.ndarray:
     """Write ``<folder>/{mixture,drums,bass,other,vocals}.wav`` of noise-like stems; return stems."""
     n = int(seconds * rate)
