@@ -1,17 +1,18 @@
 """Does mining pay?  The mining value ladder on a demo corpus, at a size that can answer.
 
     .venv/bin/python benchmarks/remix_ablation.py [--labelled 24] [--valid 4] [--calibration 8] [--test 8]
-        [--catalog 300] [--catalog-seconds 30 60] [--seeds 3] [--epochs 40] [--batches-per-epoch 25]
-        [--batch 8] [--window 3]
-        [--rungs plain,remix,oracle,stems] [--remix-config JSON] [--schemes none] [--rule excerpts] [--max-gap 0]
-        [--model tasnet] [--model-config JSON] [--rate 16000] [--workers 1] [--work DIR] [--smoke]
+        [--catalog 300] [--catalog-seconds 30 60] [--seeds 3] [--epochs 80] [--batches-per-epoch 25]
+        [--batch 8] [--window 3] [--rungs plain,remix,oracle,stems] [--remix-config JSON] [--remix-epochs 0]
+        [--schemes none] [--detector-recipe remix] [--rule bound] [--max-gap 0]
+        [--model tasnet] [--model-config JSON] [--rate 16000] [--workers 2] [--work DIR] [--smoke]
 
 Generates a demo corpus (``pipeline.corpora.demo``): a small labelled stem set (``--labelled``
 train songs, ``--valid`` valid songs, ``--calibration`` songs on which the thresholds are
 chosen, ``--test`` songs that Evaluate scores) and a larger unlabelled catalog (``--catalog``
 songs of ``--catalog-seconds``) with its ground truth (relative volumes, and the true stems
 when the ``stems`` rung is asked), runs the whole pipeline through Luigi in this process
-(labels, features, detector, calibration, extraction of the D_i, the oracle D_i) and
+(labels, features, the ``--detector-recipe`` detector, calibration under ``--rule``, extraction
+of the D_i, the oracle D_i) and
 ``Evaluate`` with one row per rung of the mining value ladder (docs/evaluation.md), each
 trained under every one of ``--seeds`` seeds:
 
@@ -25,11 +26,16 @@ trained under every one of ``--seeds`` seeds:
 The protocol is the paper's: every run makes ``--epochs`` x ``--batches-per-epoch`` main steps
 (no update budget, no early stop), and the remix step (p = 0.25 after each main step) comes on
 top (what ``budget = main`` counts when a budget is set); every row states its main steps, the
-remix steps on top and its examples.  The model's own schedule runs (the demo's
+remix steps on top and its examples.  ``--remix-config`` and ``--remix-epochs`` change the remix
+rungs only (their rows are named after them): ``--remix-config '{"remix_probability": 1.0,
+"remix_lr_factor": 1.0}' --remix-epochs 40`` against ``--epochs 80`` is the remix step at full
+strength at plain's number of updates.  The model's own schedule runs (the demo's
 TasNet: learning rate halved after 3 epochs without a better validation loss).  Whether
 ``plain`` was trained until its validation loss stopped improving is checked on its histories
-and printed: per seed, the epoch of its best validation loss and the epochs since (at least
-10, the TasNet recipe's early-stopping patience, reads "converged").
+and printed: per seed, the epoch of its best validation loss, the epochs since (at least 10,
+the TasNet recipe's early-stopping patience, read "stopped improving") and the share of the
+run's gain that its last quarter of epochs brought (under 2 % reads "stopped improving" too:
+a plateau).
 
 It prints the minutes of each D_i per source (the bar for an answer: at least 20 minutes for every
 calibrated source), the comparison (reference rows, each rung's median SDR per source, mean,
@@ -37,9 +43,10 @@ spread across seeds, steps and examples) and every rung minus ``plain`` with its
 (a two-level bootstrap over tracks and seeds: ``pipeline.separation.comparison``), the
 method line and the too-small warning.  Figures: each D_i's fewest minutes over the sources
 it has, each row's median SDR over all sources, each contrast's median difference (its
-interval in the note), plain's epochs since its best validation loss, and the wall time.
+interval in the note), plain's seeds that stopped improving and the largest share of its gain
+in a last quarter, and the wall time.
 
-The default size is meant for 90 minutes on 2 CPU cores (docs/performance.md); scale up on a
+The default size is meant for 90 minutes on 2 CPU cores with 2 Luigi workers (docs/performance.md); scale up on a
 GPU with e.g. ``--labelled 50 --catalog 2000 --test 50 --epochs 400 --batches-per-epoch 100 --model demucs
 --model-config '{}' --channels 48 --depth 6 --window 5 --batch 64 --rate 44100``.  The demo-sized models run
 at ``--rate`` 16 kHz (the stems are resampled on reading, and Evaluate scores at that rate, reference rows
@@ -58,8 +65,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import figure, in_work, parse_args, run_logged, set_options  # noqa: E402
+from _recipes import RECIPES, recipe_options  # noqa: E402
 
 from pipeline.corpora.demo import CATALOG_STEMS_DIR, DemoConfig, generate  # noqa: E402
+from pipeline.mining.calibration import RULES  # noqa: E402
 from pipeline.threads import available_cores  # noqa: E402
 
 # The demo's TasNet (luigi.cfg's model_config without its sample rate, which comes from --rate).
@@ -72,12 +81,14 @@ RUNGS = {
     "stems": ("supervised + catalog stems", {"remix": False, "catalog_stems": True}),
 }
 CONVERGED_EPOCHS = 10  # epochs without a better validation loss that read "stopped improving"
+# ... or a last quarter of the epochs that improved the best validation loss by less than this share of
+# the whole run's improvement (its first epoch to its best): a plateau, whatever the loss's units.
+CONVERGED_SHARE = 0.02
 MIN_D_I_MINUTES = 20.0  # what a D_i must hold per calibrated source for the experiment to say anything
 SMOKE = {"labelled": 2, "valid": 1, "calibration": 1, "catalog": 4, "test": 1, "seeds": 1, "epochs": 1,
          "batches_per_epoch": 2,
          "window": 1.0, "batch": 2, "rate": 8000, "stem_seconds": [5.0, 6.0], "catalog_seconds": [8.0, 10.0],
-         "detector_width": 0.0625, "detector_epochs": 1, "crop_seconds": 2.0, "min_windows": 10,
-         "target_fraction": 0.5, "work": None, "threads": 1,
+         "smoke_recipes": True, "min_windows": 10, "target_fraction": 0.5, "work": None, "workers": 1, "threads": 1,
          # mono: museval's projection solves, most of the smoke's Evaluate, are 8x cheaper than stereo
          "model_config": json.dumps({**DEMO_TASNET, "audio_channels": 1})}
 
@@ -100,7 +111,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test", type=int, default=8, help="labelled test songs (Evaluate scores them)")
     parser.add_argument("--catalog", type=int, default=300, help="unlabelled catalog songs (mined for the D_i)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per run (0, 1, ...)")
-    parser.add_argument("--epochs", type=int, default=40, help="epochs of every run (main steps: x batches)")
+    parser.add_argument("--epochs", type=int, default=80, help="epochs of every run (main steps: x batches)")
+    parser.add_argument("--remix-epochs", type=int, default=0,
+                        help="epochs of the remix rungs (0: --epochs, the paper's protocol); e.g. half of --epochs "
+                             "with a remix step after every main step gives them plain's number of updates")
     parser.add_argument("--batches-per-epoch", type=int, default=25, help="main steps per epoch")
     parser.add_argument("--rungs", default="plain,remix,oracle,stems",
                         help=f"comma-separated rungs of the ladder among {list(RUNGS)} (plain always)")
@@ -125,30 +139,27 @@ def main(argv: list[str] | None = None) -> None:
                         help="further rows beside the ladder: each scheme alone, every combination, or none")
     parser.add_argument("--stem-seconds", type=float, nargs=2, default=[20.0, 40.0], metavar=("LOW", "HIGH"))
     parser.add_argument("--catalog-seconds", type=float, nargs=2, default=[30.0, 60.0], metavar=("LOW", "HIGH"))
-    parser.add_argument("--detector-width", type=float, default=0.125)
-    parser.add_argument("--detector-epochs", type=int, default=6)
-    parser.add_argument("--detector-lr", type=float, default=2e-3,
-                        help="[TrainDetector] lr (the paper's 5e-4; 2e-3 with batch 32 and -20 dB labels mined more "
-                             "on the demo: docs/results.md, detector recipes)")
-    parser.add_argument("--detector-batch", type=int, default=32, help="[TrainDetector] batch_size (the paper's 64)")
-    parser.add_argument("--detector-silent-db", type=float, default=-20.0,
-                        help="[TrainDetector] silent_db, the labels' threshold (the paper's -13)")
-    parser.add_argument("--crop-seconds", type=float, default=5.0, help="detector training crops (s)")
+    parser.add_argument("--detector-recipe", choices=list(RECIPES), default="remix",
+                        help="the detector's recipe (benchmarks/_recipes.py; remix: trained on remixes of the "
+                             "labelled stems, the one that mined the most at 95 %% purity in benchmarks/yield.py)")
     parser.add_argument("--min-windows", type=int, default=100, help="[Calibrate] min_windows")
     parser.add_argument("--target-fraction", type=float, default=0.95, help="[Calibrate] target_fraction")
-    parser.add_argument("--rule", choices=["windows", "excerpts"], default="excerpts",
-                        help="[Calibrate] rule (excerpts: the rule that cuts the most audio at 95 %% purity)")
+    parser.add_argument("--rule", choices=RULES, default="bound",
+                        help="[Calibrate] rule (bound: the rule recommended for catalogs, docs/calibration.md)")
     parser.add_argument("--max-gap", type=int, default=0, help="[Extract] max_gap (frames)")
-    parser.add_argument("--workers", type=int, default=1, help="Luigi worker processes")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="Luigi worker processes (2 runs of 1 thread train 1.3x faster than 1 of 2 threads on "
+                             "2 cores: docs/performance.md)")
     parser.add_argument("--threads", type=int, default=0, help="[silentmine] threads (0: cores / workers)")
     parser.add_argument("--work", default="/tmp/silentmine-ablation", help="corpus and runs (kept, reused)")
+    parser.add_argument("--smoke-recipes", action="store_true", help=argparse.SUPPRESS)
     args = parse_args(parser, SMOKE, argv)
     rungs = ["plain", *dict.fromkeys(r for r in args.rungs.split(",") if r and r != "plain")]
     unknown = set(rungs) - set(RUNGS)
     if unknown:
         parser.error(f"unknown rungs {sorted(unknown)}; known: {list(RUNGS)}")
-    if args.seeds < 1 or args.epochs < 1 or args.batches_per_epoch < 1:
-        parser.error("--seeds, --epochs and --batches-per-epoch must be >= 1")
+    if args.seeds < 1 or args.epochs < 1 or args.batches_per_epoch < 1 or args.remix_epochs < 0:
+        parser.error("--seeds, --epochs and --batches-per-epoch must be >= 1, --remix-epochs >= 0")
     args.rung_list = rungs
     in_work(benchmark, args, "silentmine-ablation-")
 
@@ -160,12 +171,16 @@ def _runs(args: argparse.Namespace) -> dict[str, dict]:
     """Evaluate's runs: the rungs asked for (the remix rungs with ``--remix-config``, renamed
     after it when it is not empty), then the further schemes."""
     remix = json.loads(args.remix_config)
+    epochs = args.remix_epochs if args.remix_epochs not in (0, args.epochs) else None
     runs = {}
     for name in args.rung_list:
         label, params = RUNGS[name]
         if remix and params.get("remix"):
             label = f"{label} {json.dumps(remix, sort_keys=True)}"
             params = {**params, "train_config": {**TRAIN_CONFIG, **remix}}
+        if epochs and params.get("remix"):
+            label = f"{label}, {epochs} epochs"
+            params = {**params, "epochs": epochs}
         runs[label] = params
     critic = json.loads(args.critic_config)
     runs.update({name: {"scheme": name, **({"train_config": critic} if "adversarial" in name and critic else {})}
@@ -173,9 +188,11 @@ def _runs(args: argparse.Namespace) -> dict[str, dict]:
     return runs
 
 
-def convergence(history_files: dict[int, Path]) -> list[tuple[int, int, int, float]]:
-    """Per seed of a run: ``(seed, best epoch, epochs run, best minus the best of the first
-    three quarters)`` of its validation loss (the history's ``valid_loss``; for TasNet, minus SI-SNR in dB)."""
+def convergence(history_files: dict[int, Path]) -> list[tuple[int, int, int, float, float]]:
+    """Per seed of a run: ``(seed, best epoch, epochs run, gain, share)`` of its validation loss (the
+    history's ``valid_loss``; for TasNet, minus SI-SNR in dB): ``gain`` is the best minus the best
+    of the first three quarters of the epochs, ``share`` that gain over the whole run's (the best
+    minus the first epoch's), 1 when the run never improved (no plateau shown)."""
     import pandas as pd
 
     rows = []
@@ -183,9 +200,16 @@ def convergence(history_files: dict[int, Path]) -> list[tuple[int, int, int, flo
         history = pd.read_csv(path)
         valid = history["valid_loss"].to_numpy()
         best = int(history["epoch"].iloc[int(valid.argmin())])
-        early = valid[: max(1, (3 * len(valid)) // 4)].min()
-        rows.append((seed, best, int(history["epoch"].iloc[-1]), float(valid.min() - early)))
+        gain = float(valid.min() - valid[: max(1, (3 * len(valid)) // 4)].min())
+        whole = float(valid.min() - valid[0])
+        rows.append((seed, best, int(history["epoch"].iloc[-1]), gain, gain / whole if whole < 0 else 1.0))
     return rows
+
+
+def stopped_improving(best: int, last: int, share: float) -> bool:
+    """Whether a seed's run had stopped improving: :data:`CONVERGED_EPOCHS` epochs or more since its
+    best validation loss, or a last quarter that brought under :data:`CONVERGED_SHARE` of its gain."""
+    return last - best >= CONVERGED_EPOCHS or share < CONVERGED_SHARE
 
 
 def benchmark(args: argparse.Namespace, work: Path) -> None:
@@ -208,10 +232,7 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
         "silentmine": {"data_root": work / f"data-{tag}", "stem_root": corpus / "stems", "catalog": corpus / "catalog",
                        "threads": args.threads, "catalog_truth": corpus / "catalog_truth.parquet",
                        "catalog_stems": corpus / CATALOG_STEMS_DIR if wants_stems else ""},
-        "TrainDetector": {"width": args.detector_width, "epochs": args.detector_epochs,
-                          "patience": args.detector_epochs, "crop_seconds": args.crop_seconds,
-                          "lr": args.detector_lr, "batch_size": args.detector_batch,
-                          "silent_db": args.detector_silent_db},
+        "TrainDetector": recipe_options(args.detector_recipe, args.smoke_recipes),
         "Calibrate": {"min_windows": args.min_windows, "target_fraction": args.target_fraction, "rule": args.rule},
         "Extract": {"max_gap": args.max_gap},
         "TrainSeparator": {"channels": args.channels, "depth": args.depth, "epochs": args.epochs,
@@ -235,9 +256,11 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
           f"{wall:.0f} s (log {log})")
     from pipeline.mining.calibration import read_thresholds
 
-    calibrated = [s for s, p in read_thresholds(tasks.Extract().calibration_task().thresholds).items()
-                  if p is not None]
-    datasets = {"mined": tasks.Extract().manifest["counts"]}
+    datasets, calibrated = {}, []
+    if "remix" in args.rung_list:
+        calibrated = [s for s, p in read_thresholds(tasks.Extract().calibration_task().thresholds).items()
+                      if p is not None]
+        datasets["mined"] = tasks.Extract().manifest["counts"]
     if "oracle" in args.rung_list:
         datasets["oracle"] = tasks.OracleDatasets().manifest["counts"]
     from pipeline.sources import SOURCES
@@ -253,12 +276,18 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
                    f"{fewest}; the bar is {MIN_D_I_MINUTES:g} min per calibrated source", digits=1)
     plain = evaluate.run_tasks()[RUNGS["plain"][0]]
     checks = convergence({task.run_seed: task.folder / "history.csv" for task in plain.values()})
-    for seed, best, last, gain in checks:
-        verdict = "stopped improving" if last - best >= CONVERGED_EPOCHS else "still improving"
+    stopped = 0
+    for seed, best, last, gain, share in checks:
+        stopped += stopped_improving(best, last, share)
+        verdict = "stopped improving" if stopped_improving(best, last, share) else "still improving"
         print(f"plain, seed {seed}: best validation loss at epoch {best} of {last} ({last - best} epochs since; "
-              f"{gain:+.3f} against the best of the first three quarters): {verdict}")
-    figure("plain: epochs since its best validation loss", min(last - best for _, best, last, _ in checks),
-           "epochs", f"fewest over {len(checks)} seed(s); {CONVERGED_EPOCHS} read 'stopped improving'", digits=0)
+              f"{gain:+.3f} against the best of the first three quarters, {100 * share:.1f} % of the run's gain): "
+              f"{verdict}")
+    figure("plain: seeds that stopped improving", stopped,
+           "seeds", f"of {len(checks)}: {CONVERGED_EPOCHS} epochs since the best validation loss, or a last quarter "
+           f"under {100 * CONVERGED_SHARE:g} % of the run's gain", digits=0)
+    figure("plain: largest share of its gain in the last quarter", 100 * max(sh for *_, sh in checks), "%",
+           f"over {len(checks)} seed(s)", digits=1)
     print()
     for line in manifest["summary"]:
         print(line)

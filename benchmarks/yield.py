@@ -8,7 +8,7 @@
 For each seed s (0, 1, ...): a demo corpus of that seed (``pipeline.corpora.demo``: ``--train``,
 ``--valid``, ``--calibration`` and ``--test`` labelled songs, ``--catalog`` catalog songs with their
 truth, which the pipeline never reads), then the pipeline through Luigi in this process, under
-``[silentmine] seed`` s, for each detector recipe of ``--recipes`` (:data:`RECIPES`): the detector,
+``[silentmine] seed`` s, for each detector recipe of ``--recipes`` (``benchmarks/_recipes.py``): the detector,
 its held-out ROC AUC at -20 dB (DetectorReport, test split), the catalog's detection and
 Calibrate under every rule of ``--rules`` (calibration split).  Then, against the catalog's truth
 (``pipeline.mining.ground_truth``: the excerpts each rule's thresholds cut, simulated with
@@ -45,24 +45,15 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import figure, in_work, parse_args, run_logged, set_options  # noqa: E402
+from _recipes import RECIPES, recipe_options  # noqa: E402
 
 from pipeline.corpora.demo import DemoConfig, generate  # noqa: E402
 
-# Detector recipes: [TrainDetector] parameters, complete (luigi.cfg's section is overridden).
-PLAIN = {"width": 0.125, "epochs": 6, "patience": 3, "crop_seconds": 5.0, "gain_db": 12.0, "shift_rows": 2,
-         "lr": 5e-4, "batch_size": 64, "silent_db": -13.0, "crop_stride_seconds": 0.5, "remix_songs": 0}
-RECIPES = {
-    "plain": PLAIN,  # the demo's recipe before remixes: 24 songs, the paper's optimiser and labels
-    "remix": {**PLAIN, "width": 0.0625, "epochs": 4, "patience": 4, "lr": 2e-3, "batch_size": 32, "silent_db": -20.0,
-              "remix_songs": 24, "remix_seconds": 30.0, "remix_every": 1},
-}
 RULES = ("windows", "excerpts", "bound", "catalog")
 REPORTED = ("drums", "bass", "vocals")  # the sources of the goal (the paper's "other" is not calibratable)
 SMOKE = {"calibration": 2, "catalog": 3, "train": 2, "valid": 1, "test": 1, "seeds": 1, "stem_seconds": [6.0, 8.0],
          "catalog_seconds": [8.0, 10.0], "work": None, "threads": 1, "min_windows": 5, "smoke_recipes": True,
          "curve_step": 0.05}
-SMOKE_RECIPE = {"width": 0.0625, "epochs": 1, "patience": 1, "crop_seconds": 2.0, "remix_seconds": 4.0,
-                "remix_songs": 2}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,13 +78,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.seeds < 1 or args.calibration < 1 or args.catalog < 1 or args.train < 1:
         parser.error("--seeds, --calibration, --catalog and --train must be >= 1")
     in_work(benchmark, args, "silentmine-yield-")
-
-
-def recipe_options(args: argparse.Namespace, name: str) -> dict:
-    recipe = dict(RECIPES[name])
-    if args.smoke_recipes:
-        recipe.update(SMOKE_RECIPE, remix_songs=SMOKE_RECIPE["remix_songs"] if recipe["remix_songs"] else 0)
-    return recipe
 
 
 def curve_thresholds(step: float) -> tuple[float, ...]:
@@ -123,7 +107,7 @@ def run_seed(args: argparse.Namespace, work: Path, seed: int) -> tuple[list[dict
         set_options({"silentmine": {"data_root": data_root, "stem_root": corpus / "stems",
                                     "catalog": corpus / "catalog", "seed": seed, "threads": args.threads},
                      "ScanCatalog": {"shard_size": 8},
-                     "TrainDetector": recipe_options(args, recipe),
+                     "TrainDetector": recipe_options(recipe, args.smoke_recipes),
                      "Calibrate": {"min_windows": args.min_windows, "target_fraction": 0.95, "target_db": -20.0,
                                    "run_rule": '{"min_seconds": 5.0, "max_gap": 0}'}})
         log = work / f"run-{tag}-s{seed}.log"
