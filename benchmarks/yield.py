@@ -2,13 +2,15 @@
 
     .venv/bin/python benchmarks/yield.py [--calibration 48] [--catalog 200] [--train 24] [--valid 6]
                                          [--test 12] [--seeds 3] [--recipes plain remix]
-                                         [--rules windows excerpts bound catalog] [--work DIR]
+                                         [--rules windows excerpts bound catalog] [--widths W ...]
+                                         [--work DIR]
                                          [--threads 0] [--smoke]
 
 For each seed s (0, 1, ...): a demo corpus of that seed (``pipeline.corpora.demo``: ``--train``,
 ``--valid``, ``--calibration`` and ``--test`` labelled songs, ``--catalog`` catalog songs with their
 truth, which the pipeline never reads), then the pipeline through Luigi in this process, under
-``[silentmine] seed`` s, for each detector recipe of ``--recipes`` (``benchmarks/_recipes.py``): the detector,
+``[silentmine] seed`` s, for each detector recipe of ``--recipes`` (``benchmarks/_recipes.py``; at each
+of ``--widths`` when given, rows named RECIPE@WIDTH): the detector,
 its held-out ROC AUC at -20 dB (DetectorReport, test split), the catalog's detection and
 Calibrate under every rule of ``--rules`` (calibration split).  Then, against the catalog's truth
 (``pipeline.mining.ground_truth``: the excerpts each rule's thresholds cut, simulated with
@@ -23,7 +25,8 @@ then a summary per recipe, rule and source over the seeds: seeds whose catalog p
 95 %, the worst seed's purity, the mean recall and its gap to the oracle's mean recall.
 Figures: per recipe, rule and source of drums, bass and vocals, the seeds reaching 95 %, the
 mean recall and (where every seed extracted something) the worst purity; per recipe and source
-the mean held-out AUC.  The detector's training seconds are context lines, not figures: they
+the mean held-out AUC and the catalog detection's speed (seconds of audio per second of the
+DetectCatalog tasks' bodies, features read included).  The detector's training seconds are context lines, not figures: they
 depend on the machine's load.
 
 The corpus and every stage's outputs stay under ``--work`` (default ``/tmp/silentmine-yield``), so
@@ -66,6 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="corpus and pipeline seeds 0, 1, ...")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
+    parser.add_argument("--widths", nargs="+", type=float, default=[],
+                        help="train each recipe at each of these widths (channel multipliers; rows named "
+                             "RECIPE@WIDTH), instead of the recipe's own")
     parser.add_argument("--stem-seconds", type=float, nargs=2, default=[20.0, 40.0], metavar=("LOW", "HIGH"))
     parser.add_argument("--catalog-seconds", type=float, nargs=2, default=[20.0, 60.0], metavar=("LOW", "HIGH"))
     parser.add_argument("--min-windows", type=int, default=100, help="[Calibrate] min_windows")
@@ -78,6 +84,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.seeds < 1 or args.calibration < 1 or args.catalog < 1 or args.train < 1:
         parser.error("--seeds, --calibration, --catalog and --train must be >= 1")
     in_work(benchmark, args, "silentmine-yield-")
+
+
+def variants(args: argparse.Namespace) -> dict[str, dict]:
+    """Row label -> ``[TrainDetector]`` parameters: each recipe, at each of ``--widths`` if given."""
+    recipes = {name: recipe_options(name, args.smoke_recipes) for name in args.recipes}
+    if not args.widths:
+        return recipes
+    return {f"{name}@{width:g}": {**options, "width": width}
+            for name, options in recipes.items() for width in args.widths}
 
 
 def curve_thresholds(step: float) -> tuple[float, ...]:
@@ -96,18 +111,19 @@ def run_seed(args: argparse.Namespace, work: Path, seed: int) -> tuple[list[dict
     tag = f"c{args.calibration}-k{args.catalog}"
     corpus = work / f"corpus-{tag}-s{seed}"
     started = time.perf_counter()
-    generate(corpus, DemoConfig(seed=seed, n_train=args.train, n_valid=args.valid, n_calibration=args.calibration,
-                                n_test=args.test, n_catalog=args.catalog, stem_duration_s=tuple(args.stem_seconds),
-                                catalog_duration_s=tuple(args.catalog_seconds)), workers=2)
+    config = DemoConfig(seed=seed, n_train=args.train, n_valid=args.valid, n_calibration=args.calibration,
+                        n_test=args.test, n_catalog=args.catalog, stem_duration_s=tuple(args.stem_seconds),
+                        catalog_duration_s=tuple(args.catalog_seconds))
+    summary = generate(corpus, config, workers=2)
     context = [f"seed {seed}: corpus {corpus} ({time.perf_counter() - started:.0f} s)"]
     data_root = work / f"data-{tag}-s{seed}"
     truth = pd.read_parquet(corpus / "catalog_truth.parquet")
     rows = []
-    for recipe in args.recipes:
+    for recipe, options in variants(args).items():
         set_options({"silentmine": {"data_root": data_root, "stem_root": corpus / "stems",
                                     "catalog": corpus / "catalog", "seed": seed, "threads": args.threads},
                      "ScanCatalog": {"shard_size": 8},
-                     "TrainDetector": recipe_options(recipe, args.smoke_recipes),
+                     "TrainDetector": options,
                      "Calibrate": {"min_windows": args.min_windows, "target_fraction": 0.95, "target_db": -20.0,
                                    "run_rule": '{"min_seconds": 5.0, "max_gap": 0}'}})
         log = work / f"run-{tag}-s{seed}.log"
@@ -132,16 +148,20 @@ def run_seed(args: argparse.Namespace, work: Path, seed: int) -> tuple[list[dict
         journal = read_journal(data_root)
         trained = journal[(journal["stage"] == "detector") & (journal["key"] == detector.key)
                           & (journal["status"] == "done")]
+        detected = journal[(journal["stage"] == "detect") & (journal["key"] == detections[0].key)
+                           & (journal["status"] == "done")]
+        speed = summary["catalog"]["duration_s"] / detected.drop_duplicates("shard")["body_s"].sum()
         counts = detector.manifest["counts"]
         context.append(f"seed {seed} {recipe}: detector {detector.key}, {counts['epochs']} epochs (best "
                        f"{counts['best_epoch']}), trained in {trained['body_s'].min():.0f} s here (machine load "
-                       f"varies), remix audio featurised {counts.get('remix_seconds', 0):.0f} s")
+                       f"varies), remix audio featurised {counts.get('remix_seconds', 0):.0f} s; catalog detection "
+                       f"{speed:.0f} s of audio per s")
         for r in measured.itertuples():
             stated = tables.get(r.rule)
             row = {"seed": seed, "recipe": recipe, "source": r.source, "rule": r.rule, "threshold": r.threshold,
                    "estimate": np.nan, "bound": np.nan, "purity": r.fraction_silent, "recall": r.recall,
                    "hours": r.extracted_hours, "n_true_runs": r.n_true_runs,
-                   "auc_20": float(quality.loc[r.source, "auc_20"])}
+                   "auc_20": float(quality.loc[r.source, "auc_20"]), "detect_speed": speed}
             if stated is not None:
                 row["estimate"] = float(stated.loc[r.source, "estimate"])
                 row["bound"] = float(stated.loc[r.source, "bound"])
@@ -168,7 +188,7 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
     print(f"\nevery seed, recipe, source and rule ({out}):")
     shown = table.assign(**{c: (100 * table[c]).round(1) for c in ("estimate", "bound", "purity", "recall")},
                          hours=table["hours"].round(3), threshold=table["threshold"].round(3))
-    print(shown.drop(columns=["auc_20", "n_true_runs"]).to_string(index=False))
+    print(shown.drop(columns=["auc_20", "n_true_runs", "detect_speed"]).to_string(index=False))
     summary = summarise(table, args.seeds)
     print(f"\nover {args.seeds} seed(s): purity and recall on the catalog, % "
           "(recall gap: the oracle's mean recall - the rule's)")
@@ -182,6 +202,9 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
         figure(f"mean recall: {name}", r.mean_recall, "%", f"gap to the oracle {r.recall_gap:+.1f} points")
         if np.isfinite(r.worst_purity):
             figure(f"worst seed's catalog purity: {name}", r.worst_purity, "%")
+    for recipe, speed in table.groupby("recipe", sort=False)["detect_speed"].mean().items():
+        figure(f"catalog detection, mean: {recipe}", speed, "s of audio per s", "the journal's body seconds of "
+               "DetectCatalog, features read included; machine load varies", digits=0)
     for (recipe, source), auc in table.groupby(["recipe", "source"])["auc_20"].mean().items():
         if source in REPORTED and np.isfinite(auc):
             figure(f"held-out ROC AUC at -20 dB, mean: {recipe}, {source}", auc, "AUC", digits=3)
