@@ -26,8 +26,8 @@ then a summary per recipe, rule and source over the seeds: seeds whose catalog p
 Figures: per recipe, rule and source of drums, bass and vocals, the seeds reaching 95 %, the
 mean recall and (where every seed extracted something) the worst purity; per recipe and source
 the mean held-out AUC and the catalog detection's speed (seconds of audio per second of the
-DetectCatalog tasks' bodies, features read included).  The detector's training seconds are context lines, not figures: they
-depend on the machine's load.
+DetectCatalog tasks' bodies, features read included).  The detector's training seconds are
+context lines, not figures: they depend on the machine's load.
 
 The corpus and every stage's outputs stay under ``--work`` (default ``/tmp/silentmine-yield``), so
 a second run reuses them (a new recipe trains only its detector).  ``--smoke``: a few seconds of
