@@ -227,8 +227,6 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
           f"{args.catalog} catalog songs, {summary['catalog']['duration_s'] / 3600:.2f} h "
           f"({time.perf_counter() - started:.0f} s)", flush=True)
 
-    import torch
-
     runs = _runs(args)
     set_options({
         "silentmine": {"data_root": work / f"data-{tag}", "stem_root": corpus / "stems", "catalog": corpus / "catalog",
@@ -243,8 +241,6 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
                            "train_config": json.dumps(TRAIN_CONFIG),
                            "batches_per_epoch": args.batches_per_epoch, "batch_size": args.batch,
                            "window_s": args.window, "lr_decay_every": 100_000, "max_updates": 0},
-        # On a CPU the "gpu" resource would only make the workers train one run at a time.
-        "resources": {"gpu": 1 if torch.cuda.is_available() else args.workers},
         "Evaluate": {"max_tracks": 0, "runs": json.dumps(runs), "seeds": json.dumps(list(range(args.seeds))),
                      "contrasts": json.dumps([[name, RUNGS["plain"][0]] for name in runs if name != "plain"])},
     })

@@ -97,6 +97,19 @@ def run_rule_key(rule: RunRule, keep_no_gap: bool = False) -> dict[str, Any]:
     return {"min_seconds": rule.min_seconds, **({"max_gap": rule.max_gap} if rule.max_gap or keep_no_gap else {})}
 
 
+class UsesGpu:
+    """Mixin of the stages that run on a GPU when the worker has one (training, detection).  Such
+    a task claims one unit of ``[resources] gpu`` only in a worker process with a CUDA device: on a
+    CPU the claim would only make the workers run these stages one at a time, each on a share of
+    the cores."""
+
+    @property
+    def resources(self) -> dict[str, int]:
+        import torch
+
+        return {"gpu": 1} if torch.cuda.is_available() else {}
+
+
 class Stage(luigi.Task):
     """A pipeline stage with a content-keyed output folder and a manifest written last.
 

@@ -6,19 +6,18 @@ from classifiers import runs
 from classifiers.remix import RemixConfig
 from classifiers.training import PAPER_BATCH_SIZE, PAPER_CROP_STRIDE_S, PAPER_LR
 from pipeline.sources import LABEL_SILENT_DB
-from tasks.base import ShardStage, Stage, config
+from tasks.base import ShardStage, Stage, UsesGpu, config
 from tasks.features import CatalogFeatures, StemFeatures
 from tasks.labels import Labels
 
 
-class TrainDetector(Stage):
+class TrainDetector(UsesGpu, Stage):
     """Trains on the train split with -13 dB labels; early stopping on the valid split.  With
     ``remix_songs`` > 0 each epoch also trains on remixes of the train split's stems
     (:mod:`classifiers.remix`): ``remix_songs`` of ``remix_seconds`` each, a new set every
     ``remix_every`` epochs."""
 
     stage_name = "detector"
-    resources = {"gpu": 1}
     width = luigi.FloatParameter(default=1.0, description="channel multiplier; 1.0 = the paper's widths")
     epochs = luigi.IntParameter(default=40, description="most training epochs (early stopping may end sooner)")
     patience = luigi.IntParameter(default=5, description="epochs without a better valid loss before stopping")
@@ -72,11 +71,10 @@ class TrainDetector(Stage):
         return self.folder / "detector.pt"
 
 
-class DetectStems(Stage):
+class DetectStems(UsesGpu, Stage):
     """Per-frame probabilities on a held-out stem-set split (for calibration and the report)."""
 
     stage_name = "detect"
-    resources = {"gpu": 1}
     split = luigi.Parameter(default="test", description="stem-set split scored")
 
     def requires(self):
@@ -91,11 +89,10 @@ class DetectStems(Stage):
         return self.folder / f"{self.split}.parquet"
 
 
-class DetectCatalog(ShardStage):
+class DetectCatalog(UsesGpu, ShardStage):
     """Per-frame probabilities of one catalog shard, in ``shards/<shard_key>.parquet``."""
 
     stage_name = "detect"
-    resources = {"gpu": 1}
 
     def requires(self):
         return {"detector": TrainDetector(),

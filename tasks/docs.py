@@ -24,6 +24,7 @@ import luigi
 
 import tasks
 from pipeline.mining.schema import INDEX_COLUMNS
+from tasks.base import UsesGpu
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,7 +109,7 @@ def render_task(cls: type) -> list[str]:
         facts.append(f"writes `<data_root>/{stage_name}/<key>/`")
     if getattr(cls, "decodes_audio", False):
         facts.append("decodes audio (its key holds the decoders' versions)")
-    if "gpu" in (getattr(cls, "resources", None) or {}):
+    if issubclass(cls, UsesGpu):
         facts.append("uses a GPU when there is one (`[resources] gpu`)")
     if facts:
         lines += ["It " + "; ".join(facts) + ".", ""]

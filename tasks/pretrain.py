@@ -5,18 +5,17 @@ import luigi
 
 from pipeline.separation.contrastive import ENCODER, LR, MARGIN, PretrainConfig, build_pretrain
 from pipeline.separation.registry import model_names
-from tasks.base import Stage, config
+from tasks.base import Stage, UsesGpu, config
 from tasks.inputs import stem_set_fingerprint
 
 
-class PretrainEncoder(Stage):
+class PretrainEncoder(UsesGpu, Stage):
     """The encoder of ``model`` (config ``model_config``, over its defaults) trained on triplets of
     the stem set's train split (triplet margin loss, L2, ``margin``; Adam at ``lr``).  Keyed and
     resumable (``checkpoint.pt`` every epoch); ``losses.png`` is the loss curve."""
 
     stage_name = "pretrain"
     decodes_audio = True
-    resources = {"gpu": 1}
     model = luigi.ChoiceParameter(default="demucs", choices=model_names(), description="registered separator")
     model_config = luigi.DictParameter(default={}, description="the model's config fields over its defaults")
     epochs = luigi.IntParameter(default=40, description="training epochs (the paper's 40)")

@@ -11,14 +11,14 @@ from pipeline.separation.config import BUDGETS, SCHEMES, TrainConfig, canonical_
 from pipeline.separation.registry import get as registered_model
 from pipeline.separation.registry import make_config, model_names
 from pipeline.separation.training import build_separator
-from tasks.base import Stage, config
+from tasks.base import Stage, UsesGpu, config
 from tasks.catalog import ScanCatalog
 from tasks.extract import Extract
 from tasks.inputs import stem_set_fingerprint
 from tasks.pretrain import PretrainEncoder
 
 
-class TrainSeparator(Stage):
+class TrainSeparator(UsesGpu, Stage):
     """A separator (``model``, a registered name, with ``model_config`` over its defaults) trained
     on the stem set's train split with its paper's recipe; with ``remix`` it also feeds on the D_i.
 
@@ -41,7 +41,6 @@ class TrainSeparator(Stage):
 
     stage_name = "separator"
     decodes_audio = True
-    resources = {"gpu": 1}
     remix = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
                                 description="with the remix step on the D_i (when `scheme` is empty)")
     scheme = luigi.Parameter(default="", description=f"'': remix or supervised, as `remix` says; else one of {SCHEMES}")
