@@ -105,9 +105,9 @@ class UsesGpu:
 
     @property
     def resources(self) -> dict[str, int]:
-        import torch
+        from pipeline.separation.distributed import default_device
 
-        return {"gpu": 1} if torch.cuda.is_available() else {}
+        return {"gpu": 1} if default_device() == "cuda" else {}
 
 
 class Stage(luigi.Task):
