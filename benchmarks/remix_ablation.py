@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="[Calibrate] rule (bound: the rule recommended for catalogs, docs/calibration.md)")
     parser.add_argument("--max-gap", type=int, default=0, help="[Extract] max_gap (frames)")
     parser.add_argument("--workers", type=int, default=2,
-                        help="Luigi worker processes (2 runs of 1 thread train 1.3x faster than 1 of 2 threads on "
-                             "2 cores: docs/performance.md)")
+                        help="Luigi worker processes (the demo's TasNet: 2 runs of 1 thread make 1.2x the steps of 1 "
+                             "run of 2 threads on 2 cores, docs/performance.md)")
     parser.add_argument("--threads", type=int, default=0, help="[silentmine] threads (0: cores / workers)")
     parser.add_argument("--work", default="/tmp/silentmine-ablation", help="corpus and runs (kept, reused)")
     parser.add_argument("--smoke-recipes", action="store_true", help=argparse.SUPPRESS)
