@@ -278,8 +278,9 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
     checks = convergence({task.run_seed: task.folder / "history.csv" for task in plain.values()})
     stopped = 0
     for seed, best, last, gain, share in checks:
-        stopped += stopped_improving(best, last, share)
-        verdict = "stopped improving" if stopped_improving(best, last, share) else "still improving"
+        plateau = stopped_improving(best, last, share)
+        stopped += plateau
+        verdict = "stopped improving" if plateau else "still improving"
         print(f"plain, seed {seed}: best validation loss at epoch {best} of {last} ({last - best} epochs since; "
               f"{gain:+.3f} against the best of the first three quarters, {100 * share:.1f} % of the run's gain): "
               f"{verdict}")
