@@ -18,6 +18,12 @@ from tasks.catalog import ScanCatalog
 from tasks.detector import DetectCatalog, TrainDetector
 
 STORE_TEMPLATE_SHARD = -1  # shard number of the template task that names the store (see Extract.store_task)
+# Luigi runs the ready task of highest priority first and raises a task's dependencies to its
+# priority.  The D_i are a whole run's critical path: the remix runs, Audit and Export wait on
+# them, the plain runs on nothing.  So the mining chain (scan, features, detector, calibration,
+# detection, extraction) takes the workers before training runs that do not need it, and the
+# runs that do need it do not start last, alone on one worker.
+MINING_PRIORITY = 10
 
 
 def separator_task(params):
@@ -64,6 +70,7 @@ class ExtractShard(SecondOpinionParameters, ShardStage):
 
     stage_name = "excerpts"
     decodes_audio = True
+    priority = MINING_PRIORITY
     run_rule = RunRuleParameter(description="extraction's run rule (set by Extract)")
 
     def requires(self):
@@ -126,6 +133,7 @@ class Extract(SecondOpinionParameters, CatalogStage):
     """
 
     stage_name = "datasets"
+    priority = MINING_PRIORITY
     min_seconds = luigi.FloatParameter(default=PAPER_RUN_RULE.min_seconds,
                                        description="shortest excerpt, seconds (the paper's 5)")
     max_gap = luigi.IntParameter(default=PAPER_RUN_RULE.max_gap,
