@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 # BLAS/OpenMP pools read these when their library loads: set them before numpy and torch start.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -31,3 +32,10 @@ def set_process_threads(threads: int, variables: tuple[str, ...] = ()) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+def torch_threads() -> int | None:
+    """torch's intra-op thread count in this process; None when torch is not loaded.  It orders
+    floating-point sums, so an output's bytes depend on it (manifests record it; it is in no key)."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None

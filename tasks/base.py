@@ -40,6 +40,7 @@ from pipeline.mining.extraction import PAPER_RUN_RULE, RunRule
 from pipeline.storage import journal
 from pipeline.storage import outputs as storage
 from pipeline.storage.outputs import StageResult
+from pipeline.threads import torch_threads
 from tasks import inputs
 
 T = TypeVar("T")
@@ -288,6 +289,7 @@ class ShardStage(Stage):
             "inputs": self.input_keys(),
             "counts": result.counts,
             "code_version": storage.code_version(),
+            "threads": torch_threads(),
             "wall_s": round(time.time() - started, 3),
         }
         if result.files is not None:

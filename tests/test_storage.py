@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from pipeline.storage import outputs as storage
 
@@ -40,4 +41,5 @@ def test_manifest_records_what_made_the_output(tmp_path):
     manifest = json.loads((tmp_path / storage.MANIFEST).read_text())
     assert manifest["params"] == {"p": 1} and manifest["inputs"] == {"in": "k"} and manifest["seed"] == 7
     assert manifest["counts"] == {"n": 3} and "torch" in manifest["packages"] and manifest["code_version"]
+    assert manifest["threads"] == torch.get_num_threads()  # it orders float sums: the bytes depend on it
     assert storage.completed_outputs(tmp_path.parent, p=1)[0][0] == tmp_path

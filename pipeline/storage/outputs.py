@@ -238,9 +238,11 @@ def write_manifest(
 
     It records what made the output: stage, key, parameters, input keys, code and package
     versions, the audio decoders (``decoders``: :func:`pipeline.audio.io.decoder_fingerprint`),
-    seed, wall time in seconds, and the stage's own counts.
+    seed, torch's thread count (:func:`pipeline.threads.torch_threads`), wall time in seconds,
+    and the stage's own counts.
     """
     from pipeline.audio.io import decoder_fingerprint
+    from pipeline.threads import torch_threads
 
     now = time.time()
     manifest = {
@@ -249,6 +251,7 @@ def write_manifest(
         "params": params,
         "inputs": inputs,
         "seed": seed,
+        "threads": torch_threads(),
         "code_version": code_version(),
         "packages": package_versions(),
         "decoders": decoder_fingerprint(),
