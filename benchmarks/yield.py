@@ -20,7 +20,8 @@ truly silent 5 s runs and the hours extracted; and the yield curve over a fine g
 thresholds, whose best threshold at >= 95 % purity (most hours) is the oracle row: what one
 threshold could reach, chosen on the truth.
 
-Prints one table row per seed, recipe, source and rule (also written to ``WORK/yield-<tag>.csv``),
+Prints one table row per seed, recipe, source and rule (also written to
+``WORK/yield-c<calibration>-k<catalog>-s<seeds>-<row labels>.csv``),
 then a summary per recipe, rule and source over the seeds: seeds whose catalog purity reached
 95 %, the worst seed's purity, the mean recall and its gap to the oracle's mean recall.
 Figures: per recipe, rule and source of drums, bass and vocals, the seeds reaching 95 %, the
@@ -181,7 +182,9 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
         for line in seed_context:
             print(line, flush=True)
     table = pd.DataFrame(rows)
-    out = work / f"yield-c{args.calibration}-k{args.catalog}.csv"
+    # named by everything that selects its rows, so that runs of other recipes, widths or seeds
+    # sharing --work do not overwrite each other's table
+    out = work / f"yield-c{args.calibration}-k{args.catalog}-s{args.seeds}-{'+'.join(variants(args))}.csv"
     table.to_csv(out, index=False)
     pd.set_option("display.width", 200)
     pd.set_option("display.max_rows", 1000)
