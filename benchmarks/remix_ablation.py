@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/remix_ablation.py [--labelled 24] [--valid 4] [--calibration 16] [--test 8]
         [--catalog 450] [--catalog-seconds 30 60] [--seeds 3] [--epochs 80] [--batches-per-epoch 25]
         [--batch 8] [--window 3] [--rungs plain,remix,oracle,stems] [--remix-config JSON] [--remix-epochs 0]
-        [--schemes none] [--detector-recipe remix] [--rule bound] [--max-gap 0]
+        [--schemes none] [--detector-recipe remix] [--rule bound] [--max-gap 0] [--repeat-mining]
         [--model tasnet] [--model-config JSON] [--rate 16000] [--workers 2] [--work DIR] [--smoke]
 
 Generates a demo corpus (``pipeline.corpora.demo``): a small labelled stem set (``--labelled``
@@ -22,6 +22,10 @@ trained under every one of ``--seeds`` seeds:
   what a perfect detector would have mined;
 - ``stems``: the labelled songs plus the catalog's true stems, supervised: what the catalog
   would bring as labelled data.
+
+One detector mines the D_i that every seed of ``remix`` reads, so that row's interval holds the
+separator's training noise but not the detector's; ``--repeat-mining`` trains, calibrates and
+extracts once per seed (``[Evaluate] repeat_mining``) and prints each seed's D_i.
 
 The protocol is the paper's: every run makes ``--epochs`` x ``--batches-per-epoch`` main steps
 (no update budget, no early stop), and the remix step (p = 0.25 after each main step) comes on
@@ -91,6 +95,7 @@ SMOKE = {"labelled": 2, "valid": 1, "calibration": 1, "catalog": 4, "test": 1, "
          "batches_per_epoch": 2,
          "window": 1.0, "batch": 2, "rate": 8000, "stem_seconds": [5.0, 6.0], "catalog_seconds": [8.0, 10.0],
          "smoke_recipes": True, "min_windows": 10, "target_fraction": 0.5, "work": None, "workers": 1, "threads": 1,
+         "repeat_mining": True,  # one seed: the default detector, through the per-seed path
          # mono: museval's projection solves, most of the smoke's Evaluate, are 8x cheaper than stereo
          "model_config": json.dumps({**DEMO_TASNET, "audio_channels": 1})}
 
@@ -149,6 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rule", choices=RULES, default="bound",
                         help="[Calibrate] rule (bound: the rule recommended for catalogs, docs/calibration.md)")
     parser.add_argument("--max-gap", type=int, default=0, help="[Extract] max_gap (frames)")
+    parser.add_argument("--repeat-mining", action="store_true",
+                        help="each seed's mined run reads the D_i of a detector trained under that seed "
+                             "([Evaluate] repeat_mining: the detector's noise in the interval)")
     parser.add_argument("--workers", type=int, default=2,
                         help="Luigi worker processes (the demo's TasNet: 2 runs of 1 thread make 1.2x the steps of 1 "
                              "run of 2 threads on 2 cores, docs/performance.md)")
@@ -214,7 +222,7 @@ def stopped_improving(best: int, last: int, share: float) -> bool:
     return last - best >= CONVERGED_EPOCHS or share < CONVERGED_SHARE
 
 
-def print_mined_purity(extract, corpus: Path, calibrated: list[str]) -> None:
+def print_mined_purity(name: str, extract, corpus: Path, calibrated: list[str]) -> None:
     """The mined D_i against the catalog truth (what MeasureExtraction measures): per calibrated
     source, the share of its windows truly <= -20 dB and the recall of the true silent runs."""
     import pandas as pd
@@ -227,11 +235,11 @@ def print_mined_purity(extract, corpus: Path, calibrated: list[str]) -> None:
                                pd.read_parquet(corpus / "catalog_truth.parquet"), corpus / "catalog",
                                run_rule=extract.run_rule).set_index("source")
     rows = table.loc[calibrated]
-    print("mined D_i against the catalog truth: " + ", ".join(
+    print(f"{name} D_i against the catalog truth: " + ", ".join(
         f"{s} {100 * r.fraction_silent:.1f} % of windows <= {TRULY_SILENT_DB:g} dB, recall {100 * r.recall:.0f} % "
         f"({int(r.n_recovered)}/{int(r.n_true_runs)} silent runs)" for s, r in rows.iterrows()))
     worst = rows["fraction_silent"].idxmin()
-    figure("mined D_i, lowest purity against the catalog truth", 100 * rows.loc[worst, "fraction_silent"], "%",
+    figure(f"{name} D_i, lowest purity against the catalog truth", 100 * rows.loc[worst, "fraction_silent"], "%",
            f"{worst}; calibration's target is 95 %", digits=1)
 
 
@@ -265,6 +273,7 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
                            "batches_per_epoch": args.batches_per_epoch, "batch_size": args.batch,
                            "window_s": args.window, "lr_decay_every": 100_000, "max_updates": 0},
         "Evaluate": {"max_tracks": 0, "runs": json.dumps(runs), "seeds": json.dumps(list(range(args.seeds))),
+                     "repeat_mining": args.repeat_mining,
                      "contrasts": json.dumps([[name, RUNGS["plain"][0]] for name in runs if name != "plain"])},
     })
     log = work / f"run-{tag}.log"
@@ -278,27 +287,30 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
           f"main steps of {args.batch} x {args.window:g} s, {args.model} {args.model_config} at {args.rate} Hz: "
           f"{wall:.0f} s (log {log})")
     from pipeline.mining.calibration import read_thresholds
-
-    datasets, calibrated = {}, []
-    if "remix" in args.rung_list:
-        calibrated = [s for s, p in read_thresholds(tasks.Extract().calibration_task().thresholds).items()
-                      if p is not None]
-        datasets["mined"] = tasks.Extract().manifest["counts"]
-    if "oracle" in args.rung_list:
-        datasets["oracle"] = tasks.OracleDatasets().manifest["counts"]
     from pipeline.sources import SOURCES
 
-    for name, counts in datasets.items():
+    datasets = {}  # name -> (its Extract or OracleDatasets, the sources it was calibrated for)
+    if "remix" in args.rung_list:
+        for seed in (range(args.seeds) if args.repeat_mining else [None]):
+            extract = tasks.Extract(detector_seed=seed)
+            calibrated = [s for s, p in read_thresholds(extract.calibration_task().thresholds).items()
+                          if p is not None]
+            datasets["mined" if seed is None else f"mined (detector seed {seed})"] = (extract, calibrated)
+    if "oracle" in args.rung_list:
+        datasets["oracle"] = (tasks.OracleDatasets(), list(SOURCES))
+    for name, (task, calibrated) in datasets.items():
+        counts = task.manifest["counts"]
         minutes = {s: 60 * counts.get(f"hours_{s}", 0.0) for s in SOURCES}
         shown = ", ".join(f"{s} {m:.1f} min ({counts.get(f'excerpts_{s}', 0)})" for s, m in minutes.items())
-        print(f"{name} D_i: {shown}" + (f"; calibrated: {', '.join(calibrated) or 'none'}" if name == "mined" else ""))
-        have = [s for s in (calibrated if name == "mined" else SOURCES) if minutes[s] > 0]
+        mined = name.startswith("mined")
+        print(f"{name} D_i: {shown}" + (f"; calibrated: {', '.join(calibrated) or 'none'}" if mined else ""))
+        have = [s for s in calibrated if minutes[s] > 0]
         if have:
             fewest = min(have, key=minutes.get)
             figure(f"{name} D_i, fewest minutes of a source it has", minutes[fewest], "min",
                    f"{fewest}; the bar is {MIN_D_I_MINUTES:g} min per calibrated source", digits=1)
-    if "mined" in datasets and calibrated:
-        print_mined_purity(tasks.Extract(), corpus, calibrated)
+        if mined and calibrated:
+            print_mined_purity(name, task, corpus, calibrated)
     plain = evaluate.run_tasks()[RUNGS["plain"][0]]
     checks = convergence({task.run_seed: task.folder / "history.csv" for task in plain.values()})
     stopped = 0

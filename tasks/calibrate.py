@@ -8,11 +8,11 @@ from pipeline.mining.calibration import CATALOG_RULES, EXCERPT_GRID, RULES, buil
 from pipeline.mining.purity import CONFIDENCE, RESAMPLES
 from tasks.base import RunRuleParameter, Stage, config, run_rule_key
 from tasks.catalog import ScanCatalog
-from tasks.detector import DetectCatalog, DetectStems
+from tasks.detector import DetectCatalog, DetectStems, UsesDetector
 from tasks.labels import Labels
 
 
-class Calibrate(Stage):
+class Calibrate(UsesDetector, Stage):
     """Thresholds from labelled songs that neither train the detector nor are scored by Evaluate
     (``splits``: the ``calibration`` split; a configuration that shares songs is refused).
 
@@ -65,7 +65,8 @@ class Calibrate(Stage):
         """The labels and each split's detection; with rule ``catalog`` the catalog scan too (its
         key is part of this stage's: the thresholds belong to one scan)."""
         self.calibration_songs(allow_empty=True)  # a configuration that shares songs is refused here
-        needs = {"labels": Labels(), **{f"detect_{s}": DetectStems(split=s) for s in self.splits}}
+        needs = {"labels": Labels(),
+                 **{f"detect_{s}": DetectStems(split=s, **self.detector_params()) for s in self.splits}}
         if self.reads_catalog():
             needs["scan"] = ScanCatalog()
         return needs
@@ -75,7 +76,7 @@ class Calibrate(Stage):
         if not self.reads_catalog():
             return []
         scan = self.inputs()["scan"]
-        return [DetectCatalog(shard=number, shard_key=key, tracks_file=scan.tracks_file)
+        return [DetectCatalog(shard=number, shard_key=key, tracks_file=scan.tracks_file, **self.detector_params())
                 for number, key in scan_shards(scan.tracks_file)]
 
     def requires(self):

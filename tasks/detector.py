@@ -11,13 +11,43 @@ from tasks.features import CatalogFeatures, StemFeatures
 from tasks.labels import Labels
 
 
+class DetectorSeedParameter(luigi.OptionalIntParameter):
+    """The seed a detector trains under: None, and ``[silentmine] seed`` itself, normalise to None,
+    so that the default detector has one task id however it is asked for."""
+
+    def normalize(self, x):
+        x = super().normalize(x)
+        return None if x is None or x == config().seed else x
+
+
+class UsesDetector:
+    """A stage that reads a detector's output: ``detector_seed`` picks the detector (None:
+    ``[silentmine] seed``'s).  The parameter is left out of the key, which holds the detector's
+    key through the inputs.  ``Evaluate(repeat_mining=True)`` gives every seed's remix runs the
+    D_i of the detector trained under that seed."""
+
+    detector_seed = DetectorSeedParameter(default=None, description="seed of the detector read (None: "
+                                          "[silentmine] seed; its key holds the number)")
+
+    def detector_params(self) -> dict:
+        """This stage's detector choice, to pass on to what it requires."""
+        return {"detector_seed": self.detector_seed}
+
+    def key_params(self):
+        params = dict(super().key_params())  # type: ignore[misc]
+        params.pop("detector_seed", None)
+        return params
+
+
 class TrainDetector(UsesGpu, Stage):
     """Trains on the train split with -13 dB labels; early stopping on the valid split.  With
     ``remix_songs`` > 0 each epoch also trains on remixes of the train split's stems
     (:mod:`classifiers.remix`): ``remix_songs`` of ``remix_seconds`` each, a new set every
-    ``remix_every`` epochs."""
+    ``remix_every`` epochs.  ``detector_seed`` trains under another seed than ``[silentmine] seed``
+    (the key holds the seed used)."""
 
     stage_name = "detector"
+    detector_seed = DetectorSeedParameter(default=None, description="seed of this training (None: [silentmine] seed)")
     width = luigi.FloatParameter(default=1.0, description="channel multiplier; 1.0 = the paper's widths")
     epochs = luigi.IntParameter(default=40, description="most training epochs (early stopping may end sooner)")
     patience = luigi.IntParameter(default=5, description="epochs without a better valid loss before stopping")
@@ -44,12 +74,18 @@ class TrainDetector(UsesGpu, Stage):
         """With the paper's ``lr``, ``batch_size``, ``silent_db`` and ``crop_stride_seconds``
         these are left out, and without remixes the remix parameters: detectors trained before
         they were parameters keep their keys."""
-        params = {**super().key_params(), "seed": config().seed}
+        params = {**super().key_params(), "seed": self.seed}
+        params.pop("detector_seed")
         paper = {"lr": PAPER_LR, "batch_size": PAPER_BATCH_SIZE, "silent_db": LABEL_SILENT_DB,
                  "crop_stride_seconds": PAPER_CROP_STRIDE_S}
         if not self.remix_songs:
             params = {name: value for name, value in params.items() if not name.startswith("remix_")}
         return {name: value for name, value in params.items() if name not in paper or value != paper[name]}
+
+    @property
+    def seed(self) -> int:
+        """The seed this detector trains under."""
+        return config().seed if self.detector_seed is None else self.detector_seed
 
     def remix_config(self) -> RemixConfig | None:
         if not self.remix_songs:
@@ -63,7 +99,7 @@ class TrainDetector(UsesGpu, Stage):
                                      batch_size=self.batch_size, silent_db=self.silent_db,
                                      crop_stride_seconds=self.crop_stride_seconds)
         return runs.build_detector(self.requires()["train"].store, self.requires()["valid"].store,
-                                   self.input_folder("labels") / "labels.parquet", settings, config().seed, folder,
+                                   self.input_folder("labels") / "labels.parquet", settings, self.seed, folder,
                                    self.remix_config(), config().stem_root)
 
     @property
@@ -71,14 +107,14 @@ class TrainDetector(UsesGpu, Stage):
         return self.folder / "detector.pt"
 
 
-class DetectStems(UsesGpu, Stage):
+class DetectStems(UsesDetector, UsesGpu, Stage):
     """Per-frame probabilities on a held-out stem-set split (for calibration and the report)."""
 
     stage_name = "detect"
     split = luigi.Parameter(default="test", description="stem-set split scored")
 
     def requires(self):
-        return {"detector": TrainDetector(), "features": StemFeatures(split=self.split)}
+        return {"detector": TrainDetector(**self.detector_params()), "features": StemFeatures(split=self.split)}
 
     def build(self, folder):
         return runs.build_detect(self.requires()["detector"].checkpoint, self.requires()["features"].store,
@@ -89,13 +125,13 @@ class DetectStems(UsesGpu, Stage):
         return self.folder / f"{self.split}.parquet"
 
 
-class DetectCatalog(UsesGpu, ShardStage):
+class DetectCatalog(UsesDetector, UsesGpu, ShardStage):
     """Per-frame probabilities of one catalog shard, in ``shards/<shard_key>.parquet``."""
 
     stage_name = "detect"
 
     def requires(self):
-        return {"detector": TrainDetector(),
+        return {"detector": TrainDetector(**self.detector_params()),
                 "features": CatalogFeatures(shard=self.shard, shard_key=self.shard_key, tracks_file=self.tracks_file)}
 
     def build(self, folder):
@@ -114,14 +150,15 @@ class DetectCatalog(UsesGpu, ShardStage):
         return self.requires()["features"].store
 
 
-class DetectorReport(Stage):
+class DetectorReport(UsesDetector, Stage):
     """ROC AUC / AP against -13 and -20 dB labels and V_i against P_i on held-out tracks."""
 
     stage_name = "detector_report"
     split = luigi.Parameter(default="test", description="stem-set split scored")
 
     def requires(self):
-        return {"detector": TrainDetector(), "features": StemFeatures(split=self.split), "labels": Labels()}
+        return {"detector": TrainDetector(**self.detector_params()), "features": StemFeatures(split=self.split),
+                "labels": Labels()}
 
     def build(self, folder):
         return runs.build_detector_report(self.requires()["detector"].checkpoint, self.requires()["features"].store,

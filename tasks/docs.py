@@ -80,14 +80,17 @@ def _plain(value):
 
 def parameter_type(param: luigi.Parameter) -> str:
     """What a parameter takes, in words: ``int``, ``float or None``, ``one of a, b``, ``dict (JSON)``."""
-    kind = type(param).__name__.removesuffix("Parameter")
     if isinstance(param, luigi.ChoiceParameter):
         return "one of " + ", ".join(f"`{c}`" for c in sorted(param._choices))
+    words = {"": "str", "Int": "int", "Float": "float", "Bool": "bool", "Dict": "dict (JSON)",
+             "List": "list (JSON)", "Tuple": "list (JSON)", "RunRule": "run rule (JSON)"}
+    # A parameter class of our own takes what its nearest Luigi class takes, unless named above.
+    named = [c for c in type(param).__mro__
+             if c.__module__.startswith("luigi") or c.__name__.removesuffix("Parameter") in words]
+    kind = named[0].__name__.removesuffix("Parameter")
     optional = kind.startswith("Optional")
     kind = kind.removeprefix("Optional")
-    words = {"": "str", "Int": "int", "Float": "float", "Bool": "bool", "Dict": "dict (JSON)",
-             "List": "list (JSON)", "Tuple": "list (JSON)", "RunRule": "run rule (JSON)"}.get(kind, kind.lower())
-    return words + (" or None" if optional else "")
+    return words.get(kind, kind.lower()) + (" or None" if optional else "")
 
 
 def parameter_default(param: luigi.Parameter) -> str:

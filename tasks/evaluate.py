@@ -9,6 +9,7 @@ from pipeline.storage.outputs import StageResult
 from tasks.base import Stage, config
 from tasks.inputs import stem_set_fingerprint
 from tasks.ladder import ladder_task, missing_ground_truth
+from tasks.separator import TrainSeparator
 
 
 class Evaluate(Stage):
@@ -23,6 +24,9 @@ class Evaluate(Stage):
     ``"catalog_stems": true`` (the catalog's true stems as labelled data): :mod:`tasks.ladder`.
     ``seeds`` trains every run under each seed (its rows average the seeds per track and show
     their spread); ``contrasts`` lists ``[run, baseline]`` pairs (``run - baseline``).
+    ``repeat_mining``: each seed's runs on the mined D_i read the D_i of a detector trained under
+    that seed (``TrainDetector(detector_seed=seed)``, its calibration and extraction), so their
+    interval holds the detector's training noise too; off, every seed reads one detector's D_i.
     """
 
     stage_name = "evaluate"
@@ -35,6 +39,9 @@ class Evaluate(Stage):
     )
     seeds = luigi.ListParameter(default=[], description="[]: each run once, at its seed ([silentmine] seed)")
     contrasts = luigi.ListParameter(default=[], description="[[run, baseline], ...]; []: every pair of runs")
+    repeat_mining = luigi.BoolParameter(default=False, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+                                        description="each seed's runs on the mined D_i read the D_i of a detector "
+                                                    "trained under that seed (its noise enters their intervals)")
     # Not "workers": as the root task's flag it would clash with Luigi's own --workers.
     score_workers = luigi.IntParameter(default=0, significant=False, description="scoring processes; 0: every core")
 
@@ -47,9 +54,30 @@ class Evaluate(Stage):
         seeds = [int(s) for s in self.seeds] or [None]
         left_out = self.left_out()
         return {
-            label: {seed: ladder_task({**dict(params), **({} if seed is None else {"seed": seed})}) for seed in seeds}
+            label: {seed: self.run_task(dict(params), seed) for seed in seeds}
             for label, params in self.runs.items() if label not in left_out
         }
+
+    def run_task(self, params: dict, seed: int | None) -> TrainSeparator:
+        """The training task of a row's ``params`` under ``seed`` (None: the run's own); with
+        ``repeat_mining``, a run on the mined D_i reads those of the detector of that seed."""
+        task = ladder_task({**params, **({} if seed is None else {"seed": seed})})
+        if self.repeat_mining and type(task) is TrainSeparator and task.reads_datasets:
+            task = TrainSeparator(**{**task.param_kwargs, "detector_seed": task.run_seed})
+        return task
+
+    def mining_line(self) -> str | None:
+        """What the intervals of the rows on the mined D_i hold of the detector's training noise
+        (None: no such row)."""
+        mined = [label for label, tasks in self.run_tasks().items()
+                 if any(type(t) is TrainSeparator and t.reads_datasets for t in tasks.values())]
+        if not mined:
+            return None
+        if self.repeat_mining:
+            return (f"mining repeated per seed: each seed of {', '.join(mined)} reads the D_i of a detector trained "
+                    "under that seed, so the detector's training noise is in its interval")
+        return (f"mined D_i: every seed of {', '.join(mined)} reads one detector's D_i, so its interval holds the "
+                "separator's training noise, not the detector's ([Evaluate] repeat_mining repeats the mining)")
 
     def left_out(self) -> dict[str, str]:
         """Row label -> why it is left out: a rung of the ladder whose ground truth
@@ -63,6 +91,8 @@ class Evaluate(Stage):
         the rows left out for want of ground truth, if any."""
         params = {**super().key_params(), "oracle_stft_s": [round(ORACLE_WINDOW_S, 6), round(ORACLE_HOP_S, 6)],
                   "interval": INTERVAL_NAME}
+        if not self.repeat_mining:  # the runs' keys say it anyway; Evaluates made before it keep their keys
+            params.pop("repeat_mining")
         if self.left_out():
             params["left_out"] = sorted(self.left_out())
         return params
@@ -94,5 +124,7 @@ class Evaluate(Stage):
             workers=self.score_workers,
             contrasts=contrasts or None,
         )
+        mining = self.mining_line()
         return StageResult({**result.counts, "left_out": left_out},
-                           (*result.summary, *(f"left out: {label}: {reason}" for label, reason in left_out.items())))
+                           (*result.summary, *([mining] if mining else []),
+                            *(f"left out: {label}: {reason}" for label, reason in left_out.items())))

@@ -15,7 +15,7 @@ from pipeline.separation.registry import load_model
 from tasks.base import CatalogStage, RunRuleParameter, ShardStage, config, run_rule_key
 from tasks.calibrate import Calibrate
 from tasks.catalog import ScanCatalog
-from tasks.detector import DetectCatalog, TrainDetector
+from tasks.detector import DetectCatalog, TrainDetector, UsesDetector
 
 STORE_TEMPLATE_SHARD = -1  # shard number of the template task that names the store (see Extract.store_task)
 # Luigi runs the ready task of highest priority first and raises a task's dependencies to its
@@ -63,7 +63,7 @@ class SecondOpinionParameters:
         return params
 
 
-class ExtractShard(SecondOpinionParameters, ShardStage):
+class ExtractShard(UsesDetector, SecondOpinionParameters, ShardStage):
     """Excerpts of one shard, written into the shard store ``excerpts/<key>/`` shared by every
     catalog: the key holds the detector, the calibration and the run rule (not the catalog),
     and nothing in the store is deleted by a run."""
@@ -75,8 +75,9 @@ class ExtractShard(SecondOpinionParameters, ShardStage):
 
     def requires(self):
         shard = dict(shard=self.shard, shard_key=self.shard_key, tracks_file=self.tracks_file)
-        needs = {"calibration": Calibrate(run_rule=self.run_rule), "detector": TrainDetector(),
-                 "detect": DetectCatalog(**shard)}
+        needs = {"calibration": Calibrate(run_rule=self.run_rule, **self.detector_params()),
+                 "detector": TrainDetector(**self.detector_params()),
+                 "detect": DetectCatalog(**shard, **self.detector_params())}
         if self.separator:
             needs["separator"] = separator_task(self.separator)
         return needs
@@ -121,7 +122,7 @@ class ExtractShard(SecondOpinionParameters, ShardStage):
                               progress=self.progress_callback())
 
 
-class Extract(SecondOpinionParameters, CatalogStage):
+class Extract(UsesDetector, SecondOpinionParameters, CatalogStage):
     """A catalog scan's D_i: ``datasets/<key>/``, a view over the shard store.
 
     Keyed by the store's key and the scan's, so each catalog (and each version of one) has its
@@ -146,7 +147,7 @@ class Extract(SecondOpinionParameters, CatalogStage):
 
     def calibration_task(self) -> Calibrate:
         """The Calibrate whose thresholds the shards extract with (it sees the same rule)."""
-        return Calibrate(run_rule=self.run_rule)
+        return Calibrate(run_rule=self.run_rule, **self.detector_params())
 
     def key_params(self):
         params = super().key_params()
@@ -156,10 +157,11 @@ class Extract(SecondOpinionParameters, CatalogStage):
 
     def shard_params(self) -> dict:
         """What every shard task of this D_i is given."""
-        return dict(run_rule=self.run_rule, **self.second_opinion_params())
+        return dict(run_rule=self.run_rule, **self.second_opinion_params(), **self.detector_params())
 
     def inputs(self):
-        return {"calibration": self.calibration_task(), "detector": TrainDetector(), "scan": ScanCatalog()}
+        return {"calibration": self.calibration_task(), "detector": TrainDetector(**self.detector_params()),
+                "scan": ScanCatalog()}
 
     @property
     def scan(self) -> ScanCatalog:

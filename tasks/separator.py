@@ -13,12 +13,13 @@ from pipeline.separation.registry import make_config, model_names
 from pipeline.separation.training import build_separator
 from tasks.base import Stage, UsesGpu, config
 from tasks.catalog import ScanCatalog
+from tasks.detector import UsesDetector
 from tasks.extract import Extract
 from tasks.inputs import stem_set_fingerprint
 from tasks.pretrain import PretrainEncoder
 
 
-class TrainSeparator(UsesGpu, Stage):
+class TrainSeparator(UsesDetector, UsesGpu, Stage):
     """A separator (``model``, a registered name, with ``model_config`` over its defaults) trained
     on the stem set's train split with its paper's recipe; with ``remix`` it also feeds on the D_i.
 
@@ -28,7 +29,8 @@ class TrainSeparator(UsesGpu, Stage):
 
     ``scheme`` (docs/separators.md, "Training schemes"): empty, the scheme ``remix`` names (``remix`` with
     the remix step, ``supervised`` without); else one of ``SCHEMES``, which then decides (``remix``
-    is ignored): a ``remix`` part requires Extract (the D_i), ``adversarial`` the catalog scan
+    is ignored): a ``remix`` part requires Extract (the D_i; of the detector ``detector_seed``
+    names), ``adversarial`` the catalog scan
     (unlabelled mixtures), ``contrastive`` a PretrainEncoder of the same model, config and seed.
     The key holds ``remix`` for the first two schemes and ``scheme`` for the others.
 
@@ -80,7 +82,7 @@ class TrainSeparator(UsesGpu, Stage):
 
     def requires(self):
         parts = scheme_parts(self.effective_scheme)
-        needs = {"datasets": Extract()} if "remix" in parts else {}
+        needs = {"datasets": Extract(**self.detector_params())} if "remix" in parts else {}
         if "adversarial" in parts:
             needs["catalog"] = ScanCatalog()
         if "contrastive" in parts:

@@ -172,3 +172,28 @@ def test_the_remix_options_enter_the_detector_key_only_with_remixes(fixed_inputs
                for change in ({}, {"remix_seconds": 10.0}, {"remix_every": 3}, {"remix_gain_db": 1.0},
                               {"remix_silence_prob": 0.2})}
     assert recorded not in remixed and len(remixed) == 5
+
+
+def test_a_detector_seed_names_another_detector_and_everything_mined_from_it(fixed_inputs):
+    """``detector_seed``: None and ``[silentmine] seed`` (0 here) are the same task and key as
+    before the parameter existed; seed 1 trains another detector, and every stage that reads it
+    (detection, calibration, extraction, a remix run on its D_i) gets a key of its own, while a
+    run that reads no D_i ignores the parameter."""
+    import tasks
+
+    shard = dict(shard=0, shard_key="shard0", tracks_file="tracks.parquet")
+    for make, recorded in ((lambda **kw: tasks.TrainDetector(**kw), RECORDED["TrainDetector"]),
+                           (lambda **kw: tasks.DetectCatalog(**shard, **kw), RECORDED["DetectCatalog"]),
+                           (lambda **kw: tasks.ExtractShard(**shard, **kw), RECORDED["ExtractShard"]),
+                           (lambda **kw: tasks.Extract(**kw), RECORDED["Extract"])):
+        default, zero, one = make(), make(detector_seed=0), make(detector_seed=1)
+        assert zero.task_id == default.task_id and zero.key == default.key == recorded
+        assert one.task_id != default.task_id and one.key != recorded
+    assert tasks.TrainDetector(detector_seed=1).key_params()["seed"] == 1
+    assert tasks.Calibrate(detector_seed=1).key != tasks.Calibrate().key
+    assert tasks.Extract(detector_seed=1).calibration_task().detector_seed == 1
+    remix = tasks.TrainSeparator(remix=True, detector_seed=1)
+    assert remix.requires()["datasets"].detector_seed == 1
+    assert remix.key != RECORDED[[label for label in RECORDED if "remix=true" in label and "demucs" in label][0]]
+    plain = [label for label in RECORDED if "remix=false" in label][0]
+    assert tasks.TrainSeparator(remix=False, detector_seed=1).key == RECORDED[plain]

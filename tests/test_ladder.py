@@ -170,6 +170,28 @@ def test_evaluate_leaves_out_a_rung_whose_ground_truth_is_not_there(ladder_confi
         tasks.Evaluate().left_out()
 
 
+def test_repeated_mining_gives_each_seeds_mined_run_the_d_i_of_its_own_detector(ladder_config):
+    """``repeat_mining``: seed s of the mined rung reads Extract(detector_seed=s) (seed 0, the
+    configured one, the default detector); the other rungs are the runs they were without it;
+    the summary line says which detector noise the mined row's interval holds."""
+    import tasks
+
+    ladder_config("Evaluate", "seeds", "[0, 1, 2]")
+    once = tasks.Evaluate().run_tasks()
+    ladder_config("Evaluate", "repeat_mining", "true")
+    evaluate = tasks.Evaluate()
+    repeated = evaluate.run_tasks()
+    assert [repeated["remix"][s].requires()["datasets"].detector_seed for s in (0, 1, 2)] == [None, 1, 2]
+    assert [once["remix"][s].requires()["datasets"].detector_seed for s in (0, 1, 2)] == [None, None, None]
+    assert repeated["remix"][0].key == once["remix"][0].key
+    assert repeated["remix"][1].key != once["remix"][1].key
+    for label in ("plain", "oracle", "stems"):
+        assert [t.task_id for t in repeated[label].values()] == [t.task_id for t in once[label].values()]
+    assert evaluate.key != tasks.Evaluate(repeat_mining=False).key
+    assert "mining repeated per seed: each seed of remix" in evaluate.mining_line()
+    assert "reads one detector's D_i" in tasks.Evaluate(repeat_mining=False).mining_line()
+
+
 @pytest.mark.parametrize("params, message", [({"remix": False, "d_i": "oracle"}, "feeds the remix step"),
                                               ({"d_i": "oracle", "catalog_stems": True}, "one rung per run"),
                                               ({"d_i": "perfect"}, "d_i must be one of")])

@@ -85,6 +85,24 @@ def test_bad_catalog_files_are_recorded_rejections(demo, run_pipeline):
     assert "truncated" in reasons["truncated.flac"] or "corrupt" in reasons["truncated.flac"]
 
 
+def test_a_detector_seed_mines_d_i_of_its_own_beside_the_default(demo, run_pipeline):
+    """What ``[Evaluate] repeat_mining`` asks for each seed: another detector, trained under that
+    seed on the same features, its calibration and its D_i, under keys of their own; the default
+    detector's outputs are left as they were."""
+    import tasks
+
+    run_pipeline("Extract")
+    ran = run_pipeline("Extract", detector_seed=1)
+    assert set(ran) == {"TrainDetector", "DetectStems", "Calibrate", "DetectCatalog", "ExtractShard", "Extract"}
+    detector, other = tasks.TrainDetector(detector_seed=1), tasks.Extract(detector_seed=1)
+    assert detector.manifest["params"]["seed"] == 1 and detector.key != tasks.TrainDetector().key
+    assert other.key != tasks.Extract().key and other.manifest["inputs"]["detector"] == detector.key
+    assert other.manifest["inputs"]["calibration"] == tasks.Calibrate(detector_seed=1).key
+    index = read_index(other.folder / "index")
+    assert set(index["detector_key"]) <= {detector.key}
+    assert run_pipeline("Extract") == []
+
+
 def test_unchanged_rerun_does_nothing(demo, run_pipeline):
     run_pipeline("All")
     assert run_pipeline("All") == []
