@@ -52,7 +52,7 @@ SDR over all sources, each contrast's median difference (its interval in the not
 seeds that stopped improving and the largest share of its gain in a last quarter, and the wall
 time.
 
-The default size is meant for 90 minutes on 2 CPU cores with 2 Luigi workers (docs/performance.md); scale up on a
+The default size takes about 90 minutes on 2 CPU cores with 2 Luigi workers (docs/performance.md); scale up on a
 GPU with e.g. ``--labelled 50 --catalog 2000 --test 50 --epochs 400 --batches-per-epoch 100 --model demucs
 --model-config '{}' --channels 48 --depth 6 --window 5 --batch 64 --rate 44100``.  The demo-sized models run
 at ``--rate`` 16 kHz (the stems are resampled on reading, and Evaluate scores at that rate, reference rows
