@@ -12,6 +12,12 @@ from tasks.ladder import ladder_task, missing_ground_truth
 from tasks.separator import TrainSeparator
 
 
+def reads_mined_d_i(task: TrainSeparator) -> bool:
+    """Whether a run feeds on the mined D_i (a ladder rung on the oracle D_i or the catalog
+    stems is a subclass, and reads none)."""
+    return type(task) is TrainSeparator and task.reads_datasets
+
+
 class Evaluate(Stage):
     """SDR (museval v4) and SI-SNR of a set of runs and the two reference rows (trivial: every
     source = mixture / 4; oracle: ideal ratio masks) side by side (the paper's table 1), with
@@ -62,7 +68,7 @@ class Evaluate(Stage):
         """The training task of a row's ``params`` under ``seed`` (None: the run's own); with
         ``repeat_mining``, a run on the mined D_i reads those of the detector of that seed."""
         task = ladder_task({**params, **({} if seed is None else {"seed": seed})})
-        if self.repeat_mining and type(task) is TrainSeparator and task.reads_datasets:
+        if self.repeat_mining and reads_mined_d_i(task):
             task = TrainSeparator(**{**task.param_kwargs, "detector_seed": task.run_seed})
         return task
 
@@ -70,7 +76,7 @@ class Evaluate(Stage):
         """What the intervals of the rows on the mined D_i hold of the detector's training noise
         (None: no such row)."""
         mined = [label for label, tasks in self.run_tasks().items()
-                 if any(type(t) is TrainSeparator and t.reads_datasets for t in tasks.values())]
+                 if any(reads_mined_d_i(t) for t in tasks.values())]
         if not mined:
             return None
         if self.repeat_mining:
