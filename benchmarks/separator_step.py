@@ -41,13 +41,22 @@ SMOKE = dict(sizes=["cpu"], batch=1, seconds=0.25, steps=1, warmup=0, processes=
 def time_steps(name: str, config, batch: int, seconds: float, steps: int, warmup: int,
                device: torch.device) -> tuple[int, int, list[float]]:
     """(parameter count, input length in samples, per-step seconds) of model ``name``."""
-    recipe = TrainConfig.for_model(name, model=config)
-    loss_fn = LOSSES[recipe.loss].fn
     torch.manual_seed(0)
-    model = build_model(name, config).to(device)
+    return step_times(build_model(name, config), TrainConfig.for_model(name, model=config), batch, seconds, steps,
+                      warmup, device)
+
+
+def step_times(model: torch.nn.Module, recipe: TrainConfig, batch: int, seconds: float, steps: int, warmup: int,
+               device: torch.device) -> tuple[int, int, list[float]]:
+    """(parameter count, input length in samples, per-step seconds) of ``model`` trained under
+    ``recipe``'s loss, learning rate and clipping on random windows of ``seconds``."""
+    config = model.config
+    model = model.to(device)
+    loss_fn = LOSSES[recipe.loss].fn
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    generator = torch.Generator().manual_seed(0)
     length = model.valid_length(round(seconds * config.sample_rate))
-    sources = torch.randn(batch, config.sources, config.audio_channels, length, device=device) * 0.1
+    sources = torch.randn(batch, config.sources, config.audio_channels, length, generator=generator).to(device) * 0.1
     mix = sources.sum(dim=1)
     times = []
     for step in range(warmup + steps):

@@ -72,6 +72,25 @@ def test_mixture_consistency_makes_the_estimates_sum_to_the_mixture():
     torch.testing.assert_close(after - before, ((x - before.sum(1)) / 4)[:, None].expand_as(before))
 
 
+@pytest.mark.parametrize("frame, hop", [(220, 110), (16, 8), (12, 5)])
+def test_decode_is_the_transposed_convolution_in_values_and_gradients(frame, hop):
+    # Half-overlapping frames take the matrix product and overlap-add; other hops the module.
+    torch.manual_seed(0)
+    model = TasNet(TasNetConfig(filters=12, frame=frame, hop=hop, hidden=8, lstm_layers=1))
+    masked = torch.rand(3, 12, 40, requires_grad=True)
+    signal = torch.randn(3, 2, frame + hop * 39)
+    decoded = model.decode(masked)
+    (decoded * signal).sum().backward()
+    grads = masked.grad.clone(), model.decoder.weight.grad.clone()
+    masked.grad = model.decoder.weight.grad = None
+    reference = torch.nn.functional.conv_transpose1d(masked, model.decoder.weight, stride=hop)
+    (reference * signal).sum().backward()
+    assert decoded.shape == reference.shape == (3, 2, frame + hop * 39)
+    torch.testing.assert_close(decoded, reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[0], masked.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[1], model.decoder.weight.grad, rtol=1e-5, atol=1e-5)
+
+
 def test_forward_rejects_bad_input():
     model = TasNet(TINY)
     assert_rejects_bad_shapes(model, model.valid_length(500))

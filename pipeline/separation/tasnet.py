@@ -111,6 +111,26 @@ class TasNet(Separator):
         self.check_input(wav)
         return F.relu(self.encoder(wav))
 
+    def decode(self, masked: torch.Tensor) -> torch.Tensor:
+        """The decoder, ``self.decoder``'s transposed convolution, of ``(B, N, frames)``:
+        ``(B, audio_channels, L + H (frames - 1))``.
+
+        With half-overlapping frames (``L = 2 H``, the default) it is computed as one matrix
+        product (each frame's basis signal) and the sum of each frame's second half with the
+        next frame's first half: the same values to rounding, in less time on a CPU, where the
+        transposed convolution's kernel took a third of a small TasNet's training step
+        (``benchmarks/tasnet_decoder.py``).  Other hops use the transposed convolution.
+        """
+        cfg = self.config
+        if cfg.frame != 2 * cfg.hop:
+            return self.decoder(masked)
+        batch, n, frames = masked.shape
+        basis = torch.matmul(masked.transpose(1, 2), self.decoder.weight.reshape(n, -1))  # (B, F, C x L)
+        halves = basis.view(batch, frames, cfg.audio_channels, 2, cfg.hop).permute(0, 2, 3, 1, 4)  # (B, C, 2, F, H)
+        first, second = halves[:, :, 0], halves[:, :, 1]
+        out = torch.cat([first[:, :, :1], first[:, :, 1:] + second[:, :, :-1], second[:, :, -1:]], dim=2)
+        return out.reshape(batch, cfg.audio_channels, cfg.hop * (frames + 1))
+
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         self.check_valid_input(mix)
@@ -121,7 +141,7 @@ class TasNet(Separator):
         logits = self.mask(y).view(batch, frames, cfg.sources, n)
         masks = torch.sigmoid(logits) if cfg.mask == "sigmoid" else torch.softmax(logits, dim=2)
         masked = w[:, None] * masks.permute(0, 2, 3, 1)  # (B, S, N, F)
-        out = self.decoder(masked.reshape(batch * cfg.sources, n, frames))
+        out = self.decode(masked.reshape(batch * cfg.sources, n, frames))
         out = out.view(batch, cfg.sources, cfg.audio_channels, length)
         if cfg.consistency:  # estimates that sum to the mixture: share the residual equally
             out = out + (mix - out.sum(dim=1))[:, None] / cfg.sources
