@@ -37,6 +37,7 @@ and imbalance not counted).  Part 1's figures are wall times: run it on an idle 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -59,6 +60,7 @@ SMOKE = {"tracks": [24], "shard_size": 8, "stage_seconds": 6.0, "stage_tracks": 
 SONG_SECONDS = 240.0  # what the extrapolation is to: 100,000 songs of four minutes
 SONGS = 100_000
 THREAD_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+CHILDREN: set[subprocess.Popen] = set()  # every process started here, stopped with this one (stop_children)
 
 
 def wav_bytes(index: int, seconds: float, rate: int = 8000) -> bytes:
@@ -126,8 +128,8 @@ class Runner:
         with open(self.log, "a") as out:
             out.write(f"\n$ silentmine {' '.join(args)}\n")
             out.flush()
-            return subprocess.Popen([sys.executable, "-m", "tasks.cli", *args], cwd=REPO, env=self.env,
-                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            return spawn([sys.executable, "-m", "tasks.cli", *args], cwd=REPO, env=self.env, stdout=out,
+                         stderr=subprocess.STDOUT)
 
     def run(self, *args: str, check: bool = True) -> tuple[float, int]:
         """Wall seconds and exit status of ``silentmine ARGS``."""
@@ -165,8 +167,16 @@ def first_shard_task(runner: Runner, data_root: Path, args: tuple[str, ...], tim
         stop(proc)
 
 
+def spawn(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """``subprocess.Popen(cmd, **kwargs)`` in a session of its own (so that :func:`stop` ends its
+    children too), remembered in :data:`CHILDREN`."""
+    proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+    CHILDREN.add(proc)
+    return proc
+
+
 def stop(proc: subprocess.Popen) -> None:
-    """Stop a process started with its own session, and its children."""
+    """Stop a process started by :func:`spawn`, and its children."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -174,6 +184,28 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    CHILDREN.discard(proc)
+
+
+def stop_children(signum: int | None = None, frame=None) -> None:
+    """Stop every process this one started and has not stopped; as the SIGTERM / SIGINT handler,
+    then exit (a benchmark killed by ``timeout`` leaves no silentmine or luigid behind)."""
+    for proc in list(CHILDREN):
+        stop(proc)
+    if signum is not None:
+        raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def children_stopped_on_exit():
+    """Within: SIGTERM and SIGINT stop every child (:func:`stop_children`) and exit; on leaving,
+    however, the children still running are stopped."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop_children)
+    try:
+        yield
+    finally:
+        stop_children()
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -198,9 +230,9 @@ def start_luigid(work: Path, log: Path) -> tuple[subprocess.Popen, int]:
     config.write_text("[scheduler]\nrecord_task_history = false\nremove_delay = 600\nworker_disconnect_delay = 60\n")
     env = {**os.environ, "LUIGI_CONFIG_PATH": str(config)}
     with open(log, "a") as out:
-        proc = subprocess.Popen([sys.executable, "-c", "from luigi.cmdline import luigid; luigid()", "--address",
-                                 "127.0.0.1", "--port", str(port), "--state-path", str(work / "luigid.pickle")],
-                                cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = spawn([sys.executable, "-c", "from luigi.cmdline import luigid; luigid()", "--address", "127.0.0.1",
+                      "--port", str(port), "--state-path", str(work / "luigid.pickle")],
+                     cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
     for _ in range(300):
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
@@ -226,8 +258,10 @@ def measure_scan(catalog: Path | None, shard_size: int, out: Path, previous: Pat
     cmd = [sys.executable, __file__, "--child-scan", str(catalog or ""), str(shard_size), str(out),
            str(previous or "")]
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = spawn(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4: Popen must not wait again
+    CHILDREN.discard(proc)
     wall = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"the scan of {catalog} failed")
@@ -457,7 +491,8 @@ def main(argv: list[str] | None = None) -> None:
         catalog, shard_size, out, previous = args.child_scan
         scan_child(catalog, int(shard_size), out, previous)
         return
-    in_work(benchmark, args, "silentmine-scale-")
+    with children_stopped_on_exit():
+        in_work(benchmark, args, "silentmine-scale-")
 
 
 if __name__ == "__main__":

@@ -87,6 +87,23 @@ def test_smoke_run_prints_its_figures(script, smoke_runs):
     assert not left, f"{script} --smoke left files behind: {left}"
 
 
+def test_scale_stops_the_processes_it_started_when_it_is_stopped():
+    # scale.py starts silentmine runs and a luigid in sessions of their own; stopped (as
+    # `timeout` stops it), it must not leave them running.
+    code = ("import sys, time; sys.path.insert(0, 'benchmarks'); import scale\n"
+            "with scale.children_stopped_on_exit():\n"
+            "    child = scale.spawn([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+            "    print(child.pid, flush=True)\n"
+            "    time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    os.kill(child, 0)  # running
+    parent.terminate()
+    assert parent.wait(timeout=60) == 128 + 15
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+
+
 def test_figure_lines_read_back(capsys):
     common.figure("stage time / bare time", 0.8149, "x", "best vs best 0.79x", digits=2)
     common.figure("peak RSS, new features, 10 min", 351.6, "MiB", digits=0)
